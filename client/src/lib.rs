@@ -1,0 +1,1 @@
+//! The Veil client library.

@@ -1,0 +1,1 @@
+//! The inference engine of Veil (filled by the model work).

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. The real AMD SEV-SNP vectors are read from
+# $VEIL_SNP_VECTORS (default: ../shared/vectors/snp beside the checkout).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${VEIL_SNP_VECTORS:-}" ] && [ -d ../shared/vectors/snp ]; then
+  VEIL_SNP_VECTORS="$(cd ../shared/vectors/snp && pwd)"
+  export VEIL_SNP_VECTORS
+fi
+[ -x scripts/setup.sh ] && scripts/setup.sh
+cargo test --workspace --locked "$@"

@@ -1,0 +1,1 @@
+//! The sealed-model format of Veil (filled by the sealing work).

@@ -1,0 +1,1 @@
+//! End-to-end tests of Veil; the tests live in `tests/tests/`.
