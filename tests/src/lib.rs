@@ -1,1 +1,159 @@
-//! End-to-end tests of Veil; the tests live in `tests/tests/`.
+//! End-to-end tests of Veil; the tests live in `tests/tests/`. This library holds what
+//! they share: loading the real AMD SEV-SNP vectors.
+
+pub mod vectors {
+    //! The real, AMD-signed SEV-SNP vectors in `$VEIL_SNP_VECTORS` (default
+    //! `../shared/vectors/snp` beside the checkout). They are read by path, never copied.
+
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, SystemTime};
+
+    use serde::Deserialize;
+    use veil_attestation::{Certificate, Evidence, Report, TeeKind};
+
+    /// One set of `manifest.json`.
+    #[derive(Debug, Clone, Deserialize)]
+    pub struct Set {
+        /// Name, e.g. `oak/genoa-oc`.
+        pub name: String,
+        /// Product named by the manifest.
+        pub product: String,
+        /// Report file, relative to the manifest.
+        pub report: Option<String>,
+        /// `bin` (default), `hex` or `hcl`.
+        pub report_format: Option<String>,
+        /// VCEK/VLEK certificate.
+        pub vek: String,
+        /// ASK or ASVK.
+        pub ask: Option<String>,
+        /// ARK.
+        pub ark: Option<String>,
+        /// A PEM holding the ASK (or ASVK) and the ARK.
+        pub chain: Option<String>,
+        /// Whether the set has a report that verifies end to end.
+        pub expect_fully_verified: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct Manifest {
+        sets: Vec<Set>,
+    }
+
+    /// A loaded vector: evidence and its pieces.
+    #[derive(Debug, Clone)]
+    pub struct Vector {
+        /// The manifest entry.
+        pub set: Set,
+        /// The raw 1184-byte report.
+        pub report: Vec<u8>,
+        /// The VCEK/VLEK.
+        pub vek: Certificate,
+        /// ASK/ASVK and ARK as given by the set (possibly empty).
+        pub chain: Vec<Certificate>,
+        /// A time at which every certificate of the set is valid (a day after the VEK's
+        /// notBefore): tests pin the clock to it.
+        pub valid_at: SystemTime,
+        /// The directory of the vectors.
+        pub root: PathBuf,
+    }
+
+    impl Vector {
+        /// Evidence with the VEK and the set's chain.
+        pub fn evidence(&self) -> Evidence {
+            let mut certificates = vec![self.vek.as_der().to_vec()];
+            certificates.extend(self.chain.iter().map(|c| c.as_der().to_vec()));
+            Evidence {
+                tee: TeeKind::Snp,
+                report: self.report.clone(),
+                certificates,
+                binding: None,
+            }
+        }
+
+        /// The parsed report.
+        pub fn parsed(&self) -> Report {
+            Report::from_bytes(&self.report).expect("vector reports parse")
+        }
+    }
+
+    /// The vectors directory, or `None` (with a message saying the tests skipped) when it
+    /// is absent. With `VEIL_REQUIRE_VECTORS=1` (as in CI) absence is a panic.
+    pub fn dir() -> Option<PathBuf> {
+        let dir = std::env::var_os("VEIL_SNP_VECTORS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/snp")
+            });
+        if dir.join("manifest.json").is_file() {
+            return Some(dir);
+        }
+        assert!(
+            std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
+            "VEIL_REQUIRE_VECTORS=1 but no SNP vectors at {}",
+            dir.display()
+        );
+        eprintln!(
+            "SKIPPED: no SNP vectors at {} (set VEIL_SNP_VECTORS)",
+            dir.display()
+        );
+        None
+    }
+
+    fn read(dir: &Path, rel: &str) -> Vec<u8> {
+        std::fs::read(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+
+    /// Extracts the raw report bytes of a set in any of the manifest's formats.
+    pub fn report_bytes(dir: &Path, set: &Set) -> Option<Vec<u8>> {
+        let bytes = read(dir, set.report.as_deref()?);
+        Some(match set.report_format.as_deref().unwrap_or("bin") {
+            "hex" => {
+                let text: String = String::from_utf8(bytes)
+                    .expect("hex is text")
+                    .split_whitespace()
+                    .collect();
+                hex::decode(text).expect("valid hex")
+            }
+            "hcl" => bytes[0x20..0x20 + 1184].to_vec(),
+            _ => bytes,
+        })
+    }
+
+    /// Every set of the manifest that has a fully verifiable report.
+    pub fn all() -> Vec<Vector> {
+        let Some(dir) = dir() else { return Vec::new() };
+        let manifest: Manifest =
+            serde_json::from_slice(&read(&dir, "manifest.json")).expect("manifest parses");
+        manifest
+            .sets
+            .into_iter()
+            .filter(|s| s.expect_fully_verified)
+            .map(|set| {
+                let report = report_bytes(&dir, &set).expect("verifiable sets have reports");
+                let vek = Certificate::all_from_pem_or_der(&read(&dir, &set.vek))
+                    .expect("vek parses")[0]
+                    .clone();
+                let mut chain = Vec::new();
+                for rel in [&set.ask, &set.ark, &set.chain].into_iter().flatten() {
+                    for c in
+                        Certificate::all_from_pem_or_der(&read(&dir, rel)).expect("chain parses")
+                    {
+                        // The Azure HCL set's "chain" is its VCEK file: skip the VEK itself.
+                        if c != vek {
+                            chain.push(c);
+                        }
+                    }
+                }
+                let valid_at = vek.not_before() + Duration::from_secs(24 * 3600);
+                Vector {
+                    set,
+                    report,
+                    vek,
+                    chain,
+                    valid_at,
+                    root: dir.clone(),
+                }
+            })
+            .collect()
+    }
+}

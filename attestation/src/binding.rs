@@ -1,0 +1,256 @@
+//! REPORT_DATA: the digest that binds evidence to a verifier's nonce, the TLS channel,
+//! the key-wrapping key and the sealed model. This is the one place the layout lives
+//! (documented in `docs/protocol.md`).
+//!
+//! ```text
+//! T = "VEIL-REPORT-DATA-v1\0"        20 bytes
+//!   ‖ flags                           1  (bit 0: an exporter value is bound)
+//!   ‖ purpose                         1  (1 session, 2 broker pull, 3 offline)
+//!   ‖ len(nonce) ‖ nonce              1 + 16..=64
+//!   ‖ SHA-256(TLS leaf SPKI DER)      32 (zeros for purpose 2 and 3)
+//!   ‖ TLS exporter (RFC 9266)         32 (zeros when flag bit 0 is clear)
+//!   ‖ X25519 wrapping public key      32 (zeros once no key is accepted)
+//!   ‖ sealed model SHA-256            32 (zeros while unknown)
+//! REPORT_DATA = SHA-512(T)
+//! ```
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+/// Domain separation string, NUL-terminated.
+pub const DOMAIN: &[u8; 20] = b"VEIL-REPORT-DATA-v1\0";
+/// Flag bit 0: the TLS exporter of the connection is bound.
+pub const FLAG_EXPORTER: u8 = 0x01;
+/// Shortest nonce accepted.
+pub const MIN_NONCE: usize = 16;
+/// Longest nonce accepted.
+pub const MAX_NONCE: usize = 64;
+/// RFC 9266 exporter label.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+
+/// What the evidence is for: hashed, so evidence for one purpose is useless for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A client (user, or owner pushing a key) talking to the server.
+    ClientSession,
+    /// The server asking a key broker for the key.
+    BrokerPull,
+    /// Offline evidence, e.g. a self-test.
+    Offline,
+}
+
+impl Purpose {
+    fn byte(self) -> u8 {
+        match self {
+            Purpose::ClientSession => 1,
+            Purpose::BrokerPull => 2,
+            Purpose::Offline => 3,
+        }
+    }
+}
+
+/// Why a transcript cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindingError {
+    /// The nonce length is out of range.
+    #[error("nonce must be {MIN_NONCE}..={MAX_NONCE} bytes, got {found}")]
+    NonceLength {
+        /// Bytes given.
+        found: usize,
+    },
+}
+
+/// The server-side values of the binding, sent inside the evidence so the verifier can
+/// recompute the digest (the verifier supplies its nonce, SPKI hash and exporter itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// Flags (bit 0: exporter bound).
+    pub flags: u8,
+    /// Purpose.
+    pub purpose: Purpose,
+    /// X25519 key-wrapping public key, hex.
+    #[serde(with = "hex32")]
+    pub wrap_pk: [u8; 32],
+    /// SHA-256 of the sealed model's plaintext (from its authenticated header), hex.
+    #[serde(with = "hex32")]
+    pub model_sha256: [u8; 32],
+}
+
+/// Everything REPORT_DATA binds.
+#[derive(Debug, Clone, Copy)]
+pub struct Transcript<'a> {
+    /// Purpose of the evidence.
+    pub purpose: Purpose,
+    /// The verifier's fresh nonce.
+    pub nonce: &'a [u8],
+    /// SHA-256 of the server's TLS leaf SubjectPublicKeyInfo (DER).
+    pub spki_sha256: [u8; 32],
+    /// RFC 9266 exporter of the connection, if bound.
+    pub exporter: Option<[u8; 32]>,
+    /// The server's X25519 wrapping public key.
+    pub wrap_pk: [u8; 32],
+    /// The sealed model's plaintext SHA-256.
+    pub model_sha256: [u8; 32],
+}
+
+impl Transcript<'_> {
+    /// The flags byte this transcript implies.
+    pub fn flags(&self) -> u8 {
+        if self.exporter.is_some() {
+            FLAG_EXPORTER
+        } else {
+            0
+        }
+    }
+
+    /// The server-side part that travels in the evidence.
+    pub fn binding(&self) -> Binding {
+        Binding {
+            flags: self.flags(),
+            purpose: self.purpose,
+            wrap_pk: self.wrap_pk,
+            model_sha256: self.model_sha256,
+        }
+    }
+
+    /// The transcript bytes `T` (never sent; hashed).
+    ///
+    /// # Errors
+    /// [`BindingError::NonceLength`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BindingError> {
+        let n = self.nonce.len();
+        if !(MIN_NONCE..=MAX_NONCE).contains(&n) {
+            return Err(BindingError::NonceLength { found: n });
+        }
+        let mut t = Vec::with_capacity(20 + 3 + n + 4 * 32);
+        t.extend_from_slice(DOMAIN);
+        t.push(self.flags());
+        t.push(self.purpose.byte());
+        t.push(n as u8);
+        t.extend_from_slice(self.nonce);
+        t.extend_from_slice(&self.spki_sha256);
+        t.extend_from_slice(&self.exporter.unwrap_or([0; 32]));
+        t.extend_from_slice(&self.wrap_pk);
+        t.extend_from_slice(&self.model_sha256);
+        Ok(t)
+    }
+
+    /// REPORT_DATA = SHA-512(T).
+    ///
+    /// # Errors
+    /// [`BindingError::NonceLength`].
+    pub fn report_data(&self) -> Result<[u8; 64], BindingError> {
+        let d = digest::digest(&digest::SHA512, &self.to_bytes()?);
+        let mut out = [0u8; 64];
+        out.copy_from_slice(d.as_ref());
+        Ok(out)
+    }
+}
+
+/// SHA-256 of a DER SubjectPublicKeyInfo.
+pub fn spki_sha256(spki_der: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, spki_der).as_ref());
+    out
+}
+
+mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(nonce: &[u8]) -> Transcript<'_> {
+        Transcript {
+            purpose: Purpose::ClientSession,
+            nonce,
+            spki_sha256: [1; 32],
+            exporter: Some([2; 32]),
+            wrap_pk: [3; 32],
+            model_sha256: [4; 32],
+        }
+    }
+
+    #[test]
+    fn transcript_layout_is_as_documented() {
+        let nonce = [9u8; 32];
+        let t = sample(&nonce).to_bytes().expect("valid nonce");
+        assert_eq!(t.len(), 20 + 1 + 1 + 1 + 32 + 4 * 32);
+        assert_eq!(&t[..20], DOMAIN);
+        assert_eq!(t[20], FLAG_EXPORTER);
+        assert_eq!(t[21], 1);
+        assert_eq!(t[22], 32);
+        assert_eq!(&t[23..55], &nonce);
+        assert_eq!(&t[55..87], &[1; 32]);
+        assert_eq!(&t[t.len() - 32..], &[4; 32]);
+    }
+
+    #[test]
+    fn every_field_changes_the_digest() {
+        let nonce = [9u8; 32];
+        let base = sample(&nonce).report_data().expect("ok");
+        let other_nonce = [8u8; 32];
+        let variants = [
+            Transcript {
+                nonce: &other_nonce,
+                ..sample(&nonce)
+            },
+            Transcript {
+                purpose: Purpose::BrokerPull,
+                ..sample(&nonce)
+            },
+            Transcript {
+                spki_sha256: [0; 32],
+                ..sample(&nonce)
+            },
+            Transcript {
+                exporter: None,
+                ..sample(&nonce)
+            },
+            Transcript {
+                exporter: Some([7; 32]),
+                ..sample(&nonce)
+            },
+            Transcript {
+                wrap_pk: [0; 32],
+                ..sample(&nonce)
+            },
+            Transcript {
+                model_sha256: [0; 32],
+                ..sample(&nonce)
+            },
+        ];
+        for v in variants {
+            assert_ne!(v.report_data().expect("ok"), base, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_short_and_long_nonces() {
+        assert_eq!(
+            sample(&[0; 15]).report_data(),
+            Err(BindingError::NonceLength { found: 15 })
+        );
+        assert_eq!(
+            sample(&[0; 65]).report_data(),
+            Err(BindingError::NonceLength { found: 65 })
+        );
+        assert!(sample(&[0; 16]).report_data().is_ok());
+        assert!(sample(&[0; 64]).report_data().is_ok());
+    }
+}

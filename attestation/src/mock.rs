@@ -1,0 +1,633 @@
+//! The mock platform: a software stand-in for the AMD secure processor.
+//!
+//! It holds a root (`ARK-Mock`) → intermediate (`SEV-Mock`) → signing key (`SEV-VCEK`,
+//! productName `Mock`) chain of ECDSA P-384 keys, with the VCEK's TCB and hwID extensions
+//! in AMD's encoding, and signs reports in the exact SNP layout. Its evidence goes
+//! through the same chain, signature and appraisal code as real evidence; only the trust
+//! anchor differs, and a verifier trusts it only when its policy names the root.
+//!
+//! # Security
+//! The mock platform protects nothing: whoever holds its directory can sign any report.
+//! It exists so that the whole system can be run and tested without SEV-SNP hardware.
+//! This module does no I/O; the caller stores [`MockPlatform::files`].
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use der::asn1::{BitString, OctetString};
+use der::{Decode, Encode};
+use p384::ecdsa::SigningKey as EcKey;
+use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use x509_cert::ext::Extension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use x509_cert::time::{Time, Validity};
+use x509_cert::{Certificate as X509, TbsCertificate, Version};
+use zeroize::Zeroizing;
+
+use crate::chain::{oid, Certificate};
+use crate::evidence::{Evidence, TeeKind};
+use crate::report::{guest_policy, offset, Product, Report, Tcb, REPORT_LEN, SIGNED_LEN};
+
+/// Why the mock platform failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MockError {
+    /// A file of the platform directory is missing.
+    #[error("mock platform: {0} is missing")]
+    Missing(&'static str),
+    /// A file of the platform directory is malformed (the contents are never shown).
+    #[error("mock platform: {0} is malformed")]
+    Malformed(&'static str),
+    /// The keys do not belong to the certificates.
+    #[error("mock platform: {0} does not match its certificate")]
+    KeyMismatch(&'static str),
+    /// Certificate construction failed.
+    #[error("mock platform: cannot build certificates: {0}")]
+    Build(String),
+}
+
+/// One file of a mock platform directory.
+pub struct MockFile {
+    /// File name inside the directory.
+    pub name: &'static str,
+    /// Contents (secret files are zeroized on drop).
+    pub contents: Zeroizing<Vec<u8>>,
+    /// Whether the file holds a private key (store it with mode 0600).
+    pub secret: bool,
+}
+
+/// Names of the files of a platform directory.
+pub mod files {
+    /// Root certificate (`ARK-Mock`), PEM: the trust anchor a verifier names.
+    pub const ROOT: &str = "root.pem";
+    /// Root private key, PKCS#8 PEM.
+    pub const ROOT_KEY: &str = "root.key";
+    /// Intermediate certificate (`SEV-Mock`), PEM.
+    pub const INTERMEDIATE: &str = "intermediate.pem";
+    /// Intermediate private key.
+    pub const INTERMEDIATE_KEY: &str = "intermediate.key";
+    /// Signing certificate (`SEV-VCEK`), PEM.
+    pub const VCEK: &str = "vcek.pem";
+    /// Signing private key.
+    pub const VCEK_KEY: &str = "vcek.key";
+}
+
+/// The TCB the mock platform reports.
+pub const MOCK_TCB: Tcb = Tcb {
+    fmc: None,
+    bootloader: 1,
+    tee: 0,
+    snp: 1,
+    microcode: 1,
+};
+/// The firmware version the mock platform reports.
+const MOCK_FIRMWARE: [u8; 3] = [1, 55, 0]; // major, minor, build
+/// The guest ABI the mock launch requires (policy bits 15:0).
+const MOCK_ABI: u64 = (1 << 8) | 51;
+
+/// A mock secure processor: certificates and keys.
+pub struct MockPlatform {
+    root: Certificate,
+    root_key: EcKey,
+    intermediate: Certificate,
+    intermediate_key: EcKey,
+    vcek: Certificate,
+    vcek_key: EcKey,
+    chip_id: [u8; 64],
+}
+
+impl std::fmt::Debug for MockPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MockPlatform(MOCK root {})", self.root.fingerprint())
+    }
+}
+
+fn name(cn: &str) -> Result<Name, MockError> {
+    Name::from_str(&format!(
+        "CN={cn},O=Veil MOCK platform (not AMD),OU=Engineering"
+    ))
+    .map_err(|e| MockError::Build(e.to_string()))
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut out)
+        .expect("the system CSPRNG works");
+    out
+}
+
+fn ec_key() -> EcKey {
+    loop {
+        // A random 48-byte scalar is a valid key except with negligible probability.
+        if let Ok(key) = EcKey::from_slice(&random::<48>()) {
+            return key;
+        }
+    }
+}
+
+fn ext(id: der::asn1::ObjectIdentifier, value: Vec<u8>) -> Result<Extension, MockError> {
+    Ok(Extension {
+        extn_id: id,
+        critical: false,
+        extn_value: OctetString::new(value).map_err(|e| MockError::Build(e.to_string()))?,
+    })
+}
+
+fn der_of<T: Encode>(v: &T) -> Result<Vec<u8>, MockError> {
+    v.to_der().map_err(|e| MockError::Build(e.to_string()))
+}
+
+/// Issues a certificate for `subject_key`, signed by `issuer_key` (ECDSA P-384, SHA-384).
+fn issue(
+    subject: &str,
+    issuer: &str,
+    subject_key: &EcKey,
+    issuer_key: &EcKey,
+    serial: u8,
+    extensions: Vec<Extension>,
+    now: SystemTime,
+) -> Result<Certificate, MockError> {
+    let build = |e: der::Error| MockError::Build(e.to_string());
+    let alg = AlgorithmIdentifierOwned {
+        oid: oid::ECDSA_SHA384,
+        parameters: None,
+    };
+    let spki_der = subject_key
+        .verifying_key()
+        .to_public_key_der()
+        .map_err(|e| MockError::Build(e.to_string()))?;
+    let validity = Validity {
+        not_before: Time::try_from(now - Duration::from_secs(24 * 3600)).map_err(build)?,
+        not_after: Time::try_from(now + Duration::from_secs(20 * 365 * 24 * 3600))
+            .map_err(build)?,
+    };
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(&[serial]).map_err(build)?,
+        signature: alg.clone(),
+        issuer: name(issuer)?,
+        validity,
+        subject: name(subject)?,
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes())
+            .map_err(build)?,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    };
+    use signature::Signer;
+    let sig: p384::ecdsa::Signature = issuer_key.sign(&der_of(&tbs)?);
+    let cert = X509 {
+        tbs_certificate: tbs,
+        signature_algorithm: alg,
+        signature: BitString::from_bytes(sig.to_der().as_bytes()).map_err(build)?,
+    };
+    Certificate::from_der(&der_of(&cert)?).map_err(|e| MockError::Build(e.to_string()))
+}
+
+fn vcek_extensions(chip_id: &[u8; 64], tcb: Tcb) -> Result<Vec<Extension>, MockError> {
+    let int = |v: u8| der_of(&v);
+    Ok(vec![
+        ext(
+            oid::PRODUCT_NAME,
+            der_of(
+                &der::asn1::Ia5StringRef::new("Mock")
+                    .map_err(|e| MockError::Build(e.to_string()))?,
+            )?,
+        )?,
+        ext(oid::BL_SPL, int(tcb.bootloader)?)?,
+        ext(oid::TEE_SPL, int(tcb.tee)?)?,
+        ext(oid::SNP_SPL, int(tcb.snp)?)?,
+        ext(oid::UCODE_SPL, int(tcb.microcode)?)?,
+        ext(oid::HW_ID, chip_id.to_vec())?,
+    ])
+}
+
+impl MockPlatform {
+    /// Creates a new platform: fresh keys, a fresh chip id, certificates valid from a day
+    /// before `now` for twenty years.
+    ///
+    /// # Errors
+    /// [`MockError::Build`] if certificate encoding fails.
+    pub fn generate(now: SystemTime) -> Result<Self, MockError> {
+        let (root_key, intermediate_key, vcek_key) = (ec_key(), ec_key(), ec_key());
+        let chip_id = random::<64>();
+        let ca = || -> Result<Vec<Extension>, MockError> {
+            let bc = x509_cert::ext::pkix::BasicConstraints {
+                ca: true,
+                path_len_constraint: None,
+            };
+            Ok(vec![Extension {
+                extn_id: der::asn1::ObjectIdentifier::new_unwrap("2.5.29.19"),
+                critical: true,
+                extn_value: OctetString::new(der_of(&bc)?)
+                    .map_err(|e| MockError::Build(e.to_string()))?,
+            }])
+        };
+        let root = issue("ARK-Mock", "ARK-Mock", &root_key, &root_key, 1, ca()?, now)?;
+        let intermediate = issue(
+            "SEV-Mock",
+            "ARK-Mock",
+            &intermediate_key,
+            &root_key,
+            2,
+            ca()?,
+            now,
+        )?;
+        let vcek = issue(
+            "SEV-VCEK",
+            "SEV-Mock",
+            &vcek_key,
+            &intermediate_key,
+            0,
+            vcek_extensions(&chip_id, MOCK_TCB)?,
+            now,
+        )?;
+        Ok(MockPlatform {
+            root,
+            root_key,
+            intermediate,
+            intermediate_key,
+            vcek,
+            vcek_key,
+            chip_id,
+        })
+    }
+
+    /// The root certificate: what a verifier must name to trust this platform.
+    pub fn root(&self) -> &Certificate {
+        &self.root
+    }
+
+    /// The files that make up the platform directory.
+    pub fn files(&self) -> Vec<MockFile> {
+        let key = |k: &EcKey| {
+            let pem = k
+                .to_pkcs8_pem(p384::pkcs8::LineEnding::LF)
+                .expect("a P-384 key encodes");
+            Zeroizing::new(pem.as_bytes().to_vec())
+        };
+        let public = |c: &Certificate| Zeroizing::new(c.to_pem().into_bytes());
+        vec![
+            MockFile {
+                name: files::ROOT,
+                contents: public(&self.root),
+                secret: false,
+            },
+            MockFile {
+                name: files::ROOT_KEY,
+                contents: key(&self.root_key),
+                secret: true,
+            },
+            MockFile {
+                name: files::INTERMEDIATE,
+                contents: public(&self.intermediate),
+                secret: false,
+            },
+            MockFile {
+                name: files::INTERMEDIATE_KEY,
+                contents: key(&self.intermediate_key),
+                secret: true,
+            },
+            MockFile {
+                name: files::VCEK,
+                contents: public(&self.vcek),
+                secret: false,
+            },
+            MockFile {
+                name: files::VCEK_KEY,
+                contents: key(&self.vcek_key),
+                secret: true,
+            },
+        ]
+    }
+
+    /// Loads a platform from its files; `read` returns a file's contents by name.
+    ///
+    /// # Errors
+    /// [`MockError`] naming the missing or malformed file (never its contents).
+    pub fn from_files(
+        read: impl Fn(&'static str) -> Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<Self, MockError> {
+        let cert = |n: &'static str| -> Result<Certificate, MockError> {
+            let bytes = read(n).ok_or(MockError::Missing(n))?;
+            Certificate::from_pem(&bytes).map_err(|_| MockError::Malformed(n))
+        };
+        let key = |n: &'static str| -> Result<EcKey, MockError> {
+            let bytes = read(n).ok_or(MockError::Missing(n))?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| MockError::Malformed(n))?;
+            EcKey::from_pkcs8_pem(text).map_err(|_| MockError::Malformed(n))
+        };
+        let (root, intermediate, vcek) = (
+            cert(files::ROOT)?,
+            cert(files::INTERMEDIATE)?,
+            cert(files::VCEK)?,
+        );
+        let (root_key, intermediate_key, vcek_key) = (
+            key(files::ROOT_KEY)?,
+            key(files::INTERMEDIATE_KEY)?,
+            key(files::VCEK_KEY)?,
+        );
+        for (c, k, n) in [
+            (&root, &root_key, files::ROOT_KEY),
+            (&intermediate, &intermediate_key, files::INTERMEDIATE_KEY),
+            (&vcek, &vcek_key, files::VCEK_KEY),
+        ] {
+            let public = k.verifying_key().to_encoded_point(false);
+            if c.p384_key() != Some(public.as_bytes()) {
+                return Err(MockError::KeyMismatch(n));
+            }
+        }
+        let hwid = vcek
+            .hardware_id()
+            .ok_or(MockError::Malformed(files::VCEK))?;
+        let chip_id: [u8; 64] = hwid
+            .try_into()
+            .map_err(|_| MockError::Malformed(files::VCEK))?;
+        Ok(MockPlatform {
+            root,
+            root_key,
+            intermediate,
+            intermediate_key,
+            vcek,
+            vcek_key,
+            chip_id,
+        })
+    }
+
+    /// Signs a report for `launch` with the given report data, in the SNP v5 layout.
+    pub fn sign_report(&self, launch: &MockLaunch, report_data: [u8; 64]) -> Report {
+        let mut raw = [0u8; REPORT_LEN];
+        let mut put = |off: usize, bytes: &[u8]| raw[off..off + bytes.len()].copy_from_slice(bytes);
+        let tcb = MOCK_TCB.to_raw(Product::Mock).to_le_bytes();
+        let mut policy = MOCK_ABI | guest_policy::SMT | guest_policy::RESERVED_ONE;
+        if launch.debug {
+            policy |= guest_policy::DEBUG;
+        }
+        let [major, minor, build] = MOCK_FIRMWARE;
+        put(offset::VERSION, &5u32.to_le_bytes());
+        put(offset::GUEST_SVN, &launch.guest_svn.to_le_bytes());
+        put(offset::POLICY, &policy.to_le_bytes());
+        put(offset::VMPL, &launch.vmpl.to_le_bytes());
+        put(offset::SIGNATURE_ALGO, &1u32.to_le_bytes());
+        put(offset::CURRENT_TCB, &tcb);
+        put(offset::PLATFORM_INFO, &0x25u64.to_le_bytes());
+        put(offset::REPORT_DATA, &report_data);
+        put(offset::MEASUREMENT, &launch.measurement());
+        put(offset::HOST_DATA, &launch.host_data());
+        put(offset::REPORT_ID, &random::<32>());
+        put(offset::REPORTED_TCB, &tcb);
+        put(offset::CHIP_ID, &self.chip_id);
+        put(offset::COMMITTED_TCB, &tcb);
+        put(offset::CURRENT_VERSION, &[build, minor, major]);
+        put(offset::COMMITTED_VERSION, &[build, minor, major]);
+        put(offset::LAUNCH_TCB, &tcb);
+        use signature::Signer;
+        let sig: p384::ecdsa::Signature = self.vcek_key.sign(&raw[..SIGNED_LEN]);
+        let (r, s) = sig.split_bytes();
+        for i in 0..48 {
+            raw[offset::SIGNATURE + i] = r[47 - i];
+            raw[offset::SIGNATURE + 72 + i] = s[47 - i];
+        }
+        Report::from_raw_unchecked(raw)
+    }
+
+    /// Evidence for `launch` with this report data: the report, the VCEK, the
+    /// intermediate and the root (a verifier trusts the root only if it names it).
+    pub fn attest(&self, launch: &MockLaunch, report_data: [u8; 64]) -> Evidence {
+        Evidence {
+            tee: TeeKind::Mock,
+            report: self.sign_report(launch, report_data).as_bytes().to_vec(),
+            certificates: vec![
+                self.vcek.as_der().to_vec(),
+                self.intermediate.as_der().to_vec(),
+                self.root.as_der().to_vec(),
+            ],
+            binding: None,
+        }
+    }
+}
+
+/// What the mock platform launched: the executable and its launch configuration.
+/// The launch measurement covers both, so a different binary or configuration gives a
+/// different measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockLaunch {
+    /// SHA-384 of the executable's bytes.
+    pub executable_sha384: [u8; 48],
+    /// Launch configuration: sorted `key = value` pairs (sealed model digest, listen
+    /// address, TEE options, ...).
+    pub config: BTreeMap<String, String>,
+    /// Whether the guest policy allows debugging (a debug launch; appraisal rejects it
+    /// unless the policy allows debug).
+    pub debug: bool,
+    /// VMPL the report is requested at.
+    pub vmpl: u32,
+    /// GUEST_SVN.
+    pub guest_svn: u32,
+}
+
+impl MockLaunch {
+    /// A launch of an executable with these bytes and this configuration.
+    pub fn new(executable: &[u8], config: BTreeMap<String, String>) -> Self {
+        let mut executable_sha384 = [0u8; 48];
+        executable_sha384.copy_from_slice(digest::digest(&digest::SHA384, executable).as_ref());
+        MockLaunch {
+            executable_sha384,
+            config,
+            debug: false,
+            vmpl: 0,
+            guest_svn: 0,
+        }
+    }
+
+    /// The canonical encoding of the configuration: `key=value\n`, sorted by key, with
+    /// keys and values length-prefixed so that no two configurations encode alike.
+    pub fn canonical_config(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in &self.config {
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
+    }
+
+    /// MEASUREMENT = SHA-384("VEIL-MOCK-MEASUREMENT-v1\0" ‖ SHA-384(executable) ‖
+    /// SHA-384(canonical config) ‖ debug byte).
+    pub fn measurement(&self) -> [u8; 48] {
+        let mut ctx = digest::Context::new(&digest::SHA384);
+        ctx.update(b"VEIL-MOCK-MEASUREMENT-v1\0");
+        ctx.update(&self.executable_sha384);
+        ctx.update(digest::digest(&digest::SHA384, &self.canonical_config()).as_ref());
+        ctx.update(&[u8::from(self.debug)]);
+        let mut out = [0u8; 48];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// HOST_DATA = SHA-256 of the canonical configuration.
+    pub fn host_data(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, &self.canonical_config()).as_ref());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Check;
+    use crate::policy::{Expected, Policy};
+
+    fn launch() -> MockLaunch {
+        let mut config = BTreeMap::new();
+        config.insert("model_sha256".to_owned(), "ab".repeat(32));
+        config.insert("listen".to_owned(), "127.0.0.1:8443".to_owned());
+        MockLaunch::new(b"server executable bytes", config)
+    }
+
+    #[test]
+    fn mock_evidence_verifies_when_the_root_is_named() {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let launch = launch();
+        let evidence = platform.attest(&launch, [7; 64]);
+        let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let appraisal = policy
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect("accepted");
+        assert!(appraisal.is_mock());
+        assert_eq!(appraisal.product(), Product::Mock);
+    }
+
+    #[test]
+    fn mock_evidence_is_rejected_without_the_root() {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let launch = launch();
+        let evidence = platform.attest(&launch, [7; 64]);
+        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        policy.mock_roots.clear();
+        let rejection = policy
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect_err("rejected");
+        assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
+        assert!(
+            rejection.to_string().contains("MOCK root not trusted"),
+            "{rejection}"
+        );
+
+        let other = MockPlatform::generate(now).expect("generate");
+        let policy = Policy::mock(&other.root().fingerprint(), &[launch.measurement()]);
+        let rejection = policy
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect_err("rejected");
+        assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
+    }
+
+    #[test]
+    fn default_policy_does_not_accept_mock_evidence() {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let evidence = platform.attest(&launch(), [7; 64]);
+        let rejection = Policy::genuine_snp()
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect_err("rejected");
+        assert!(rejection.failed(Check::TeeKind), "{rejection}");
+        // Claiming to be SNP does not help: the chain does not lead to an AMD root.
+        let mut evidence = evidence;
+        evidence.tee = TeeKind::Snp;
+        let rejection = Policy::genuine_snp()
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect_err("rejected");
+        assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
+    }
+
+    #[test]
+    fn executable_and_config_change_the_measurement() {
+        let base = launch();
+        let mut other_exe = MockLaunch::new(b"another executable", base.config.clone());
+        assert_ne!(other_exe.measurement(), base.measurement());
+        other_exe = base.clone();
+        other_exe
+            .config
+            .insert("listen".to_owned(), "0.0.0.0:8443".to_owned());
+        assert_ne!(other_exe.measurement(), base.measurement());
+        assert_ne!(other_exe.host_data(), base.host_data());
+        let mut debug = base.clone();
+        debug.debug = true;
+        assert_ne!(debug.measurement(), base.measurement());
+    }
+
+    #[test]
+    fn debug_launch_is_rejected_by_default() {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let mut launch = launch();
+        launch.debug = true;
+        let evidence = platform.attest(&launch, [7; 64]);
+        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let rejection = policy
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect_err("rejected");
+        assert!(rejection.failed(Check::Debug), "{rejection}");
+        policy.allow_debug = true;
+        policy
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect("debug allowed");
+    }
+
+    #[test]
+    fn platform_survives_a_round_trip_through_its_files() {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let files = platform.files();
+        let again = MockPlatform::from_files(|n| {
+            files
+                .iter()
+                .find(|f| f.name == n)
+                .map(|f| f.contents.clone())
+        })
+        .expect("loads");
+        assert_eq!(again.root(), platform.root());
+        let launch = launch();
+        let evidence = again.attest(&launch, [1; 64]);
+        let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        policy
+            .appraise(&evidence, &Expected::new([1; 64], now))
+            .expect("accepted");
+        // A missing key is named.
+        let err = MockPlatform::from_files(|n| {
+            (n != files::VCEK_KEY)
+                .then(|| {
+                    files
+                        .iter()
+                        .find(|f| f.name == n)
+                        .map(|f| f.contents.clone())
+                })
+                .flatten()
+        })
+        .expect_err("missing key");
+        assert!(err.to_string().contains("vcek.key"));
+    }
+
+    #[test]
+    fn mock_report_has_the_snp_layout() {
+        let platform = MockPlatform::generate(SystemTime::now()).expect("generate");
+        let launch = launch();
+        let report = platform.sign_report(&launch, [9; 64]);
+        let parsed = Report::from_bytes(report.as_bytes()).expect("parses as SNP");
+        assert_eq!(parsed.version(), 5);
+        assert_eq!(parsed.report_data(), [9; 64]);
+        assert_eq!(parsed.measurement(), launch.measurement());
+        assert_eq!(parsed.host_data(), launch.host_data());
+        assert!(parsed.nonzero_reserved().is_empty());
+    }
+}

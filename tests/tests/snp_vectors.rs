@@ -1,0 +1,310 @@
+//! The 17 real AMD-signed SEV-SNP reports: each verifies, and each mutation is rejected
+//! with its check named.
+
+use std::time::Duration;
+
+use veil_attestation::report::Product;
+use veil_attestation::{Check, Expected, Policy, Rejection};
+use veil_tests::vectors::{self, Vector};
+
+/// A policy that accepts every genuine vector (any VMPL, debug allowed).
+fn permissive() -> Policy {
+    let mut p = Policy::genuine_snp();
+    p.vmpl = vec![0, 1, 2, 3];
+    p.allow_debug = true;
+    p
+}
+
+fn expected(v: &Vector) -> Expected {
+    Expected::new(v.parsed().report_data(), v.valid_at)
+}
+
+fn reject(policy: &Policy, v: &Vector, evidence: &veil_attestation::Evidence) -> Rejection {
+    match policy.appraise(evidence, &expected(v)) {
+        Ok(_) => panic!("{}: mutated evidence was accepted", v.set.name),
+        Err(r) => r,
+    }
+}
+
+#[test]
+fn every_real_vector_verifies() {
+    let all = vectors::all();
+    if all.is_empty() {
+        return;
+    }
+    assert_eq!(all.len(), 17, "the manifest lists 17 verifiable sets");
+    for v in &all {
+        let appraisal = permissive()
+            .appraise(&v.evidence(), &expected(v))
+            .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
+        assert_eq!(appraisal.product().name(), v.set.product, "{}", v.set.name);
+        assert!(!appraisal.is_mock());
+    }
+}
+
+#[test]
+fn vectors_verify_with_built_in_roots_only() {
+    for mut v in vectors::all() {
+        v.chain
+            .retain(|c| c.subject_cn().is_some_and(|cn| cn.starts_with("ARK-")));
+        permissive()
+            .appraise(&v.evidence(), &expected(&v))
+            .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
+    }
+}
+
+#[test]
+fn default_policy_accepts_vmpl0_non_debug_vectors_and_rejects_the_debug_one() {
+    for v in vectors::all() {
+        let r = v.parsed();
+        let result = Policy::genuine_snp().appraise(&v.evidence(), &expected(&v));
+        let debug = r.policy() & (1 << 19) != 0;
+        match (debug, r.vmpl()) {
+            (false, 0) => {
+                result.unwrap_or_else(|e| panic!("{}: {e}", v.set.name));
+            }
+            (true, _) => {
+                assert_eq!(v.set.name, "go-sev-guest/milan");
+                let e = result.expect_err("debug report rejected by default");
+                assert!(e.failed(Check::Debug), "{e}");
+                assert_eq!(e.failures().count(), 1, "only debug fails: {e}");
+            }
+            (false, vmpl) => {
+                let e = result.expect_err("non-zero VMPL rejected by default");
+                assert!(e.failed(Check::Vmpl), "{}: vmpl {vmpl}: {e}", v.set.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_debug_vector_is_accepted_when_the_policy_allows_debug() {
+    let Some(v) = vectors::all()
+        .into_iter()
+        .find(|v| v.set.name == "go-sev-guest/milan")
+    else {
+        return;
+    };
+    let mut policy = Policy::genuine_snp();
+    policy.allow_debug = true;
+    policy
+        .appraise(&v.evidence(), &expected(&v))
+        .expect("debug allowed");
+}
+
+#[test]
+fn any_single_byte_flip_in_the_report_is_rejected() {
+    // One bit per byte (a different bit each byte), over the whole report: the signed
+    // region, the signature and the reserved bytes after it.
+    for v in vectors::all() {
+        let policy = permissive();
+        for i in 0..v.report.len() {
+            let mut e = v.evidence();
+            e.report[i] ^= 1 << (i % 8);
+            let r = reject(&policy, &v, &e);
+            assert!(r.failures().count() > 0, "{} byte {i:#x}", v.set.name);
+            if i < 0x2A0 {
+                // Anything in the signed bytes breaks the signature, unless it changes
+                // the version or breaks the report format first.
+                assert!(
+                    r.failed(Check::ReportSignature) || r.failed(Check::EvidenceFormat),
+                    "{} byte {i:#x}: {r}",
+                    v.set.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flip_in_report_data_fails_the_signature_and_the_binding() {
+    for v in vectors::all() {
+        let mut e = v.evidence();
+        e.report[0x50] ^= 1;
+        let r = reject(&permissive(), &v, &e);
+        assert!(r.failed(Check::ReportSignature), "{r}");
+        assert!(r.failed(Check::ReportData), "{r}");
+    }
+}
+
+#[test]
+fn every_bit_of_the_signed_region_matters() {
+    for v in vectors::all()
+        .into_iter()
+        .filter(|v| v.set.name == "ms-tav/turin")
+    {
+        let report = v.parsed();
+        let policy = permissive();
+        let base = policy
+            .appraise(&v.evidence(), &expected(&v))
+            .expect("verifies");
+        for bit in 0..(0x2A0 * 8) {
+            let mut raw = report.as_bytes().to_vec();
+            raw[bit / 8] ^= 1 << (bit % 8);
+            let mut e = v.evidence();
+            e.report = raw;
+            if let Ok(ok) = policy.appraise(&e, &Expected::new(base.report_data(), v.valid_at)) {
+                panic!(
+                    "{}: bit {bit} flipped and still accepted: {:?}",
+                    v.set.name,
+                    ok.product()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_expected_report_data_is_rejected() {
+    for v in vectors::all() {
+        let mut want = v.parsed().report_data();
+        want[63] ^= 0x80;
+        let r = permissive()
+            .appraise(&v.evidence(), &Expected::new(want, v.valid_at))
+            .expect_err("rejected");
+        assert!(r.failed(Check::ReportData), "{r}");
+        assert_eq!(r.failures().count(), 1, "{r}");
+    }
+}
+
+#[test]
+fn a_wrong_measurement_is_rejected() {
+    for v in vectors::all() {
+        let mut policy = permissive();
+        policy.any_measurement = false;
+        let mut m = v.parsed().measurement();
+        policy.measurements = vec![hex::encode(m)];
+        policy
+            .appraise(&v.evidence(), &expected(&v))
+            .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
+        m[0] ^= 1;
+        policy.measurements = vec![hex::encode(m)];
+        let r = reject(&policy, &v, &v.evidence());
+        assert!(r.failed(Check::Measurement), "{r}");
+        policy.measurements.clear();
+        assert!(reject(&policy, &v, &v.evidence()).failed(Check::Measurement));
+    }
+}
+
+#[test]
+fn a_tcb_minimum_above_the_report_is_rejected() {
+    for v in vectors::all() {
+        let mut policy = permissive();
+        let tcb = veil_attestation::Tcb::from_raw(
+            v.parsed().reported_tcb_raw(),
+            Product::from_name(&v.set.product).expect("product"),
+        );
+        let min = policy.min_tcb.entry("all".into()).or_default();
+        min.snp = tcb.snp;
+        min.microcode = tcb.microcode;
+        policy
+            .appraise(&v.evidence(), &expected(&v))
+            .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
+        policy.min_tcb.get_mut("all").expect("set").snp = tcb.snp + 1;
+        let r = reject(&policy, &v, &v.evidence());
+        assert!(r.failed(Check::MinimumTcb), "{r}");
+        assert!(r.to_string().contains("snp"), "{r}");
+    }
+}
+
+#[test]
+fn the_chain_of_another_product_is_rejected() {
+    let all = vectors::all();
+    for v in &all {
+        for other in ["Milan", "Genoa", "Turin"]
+            .into_iter()
+            .filter(|p| *p != v.set.product)
+        {
+            let product = Product::from_name(other).expect("product");
+            let roots = veil_attestation::chain::amd_roots(product).expect("AMD roots");
+            let mut e = v.evidence();
+            e.certificates.truncate(1);
+            e.certificates.push(roots.ask.as_der().to_vec());
+            e.certificates.push(roots.ark.as_der().to_vec());
+            let r = reject(&permissive(), v, &e);
+            assert!(
+                r.failed(Check::CertificateChain) || r.failed(Check::TrustAnchor),
+                "{}: {r}",
+                v.set.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_vek_from_another_vector_does_not_verify_the_report() {
+    let all = vectors::all();
+    for (v, other) in all.iter().zip(all.iter().cycle().skip(1)) {
+        if v.vek == other.vek {
+            continue;
+        }
+        let mut e = v.evidence();
+        e.certificates = other.evidence().certificates;
+        let r = reject(&permissive(), v, &e);
+        assert!(
+            r.failed(Check::ReportSignature)
+                || r.failed(Check::Product)
+                || r.failed(Check::SigningKey),
+            "{} with {}'s VEK: {r}",
+            v.set.name,
+            other.set.name
+        );
+    }
+}
+
+#[test]
+fn certificates_outside_their_validity_are_rejected() {
+    for v in vectors::all() {
+        let too_early = v.vek.not_before() - Duration::from_secs(3600);
+        let r = permissive()
+            .appraise(
+                &v.evidence(),
+                &Expected::new(v.parsed().report_data(), too_early),
+            )
+            .expect_err("not yet valid");
+        assert!(r.failed(Check::CertificateValidity), "{r}");
+    }
+}
+
+#[test]
+fn a_report_claiming_vlek_but_signed_by_a_vcek_is_rejected() {
+    for v in vectors::all()
+        .into_iter()
+        .filter(|v| v.vek.subject_cn().as_deref() == Some("SEV-VCEK"))
+    {
+        let mut e = v.evidence();
+        e.report[0x48] = (e.report[0x48] & !0b11100) | (1 << 2);
+        let r = reject(&permissive(), &v, &e);
+        assert!(r.failed(Check::SigningKey), "{r}");
+    }
+}
+
+#[test]
+fn our_parser_agrees_with_the_sev_crate() {
+    use sev::parser::ByteParser;
+    for v in vectors::all() {
+        let ours = v.parsed();
+        let theirs =
+            sev::firmware::guest::AttestationReport::from_bytes(&v.report).expect("sev parses");
+        assert_eq!(ours.version(), theirs.version);
+        assert_eq!(ours.measurement(), theirs.measurement);
+        assert_eq!(ours.report_data(), theirs.report_data);
+        assert_eq!(ours.chip_id(), theirs.chip_id);
+        assert_eq!(ours.vmpl(), theirs.vmpl);
+        assert_eq!(ours.policy(), u64::from(theirs.policy));
+        let product = Product::from_name(&v.set.product).expect("product");
+        let tcb = veil_attestation::Tcb::from_raw(ours.reported_tcb_raw(), product);
+        assert_eq!(
+            (tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode),
+            (
+                theirs.reported_tcb.bootloader,
+                theirs.reported_tcb.tee,
+                theirs.reported_tcb.snp,
+                theirs.reported_tcb.microcode
+            ),
+            "{}",
+            v.set.name
+        );
+        assert_eq!(ours.current_version().major, theirs.current.major);
+    }
+}
