@@ -64,13 +64,13 @@ pub struct MockFile {
 /// Names of the files of a platform directory.
 pub mod files {
     /// Root certificate (`ARK-Mock`), PEM: the trust anchor a verifier names.
-    pub const ROOT: &str = "root.pem";
+    pub const ROOT: &str = "ark.pem";
     /// Root private key, PKCS#8 PEM.
-    pub const ROOT_KEY: &str = "root.key";
+    pub const ROOT_KEY: &str = "ark.key";
     /// Intermediate certificate (`SEV-Mock`), PEM.
-    pub const INTERMEDIATE: &str = "intermediate.pem";
+    pub const INTERMEDIATE: &str = "ask.pem";
     /// Intermediate private key.
-    pub const INTERMEDIATE_KEY: &str = "intermediate.key";
+    pub const INTERMEDIATE_KEY: &str = "ask.key";
     /// Signing certificate (`SEV-VCEK`), PEM.
     pub const VCEK: &str = "vcek.pem";
     /// Signing private key.

@@ -1,1 +1,27 @@
-//! The Veil client library.
+//! The Veil client library: the commands of `veil`, and what they share (reading files,
+//! printing verdicts).
+//!
+//! Exit codes: 0 success, 1 error, 2 usage, 3 evidence rejected.
+
+pub mod files;
+pub mod mock_cmd;
+pub mod output;
+pub mod report_cmd;
+
+/// How a command failed: rejected evidence (exit 3) or any other error (exit 1).
+#[derive(Debug)]
+pub enum Failure {
+    /// The evidence was appraised and rejected; the verdict has been printed.
+    Rejected,
+    /// Anything else.
+    Error(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+/// Result of a command.
+pub type CmdResult = Result<(), Failure>;

@@ -1,2 +1,46 @@
-//! `veil`
-fn main() {}
+//! `veil`: the Veil command line (report, mock platform, and later verify/provision/ask).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use veil_client::{mock_cmd, report_cmd, Failure};
+
+#[derive(Parser)]
+#[command(
+    name = "veil",
+    version,
+    about = "Veil: confidential inference with attested key release"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and verify raw SEV-SNP attestation reports, offline.
+    #[command(subcommand)]
+    Report(report_cmd::ReportCommand),
+    /// The mock platform: a software stand-in for the AMD secure processor.
+    #[command(subcommand, name = "mock-platform")]
+    MockPlatform(mock_cmd::MockCommand),
+    /// Run the mock TEE end to end on this machine: platform, attestation, verification.
+    Demo(mock_cmd::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Report(cmd) => report_cmd::run(cmd),
+        Command::MockPlatform(cmd) => mock_cmd::run(cmd),
+        Command::Demo(args) => mock_cmd::demo(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Rejected) => ExitCode::from(3),
+        Err(Failure::Error(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! `veil mock-platform init|measure|attest` and `veil demo`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use veil_attestation::binding::{Purpose, Transcript};
+use veil_attestation::mock::files;
+use veil_attestation::{Expected, MockLaunch, MockPlatform, Policy};
+use zeroize::Zeroizing;
+
+use crate::files::{read_small, write_new};
+use crate::output::print_verdict;
+use crate::{CmdResult, Failure};
+
+/// `veil mock-platform …`
+#[derive(Subcommand)]
+pub enum MockCommand {
+    /// Create a mock platform (root → intermediate → signing key) in DIR.
+    Init {
+        /// Directory to create (or an empty one).
+        dir: PathBuf,
+        /// Replace an existing platform in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the launch measurement the mock platform reports for an executable and
+    /// launch configuration: the value to put in a policy's `measurements`.
+    Measure(LaunchArgs),
+    /// Sign a mock report for a launch, with chosen report data.
+    Attest {
+        /// The mock platform directory.
+        dir: PathBuf,
+        /// What is launched.
+        #[command(flatten)]
+        launch: LaunchArgs,
+        /// REPORT_DATA as 128 hex digits (default: zeros).
+        #[arg(long)]
+        report_data: Option<String>,
+        /// Where to write the raw 1184-byte report.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Also write the evidence bundle (JSON) here.
+        #[arg(long)]
+        evidence: Option<PathBuf>,
+        /// Replace existing output files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// What the mock platform launches.
+#[derive(Args, Clone)]
+pub struct LaunchArgs {
+    /// The executable launched (its bytes are measured).
+    #[arg(long)]
+    pub executable: PathBuf,
+    /// Launch configuration, `KEY=VALUE` (repeatable; measured, and hashed into HOST_DATA).
+    #[arg(long = "config", value_parser = parse_kv)]
+    pub config: Vec<(String, String)>,
+    /// A debug launch (guest policy allows debugging).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+impl LaunchArgs {
+    fn launch(&self) -> anyhow::Result<MockLaunch> {
+        let exe = std::fs::read(&self.executable)
+            .with_context(|| format!("cannot read {}", self.executable.display()))?;
+        let mut launch = MockLaunch::new(&exe, self.config.iter().cloned().collect());
+        launch.debug = self.debug;
+        Ok(launch)
+    }
+}
+
+/// Writes a new mock platform into `dir` (keys with mode 0600).
+///
+/// # Errors
+/// If `dir` already holds a platform (without `force`) or cannot be written.
+pub fn init_platform(dir: &Path, force: bool) -> anyhow::Result<MockPlatform> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let platform = MockPlatform::generate(SystemTime::now())?;
+    for file in platform.files() {
+        write_new(&dir.join(file.name), &file.contents, file.secret, force)?;
+    }
+    Ok(platform)
+}
+
+/// Loads the mock platform in `dir`.
+///
+/// # Errors
+/// Naming the missing or malformed file.
+pub fn load_platform(dir: &Path) -> anyhow::Result<MockPlatform> {
+    Ok(
+        MockPlatform::from_files(|name| read_small(&dir.join(name)).ok().map(Zeroizing::new))
+            .with_context(|| format!("mock platform in {}", dir.display()))?,
+    )
+}
+
+/// Runs a `veil mock-platform` command.
+///
+/// # Errors
+/// [`Failure::Error`] naming what failed.
+pub fn run(cmd: MockCommand) -> CmdResult {
+    match cmd {
+        MockCommand::Init { dir, force } => {
+            let platform = init_platform(&dir, force)?;
+            println!("MOCK platform created in {}", dir.display());
+            println!(
+                "  root certificate: {} (trust it with --mock-root, or in a policy:)",
+                dir.join(files::ROOT).display()
+            );
+            println!("  mock_roots = [\"{}\"]", platform.root().fingerprint());
+            println!(
+                "  private keys ({}, {}, {}) are mode 0600",
+                files::ROOT_KEY,
+                files::INTERMEDIATE_KEY,
+                files::VCEK_KEY
+            );
+        }
+        MockCommand::Measure(launch) => {
+            println!("{}", hex::encode(launch.launch()?.measurement()));
+        }
+        MockCommand::Attest {
+            dir,
+            launch,
+            report_data,
+            output,
+            evidence,
+            force,
+        } => {
+            let platform = load_platform(&dir)?;
+            let launch = launch.launch()?;
+            let mut rd = [0u8; 64];
+            if let Some(text) = report_data {
+                hex::decode_to_slice(text.trim(), &mut rd)
+                    .context("--report-data must be 128 hex digits")?;
+            }
+            let e = platform.attest(&launch, rd);
+            write_new(&output, &e.report, false, force)?;
+            if let Some(path) = evidence {
+                write_new(&path, e.to_json().as_bytes(), false, force)?;
+            }
+            println!("MOCK report written to {}", output.display());
+            println!("  measurement {}", hex::encode(launch.measurement()));
+        }
+    }
+    Ok(())
+}
+
+fn print_refusal(result: &Result<veil_attestation::Appraisal, veil_attestation::Rejection>) {
+    match result {
+        Ok(_) => println!("   ACCEPTED (unexpected)"),
+        Err(r) => {
+            for o in r.failures() {
+                println!("   ✗ {}: {}", o.check, o.detail);
+            }
+            println!("   REJECTED (MOCK)");
+        }
+    }
+}
+
+/// `veil demo`
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Keep the mock platform, policy and evidence in DIR instead of a temporary directory.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+}
+
+/// The demo: a mock platform attests this very executable, a verifier appraises the
+/// evidence against a policy, and a tampered copy is refused.
+///
+/// # Errors
+/// [`Failure::Error`] if a step fails; [`Failure::Rejected`] if the genuine evidence is refused.
+pub fn demo(args: DemoArgs) -> CmdResult {
+    let temp;
+    let dir = match &args.keep {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    println!("== 1. A MOCK platform (software stand-in for the AMD secure processor)");
+    let platform = init_platform(&dir.join("mock-platform"), true)?;
+    println!("   root {}", platform.root().fingerprint());
+
+    println!("== 2. The platform launches this executable with a launch configuration");
+    let exe_path = std::env::current_exe().context("cannot locate this executable")?;
+    let exe =
+        std::fs::read(&exe_path).with_context(|| format!("cannot read {}", exe_path.display()))?;
+    let config = BTreeMap::from([
+        ("tee".to_owned(), "mock".to_owned()),
+        ("listen".to_owned(), "127.0.0.1:8443".to_owned()),
+    ]);
+    let launch = MockLaunch::new(&exe, config);
+    println!("   measurement {}", hex::encode(launch.measurement()));
+
+    println!("== 3. The owner's policy: this mock root, this measurement, no debug");
+    let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+    write_new(
+        &dir.join("policy.toml"),
+        policy.to_toml().as_bytes(),
+        false,
+        true,
+    )?;
+
+    println!("== 4. A verifier sends a fresh nonce; the platform signs a report binding it");
+    let mut nonce = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| anyhow!("no randomness"))?;
+    let transcript = Transcript {
+        purpose: Purpose::Offline,
+        nonce: &nonce,
+        spki_sha256: [0; 32],
+        exporter: None,
+        wrap_pk: [0; 32],
+        model_sha256: [0; 32],
+    };
+    let report_data = transcript.report_data()?;
+    let mut evidence = platform.attest(&launch, report_data);
+    evidence.binding = Some(transcript.binding());
+    write_new(
+        &dir.join("evidence.json"),
+        evidence.to_json().as_bytes(),
+        false,
+        true,
+    )?;
+
+    println!("== 5. Appraisal");
+    let now = SystemTime::now();
+    let result = policy.appraise(&evidence, &Expected::new(report_data, now));
+    print_verdict(&result, true);
+    if result.is_err() {
+        return Err(Failure::Rejected);
+    }
+
+    println!("== 6. The same evidence replayed to a verifier with another nonce is refused");
+    let mut other = report_data;
+    other[0] ^= 1;
+    print_refusal(&policy.appraise(&evidence, &Expected::new(other, now)));
+
+    println!("== 7. A report from a debug launch is refused by the same policy");
+    let mut debug = launch.clone();
+    debug.debug = true;
+    print_refusal(&policy.appraise(
+        &platform.attest(&debug, report_data),
+        &Expected::new(report_data, now),
+    ));
+
+    if args.keep.is_some() {
+        println!(
+            "Kept in {}: mock-platform/, policy.toml, evidence.json",
+            dir.display()
+        );
+    }
+    println!(
+        "(The sealed model, the server, key provisioning and chat join this demo as they land.)"
+    );
+    Ok(())
+}

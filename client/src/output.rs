@@ -1,0 +1,90 @@
+//! Printing verdicts: a per-check table for people, JSON for scripts.
+
+use serde_json::json;
+use veil_attestation::{Appraisal, Outcome, Rejection, Report, Status};
+
+/// Prints one line per check: ✓ passed, ✗ failed, – not checked.
+pub fn print_outcomes(outcomes: &[Outcome]) {
+    let width = outcomes
+        .iter()
+        .map(|o| o.check.name().len())
+        .max()
+        .unwrap_or(0);
+    for o in outcomes {
+        let mark = match o.status {
+            Status::Passed => "✓",
+            Status::Failed => "✗",
+            Status::Skipped => "–",
+        };
+        println!("  {mark} {:width$}  {}", o.check.name(), o.detail);
+    }
+}
+
+/// Prints the verdict of an appraisal for people. MOCK evidence says so first and last.
+pub fn print_verdict(result: &Result<Appraisal, Rejection>, mock: bool) {
+    if mock {
+        println!(
+            "MOCK evidence: signed by a software mock platform, not by an AMD secure processor"
+        );
+    }
+    match result {
+        Ok(a) => {
+            print_outcomes(a.outcomes());
+            let tag = if mock { "VERIFIED (MOCK)" } else { "VERIFIED" };
+            println!(
+                "{tag}: {} report v{}, signed by the {}",
+                a.product(),
+                a.report().version(),
+                a.signing_key()
+            );
+        }
+        Err(r) => {
+            print_outcomes(&r.outcomes);
+            let failed: Vec<&str> = r.failures().map(|o| o.check.name()).collect();
+            let tag = if mock { "REJECTED (MOCK)" } else { "REJECTED" };
+            println!(
+                "{tag}: {} check(s) failed: {}",
+                failed.len(),
+                failed.join(", ")
+            );
+        }
+    }
+}
+
+/// The verdict as JSON: `verified`, `mock`, every check, the failed ones, and the claims.
+pub fn verdict_json(
+    result: &Result<Appraisal, Rejection>,
+    report: Option<&Report>,
+    mock: bool,
+) -> serde_json::Value {
+    let (outcomes, verified) = match result {
+        Ok(a) => (a.outcomes(), true),
+        Err(r) => (r.outcomes.as_slice(), false),
+    };
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.failed())
+        .map(|o| o.check.name())
+        .collect();
+    let claims = report.map(|r| {
+        json!({
+            "measurement": hex::encode(r.measurement()),
+            "report_data": hex::encode(r.report_data()),
+            "host_data": hex::encode(r.host_data()),
+            "chip_id": hex::encode(r.chip_id()),
+            "vmpl": r.vmpl(),
+            "guest_svn": r.guest_svn(),
+            "policy": format!("{:#x}", r.policy()),
+            "version": r.version(),
+        })
+    });
+    json!({
+        "verified": verified,
+        "mock": mock,
+        "tee": if mock { "MOCK" } else { "snp" },
+        "product": result.as_ref().ok().map(|a| a.product().to_string()),
+        "failed": failed,
+        "checks": outcomes,
+        "claims": claims,
+    })
+}

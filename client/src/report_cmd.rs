@@ -1,0 +1,271 @@
+//! `veil report show|verify`: raw SEV-SNP reports, offline.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand};
+use veil_attestation::{Certificate, Evidence, Expected, Policy, Product, Report, TeeKind};
+
+use crate::files::read_small;
+use crate::output::{print_verdict, verdict_json};
+use crate::{CmdResult, Failure};
+
+/// `veil report …`
+#[derive(Subcommand)]
+pub enum ReportCommand {
+    /// Print every field of a report (raw 1184 bytes, hex text, or an evidence JSON).
+    Show {
+        /// The report file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Decode TCBs in this product's layout (default: from the CPUID bytes).
+        #[arg(long)]
+        product: Option<String>,
+    },
+    /// Verify a report offline: certificate chain, signature, and policy.
+    Verify(VerifyArgs),
+}
+
+/// `veil report verify`
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The report: raw 1184 bytes, hex text, or an evidence JSON bundle.
+    pub file: PathBuf,
+    /// Directory with `vcek.pem`/`vcek.der` or `vlek.pem`/`vlek.der`, and optionally
+    /// `ask.pem`, `asvk.pem`, `ark.pem` (snpguest's names). Built-in AMD roots otherwise.
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// Appraisal policy (TOML). Without it: genuine evidence, default security settings,
+    /// any measurement.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Trust this mock platform root certificate (MOCK evidence only).
+    #[arg(long)]
+    pub mock_root: Option<PathBuf>,
+    /// Expected REPORT_DATA (128 hex digits). Without it, report data is not checked.
+    #[arg(long)]
+    pub report_data: Option<String>,
+    /// Check certificate validity at this time (RFC 3339) instead of now.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Print a machine-readable verdict.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `veil report` command.
+///
+/// # Errors
+/// [`Failure::Rejected`] when the evidence fails appraisal; [`Failure::Error`] otherwise.
+pub fn run(cmd: ReportCommand) -> CmdResult {
+    match cmd {
+        ReportCommand::Show {
+            file,
+            json,
+            product,
+        } => show(&file, json, product.as_deref()),
+        ReportCommand::Verify(args) => verify(args),
+    }
+}
+
+fn load_report(file: &Path) -> anyhow::Result<(Report, Option<Evidence>)> {
+    let bytes = read_small(file)?;
+    if bytes.first() == Some(&b'{') {
+        let evidence =
+            Evidence::from_json(&bytes).with_context(|| format!("{}", file.display()))?;
+        let report = evidence
+            .parsed_report()
+            .with_context(|| format!("{}", file.display()))?;
+        return Ok((report, Some(evidence)));
+    }
+    let report = Report::from_bytes_or_hex(&bytes)
+        .with_context(|| format!("{} is not an SNP report", file.display()))?;
+    Ok((report, None))
+}
+
+fn show(file: &Path, json: bool, product: Option<&str>) -> CmdResult {
+    let (report, _) = load_report(file)?;
+    let product = product
+        .map(|p| Product::from_name(&capitalize(p)).ok_or_else(|| anyhow!("unknown product {p:?}")))
+        .transpose()?;
+    let fields = report.fields(product);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fields)?);
+        return Ok(());
+    }
+    let value = serde_json::to_value(&fields)?;
+    let obj = value.as_object().expect("fields serialize to an object");
+    for (k, v) in obj {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(o) => {
+                let raw = o.get("raw").and_then(|r| r.as_str()).unwrap_or_default();
+                let d = &o["decoded"];
+                let mut parts = Vec::new();
+                for key in ["fmc", "bootloader", "tee", "snp", "microcode"] {
+                    if let Some(n) = d.get(key) {
+                        parts.push(format!("{key}={n}"));
+                    }
+                }
+                format!("{raw} ({})", parts.join(" "))
+            }
+            serde_json::Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        };
+        println!("{k:20} {text}");
+    }
+    Ok(())
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// Reads the first of `names` that exists in `dir`.
+fn cert_file(dir: &Path, names: &[&str]) -> anyhow::Result<Option<Vec<Certificate>>> {
+    for name in names {
+        let path = dir.join(name);
+        if path.is_file() {
+            let certs = Certificate::all_from_pem_or_der(&read_small(&path)?)
+                .with_context(|| format!("{} is not a certificate", path.display()))?;
+            if certs.is_empty() {
+                bail!("{} holds no certificate", path.display());
+            }
+            return Ok(Some(certs));
+        }
+    }
+    Ok(None)
+}
+
+fn certificates_from_dir(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let vek =
+        cert_file(dir, &["vcek.pem", "vcek.der", "vlek.pem", "vlek.der"])?.ok_or_else(|| {
+            anyhow!(
+                "{} has no vcek.pem, vcek.der, vlek.pem or vlek.der",
+                dir.display()
+            )
+        })?;
+    let mut certs: Vec<Vec<u8>> = vec![vek[0].as_der().to_vec()];
+    for names in [
+        &["ask.pem", "ask.der"][..],
+        &["asvk.pem", "asvk.der"],
+        &["ark.pem", "ark.der"],
+    ] {
+        for c in cert_file(dir, names)?.unwrap_or_default() {
+            if !certs.iter().any(|d| d == c.as_der()) {
+                certs.push(c.as_der().to_vec());
+            }
+        }
+    }
+    Ok(certs)
+}
+
+/// Parses `--at`.
+fn appraisal_time(at: Option<&str>) -> anyhow::Result<SystemTime> {
+    match at {
+        None => Ok(SystemTime::now()),
+        Some(text) => {
+            let t =
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .with_context(|| {
+                    format!("--at {text:?} is not an RFC 3339 time (e.g. 2025-06-01T00:00:00Z)")
+                })?;
+            Ok(SystemTime::from(t))
+        }
+    }
+}
+
+/// Loads a policy file, naming it in errors.
+///
+/// # Errors
+/// If the file cannot be read or is not a valid policy.
+pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    let text = String::from_utf8(read_small(path)?)
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+    Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))
+}
+
+fn verify(args: VerifyArgs) -> CmdResult {
+    let (report, evidence) = load_report(&args.file)?;
+    let mut evidence = match (evidence, &args.certs) {
+        (Some(mut e), Some(dir)) => {
+            e.certificates = certificates_from_dir(dir)?;
+            e
+        }
+        (Some(e), None) => e,
+        (None, Some(dir)) => {
+            let certificates = certificates_from_dir(dir)?;
+            Evidence {
+                tee: TeeKind::Snp,
+                report: report.as_bytes().to_vec(),
+                certificates,
+                binding: None,
+            }
+        }
+        (None, None) => {
+            return Err(anyhow!(
+                "--certs DIR is required for a raw report (it holds vcek.pem or vlek.pem)"
+            )
+            .into())
+        }
+    };
+    // The mock platform's VCEK is issued by SEV-Mock: appraise it as MOCK evidence, which
+    // only passes if the policy (or --mock-root) names the mock root.
+    let first = evidence
+        .certificates
+        .first()
+        .ok_or_else(|| anyhow!("the evidence carries no certificates"))?;
+    let vek = Certificate::from_der(first).context("the VCEK/VLEK")?;
+    if vek.issuer_cn().as_deref() == Some("SEV-Mock") {
+        evidence.tee = TeeKind::Mock;
+    }
+    let mock = evidence.tee == TeeKind::Mock;
+
+    let mut policy = match &args.policy {
+        Some(path) => load_policy(path)?,
+        None => Policy::genuine_snp(),
+    };
+    if let Some(root) = &args.mock_root {
+        let certs = Certificate::all_from_pem_or_der(&read_small(root)?)
+            .with_context(|| format!("{} is not a certificate", root.display()))?;
+        let root = certs
+            .first()
+            .ok_or_else(|| anyhow!("{} holds no certificate", root.display()))?;
+        policy.mock_roots.push(root.fingerprint());
+        if !policy.tee.contains(&TeeKind::Mock) {
+            policy.tee.push(TeeKind::Mock);
+        }
+        if !evidence.certificates.iter().any(|d| d == root.as_der()) {
+            evidence.certificates.push(root.as_der().to_vec());
+        }
+    }
+    let now = appraisal_time(args.at.as_deref())?;
+    let expected = match &args.report_data {
+        Some(text) => {
+            let mut rd = [0u8; 64];
+            hex::decode_to_slice(text.trim(), &mut rd)
+                .context("--report-data must be 128 hex digits")?;
+            Expected::new(rd, now)
+        }
+        None => Expected::danger_any_report_data(now),
+    };
+    let result = policy.appraise(&evidence, &expected);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verdict_json(&result, Some(&report), mock))?
+        );
+    } else {
+        print_verdict(&result, mock);
+        if args.policy.is_none() {
+            println!("(no --policy: the measurement was not checked)");
+        }
+    }
+    result.map(|_| ()).map_err(|_| Failure::Rejected)
+}

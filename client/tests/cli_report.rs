@@ -1,0 +1,347 @@
+//! `veil report` and `veil mock-platform` as a user runs them: real vectors, mock
+//! reports, exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use veil_tests::vectors;
+
+fn veil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .output()
+        .expect("veil runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
+}
+
+/// Writes the vector's report and certificates the way snpguest lays them out.
+fn lay_out(v: &vectors::Vector, dir: &Path) -> (String, String) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let report = dir.join("report.bin");
+    std::fs::write(&report, &v.report).expect("write report");
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    let vek_name = if v.vek.subject_cn().as_deref() == Some("SEV-VLEK") {
+        "vlek.der"
+    } else {
+        "vcek.der"
+    };
+    std::fs::write(certs.join(vek_name), v.vek.as_der()).expect("write vek");
+    for c in &v.chain {
+        let cn = c.subject_cn().unwrap_or_default();
+        let name = if cn.starts_with("ARK-") {
+            "ark.pem"
+        } else if cn.starts_with("SEV-VLEK-") {
+            "asvk.pem"
+        } else {
+            "ask.pem"
+        };
+        std::fs::write(certs.join(name), c.to_pem()).expect("write chain");
+    }
+    (report.display().to_string(), certs.display().to_string())
+}
+
+const PERMISSIVE: &str = "any_measurement = true\nallow_debug = true\nvmpl = [0, 1, 2, 3]\n";
+
+#[test]
+fn every_real_vector_verifies_through_the_cli() {
+    let all = vectors::all();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let policy = tmp.path().join("permissive.toml");
+    std::fs::write(&policy, PERMISSIVE).expect("write policy");
+    for (i, v) in all.iter().enumerate() {
+        let dir = tmp.path().join(i.to_string());
+        let (report, certs) = lay_out(v, &dir);
+        let at = rfc3339(v.valid_at);
+        let o = veil(&[
+            "report",
+            "verify",
+            &report,
+            "--certs",
+            &certs,
+            "--policy",
+            policy.to_str().expect("utf8"),
+            "--at",
+            &at,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}: {}", v.set.name, text(&o));
+        assert!(text(&o).contains("VERIFIED"), "{}", text(&o));
+        assert!(!text(&o).contains("MOCK"), "{}", text(&o));
+    }
+}
+
+#[test]
+fn hex_reports_are_read_as_well_as_raw_ones() {
+    let Some(v) = vectors::all()
+        .into_iter()
+        .find(|v| v.set.report_format.as_deref() == Some("hex"))
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_, certs) = lay_out(&v, tmp.path());
+    let hex_path = v.root.join(v.set.report.as_deref().expect("report"));
+    let o = veil(&[
+        "report",
+        "verify",
+        hex_path.to_str().expect("utf8"),
+        "--certs",
+        &certs,
+        "--at",
+        &rfc3339(v.valid_at),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn the_debug_vector_is_rejected_by_default_with_exit_3() {
+    let Some(v) = vectors::all()
+        .into_iter()
+        .find(|v| v.set.name == "go-sev-guest/milan")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (report, certs) = lay_out(&v, tmp.path());
+    let o = veil(&[
+        "report",
+        "verify",
+        &report,
+        "--certs",
+        &certs,
+        "--at",
+        &rfc3339(v.valid_at),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("✗ debug"), "{}", text(&o));
+}
+
+#[test]
+fn a_flipped_bit_is_rejected_with_the_check_named_in_json() {
+    for v in vectors::all().into_iter().take(3) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (report, certs) = lay_out(&v, tmp.path());
+        let mut raw = v.report.clone();
+        raw[0x90] ^= 0x10; // MEASUREMENT
+        std::fs::write(&report, &raw).expect("write");
+        let o = veil(&[
+            "report",
+            "verify",
+            &report,
+            "--certs",
+            &certs,
+            "--at",
+            &rfc3339(v.valid_at),
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json verdict");
+        assert_eq!(verdict["verified"], false);
+        let failed: Vec<&str> = verdict["failed"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        assert!(failed.contains(&"report_signature"), "{failed:?}");
+    }
+}
+
+#[test]
+fn certificates_of_another_product_are_rejected() {
+    let Some(v) = vectors::all()
+        .into_iter()
+        .find(|v| v.set.name == "oak/genoa-oc")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (report, certs) = lay_out(&v, tmp.path());
+    let milan =
+        veil_attestation::chain::amd_roots(veil_attestation::Product::Milan).expect("roots");
+    std::fs::write(Path::new(&certs).join("ask.pem"), milan.ask.to_pem()).expect("write");
+    std::fs::write(Path::new(&certs).join("ark.pem"), milan.ark.to_pem()).expect("write");
+    let o = veil(&[
+        "report",
+        "verify",
+        &report,
+        "--certs",
+        &certs,
+        "--at",
+        &rfc3339(v.valid_at),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+}
+
+#[test]
+fn report_show_prints_every_field() {
+    let Some(v) = vectors::all()
+        .into_iter()
+        .find(|v| v.set.name == "oak/turin-oc")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (report, _) = lay_out(&v, tmp.path());
+    let o = veil(&["report", "show", &report]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains(&hex::encode(v.parsed().measurement())),
+        "{out}"
+    );
+    assert!(
+        out.contains("fmc=0 bootloader=1 tee=0 snp=2 microcode=71"),
+        "{out}"
+    );
+    let o = veil(&["report", "show", &report, "--json"]);
+    let fields: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(fields["version"], 5);
+    assert_eq!(fields["tcb_layout"], "turin");
+}
+
+#[test]
+fn bad_input_gives_exit_1_with_the_file_named_and_usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let junk = tmp.path().join("junk.bin");
+    std::fs::write(&junk, b"not a report").expect("write");
+    let o = veil(&["report", "show", junk.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("junk.bin"), "{}", text(&o));
+    let o = veil(&[
+        "report",
+        "verify",
+        "/nonexistent/report.bin",
+        "--certs",
+        "/nonexistent",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = veil(&["report", "frobnicate"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn mock_reports_verify_only_with_the_mock_root_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("platform");
+    let d = dir.to_str().expect("utf8");
+    let o = veil(&["mock-platform", "init", d]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("vcek.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        veil(&["mock-platform", "init", d]).status.code(),
+        Some(1),
+        "refuses to overwrite"
+    );
+
+    let exe = tmp.path().join("server.bin");
+    std::fs::write(&exe, b"pretend server executable").expect("write");
+    let e = exe.to_str().expect("utf8");
+    let report = tmp.path().join("mock-report.bin");
+    let r = report.to_str().expect("utf8");
+    let o = veil(&[
+        "mock-platform",
+        "attest",
+        d,
+        "--executable",
+        e,
+        "--config",
+        "listen=127.0.0.1:8443",
+        "-o",
+        r,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let root = dir.join("ark.pem");
+    let o = veil(&[
+        "report",
+        "verify",
+        r,
+        "--certs",
+        d,
+        "--mock-root",
+        root.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("VERIFIED (MOCK)"), "{}", text(&o));
+
+    let o = veil(&["report", "verify", r, "--certs", d]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("✗ trust_anchor"), "{}", text(&o));
+    assert!(text(&o).contains("MOCK"), "{}", text(&o));
+
+    // A policy pinning the measurement: the same binary and config pass, another config fails.
+    let measure = |config: &str| {
+        let o = veil(&[
+            "mock-platform",
+            "measure",
+            "--executable",
+            e,
+            "--config",
+            config,
+        ]);
+        String::from_utf8(o.stdout).expect("utf8").trim().to_owned()
+    };
+    let m = measure("listen=127.0.0.1:8443");
+    assert_ne!(m, measure("listen=0.0.0.0:8443"));
+    let fingerprint = veil_attestation::Certificate::from_pem(&std::fs::read(&root).expect("root"))
+        .expect("pem")
+        .fingerprint();
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("tee = [\"mock\"]\nmock_roots = [\"{fingerprint}\"]\nmeasurements = [\"{m}\"]\n"),
+    )
+    .expect("write");
+    let p = policy.to_str().expect("utf8");
+    assert_eq!(
+        veil(&["report", "verify", r, "--certs", d, "--policy", p])
+            .status
+            .code(),
+        Some(0)
+    );
+    let o = veil(&[
+        "mock-platform",
+        "attest",
+        d,
+        "--executable",
+        e,
+        "--config",
+        "listen=0.0.0.0:8443",
+        "-o",
+        r,
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = veil(&["report", "verify", r, "--certs", d, "--policy", p]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("✗ measurement"), "{}", text(&o));
+}
+
+#[test]
+fn the_demo_runs_and_shows_mock_verification() {
+    let o = veil(&["demo"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("VERIFIED (MOCK)"), "{out}");
+    assert!(out.contains("✗ report_data"), "{out}");
+    assert!(out.contains("✗ debug"), "{out}");
+}
