@@ -7,5 +7,7 @@ if [ -z "${VEIL_SNP_VECTORS:-}" ] && [ -d ../shared/vectors/snp ]; then
   VEIL_SNP_VECTORS="$(cd ../shared/vectors/snp && pwd)"
   export VEIL_SNP_VECTORS
 fi
-[ -x scripts/setup.sh ] && scripts/setup.sh
+if [ -x scripts/setup.sh ]; then
+  scripts/setup.sh
+fi
 cargo test --workspace --locked "$@"
