@@ -293,13 +293,17 @@ impl Report {
         Ok(report)
     }
 
-    /// Parses raw bytes, or hex text of them (whitespace ignored).
+    /// Parses raw bytes, hex text of them (whitespace ignored), or an Azure HCL report
+    /// (magic `HCLA`, the SNP report at bytes `0x20..0x4C0`).
     ///
     /// # Errors
     /// As [`Report::from_bytes`], or [`ReportError::Encoding`].
     pub fn from_bytes_or_hex(bytes: &[u8]) -> Result<Self, ReportError> {
         if bytes.len() == REPORT_LEN {
             return Report::from_bytes(bytes);
+        }
+        if bytes.len() >= 0x20 + REPORT_LEN && bytes.starts_with(b"HCLA") {
+            return Report::from_bytes(&bytes[0x20..0x20 + REPORT_LEN]);
         }
         let text: Vec<u8> = bytes
             .iter()
@@ -676,6 +680,20 @@ mod tests {
             &raw
         );
         assert!(Report::from_bytes_or_hex(b"zz").is_err());
+    }
+
+    #[test]
+    fn reads_azure_hcl_reports() {
+        let mut hcl = b"HCLA".to_vec();
+        hcl.resize(0x20, 0);
+        hcl.extend_from_slice(&blank(2));
+        hcl.resize(2600, 0);
+        assert_eq!(
+            Report::from_bytes_or_hex(&hcl)
+                .expect("HCL parses")
+                .version(),
+            2
+        );
     }
 
     #[test]

@@ -107,6 +107,28 @@ fn hex_reports_are_read_as_well_as_raw_ones() {
 }
 
 #[test]
+fn azure_hcl_reports_are_read_directly() {
+    for v in vectors::all()
+        .into_iter()
+        .filter(|v| v.set.report_format.as_deref() == Some("hcl"))
+    {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_, certs) = lay_out(&v, tmp.path());
+        let hcl = v.root.join(v.set.report.as_deref().expect("report"));
+        let o = veil(&[
+            "report",
+            "verify",
+            hcl.to_str().expect("utf8"),
+            "--certs",
+            &certs,
+            "--at",
+            &rfc3339(v.valid_at),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}: {}", v.set.name, text(&o));
+    }
+}
+
+#[test]
 fn the_debug_vector_is_rejected_by_default_with_exit_3() {
     let Some(v) = vectors::all()
         .into_iter()
