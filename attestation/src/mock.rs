@@ -585,6 +585,25 @@ mod tests {
     }
 
     #[test]
+    fn a_product_specific_minimum_tcb_overrides_all() {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let launch = launch();
+        let evidence = platform.attest(&launch, [7; 64]);
+        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        policy.min_tcb.entry("all".into()).or_default().snp = MOCK_TCB.snp + 1;
+        policy.min_tcb.entry("Mock".into()).or_default().snp = MOCK_TCB.snp;
+        policy
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect("the Mock entry applies");
+        policy.min_tcb.remove("Mock");
+        let rejection = policy
+            .appraise(&evidence, &Expected::new([7; 64], now))
+            .expect_err("all applies");
+        assert!(rejection.failed(Check::MinimumTcb), "{rejection}");
+    }
+
+    #[test]
     fn platform_survives_a_round_trip_through_its_files() {
         let now = SystemTime::now();
         let platform = MockPlatform::generate(now).expect("generate");

@@ -355,7 +355,7 @@ impl Policy {
             }
         }
         for key in self.min_tcb.keys() {
-            if key != "all" && Product::from_name(&capitalize(key)).is_none() {
+            if key != "all" && Product::from_name(key).is_none() {
                 return Err(PolicyError::Invalid {
                     field: "min_tcb",
                     reason: format!("unknown product {key:?}"),
@@ -552,9 +552,10 @@ impl Policy {
             // Policy minimum TCB.
             let minimum = self
                 .min_tcb
-                .get(&product.name().to_ascii_lowercase())
-                .or_else(|| self.min_tcb.get("all"))
-                .copied()
+                .iter()
+                .find(|(k, _)| Product::from_name(k) == Some(product))
+                .or_else(|| self.min_tcb.iter().find(|(k, _)| k.as_str() == "all"))
+                .map(|(_, m)| *m)
                 .unwrap_or_default();
             let below = reported.components_below(&minimum.as_tcb());
             out.record(
@@ -801,13 +802,6 @@ fn list<T: fmt::Debug>(items: &[T]) -> String {
         .map(|i| format!("{i:?}").to_lowercase())
         .collect();
     v.join(", ")
-}
-
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

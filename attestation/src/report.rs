@@ -67,14 +67,14 @@ impl Product {
         }
     }
 
-    /// Parses an AMD product name, ignoring a stepping suffix (`Milan-B0`).
+    /// Parses a product name in any case, ignoring a stepping suffix (`Milan-B0`).
     pub fn from_name(name: &str) -> Option<Self> {
-        let base = name.split('-').next().unwrap_or(name);
-        match base {
-            "Milan" => Some(Product::Milan),
-            "Genoa" => Some(Product::Genoa),
-            "Turin" => Some(Product::Turin),
-            "Mock" => Some(Product::Mock),
+        let base = name.split('-').next().unwrap_or(name).to_ascii_lowercase();
+        match base.as_str() {
+            "milan" => Some(Product::Milan),
+            "genoa" => Some(Product::Genoa),
+            "turin" => Some(Product::Turin),
+            "mock" => Some(Product::Mock),
             _ => None,
         }
     }

@@ -89,7 +89,7 @@ fn load_report(file: &Path) -> anyhow::Result<(Report, Option<Evidence>)> {
 fn show(file: &Path, json: bool, product: Option<&str>) -> CmdResult {
     let (report, _) = load_report(file)?;
     let product = product
-        .map(|p| Product::from_name(&capitalize(p)).ok_or_else(|| anyhow!("unknown product {p:?}")))
+        .map(|p| Product::from_name(p).ok_or_else(|| anyhow!("unknown product {p:?}")))
         .transpose()?;
     let fields = report.fields(product);
     if json {
@@ -118,13 +118,6 @@ fn show(file: &Path, json: bool, product: Option<&str>) -> CmdResult {
         println!("{k:20} {text}");
     }
     Ok(())
-}
-
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-        .unwrap_or_default()
 }
 
 /// Reads the first of `names` that exists in `dir`.
