@@ -34,6 +34,7 @@ pub mod check;
 pub mod evidence;
 pub mod mock;
 pub mod policy;
+pub mod release;
 pub mod report;
 
 pub use attester::{AttestError, Attester, MockAttester};
@@ -43,4 +44,5 @@ pub use check::{Check, Outcome, Status};
 pub use evidence::{Evidence, EvidenceError, TeeKind};
 pub use mock::{MockLaunch, MockPlatform};
 pub use policy::{Appraisal, Expected, Policy, PolicyError, Rejection};
+pub use release::{KeyRelease, ReleaseError, WrappingKey};
 pub use report::{Product, Report, ReportError, SigningKey, Tcb};
