@@ -107,6 +107,8 @@ fn aad(report_data: &[u8; 64], key_id: &[u8]) -> Vec<u8> {
     aad
 }
 
+type Decoded = (Vec<u8>, Vec<u8>, Vec<u8>);
+
 /// The wire form of a released key (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,7 +173,8 @@ impl KeyRelease {
             .map_err(|_| ReleaseError::Malformed("report_data"))
     }
 
-    fn decode(&self) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), ReleaseError> {
+    /// Decodes `(enc, ct, key_id)`.
+    fn decode(&self) -> Result<Decoded, ReleaseError> {
         if self.suite != SUITE {
             return Err(ReleaseError::Malformed("suite"));
         }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_client::{mock_cmd, report_cmd, Failure};
+use veil_client::{mock_cmd, report_cmd, seal_cmd, Failure};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,8 @@ enum Command {
     /// The mock platform: a software stand-in for the AMD secure processor.
     #[command(subcommand, name = "mock-platform")]
     MockPlatform(mock_cmd::MockCommand),
+    /// Seal a model: encrypt it under a model key (`--inspect` shows a sealed header).
+    Seal(seal_cmd::SealArgs),
     /// Run the mock TEE end to end on this machine: platform, attestation, verification.
     Demo(mock_cmd::DemoArgs),
 }
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Report(cmd) => report_cmd::run(cmd),
         Command::MockPlatform(cmd) => mock_cmd::run(cmd),
+        Command::Seal(args) => seal_cmd::run(args),
         Command::Demo(args) => mock_cmd::demo(args),
     };
     match result {

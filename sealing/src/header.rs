@@ -116,7 +116,7 @@ pub(crate) fn chunk_count(plaintext_len: u64, chunk_size: u32) -> u64 {
 }
 
 fn align(n: u64) -> u64 {
-    n.div_ceil(ALIGN) * ALIGN
+    n.div_ceil(ALIGN).saturating_mul(ALIGN)
 }
 
 impl SealedHeader {
@@ -230,12 +230,12 @@ impl SealedHeader {
 
     /// Offset of the first ciphertext byte (4096-aligned).
     pub fn data_offset(&self) -> u64 {
-        align(u64::from(self.header_len) + TAG_LEN * self.chunk_count)
+        align(u64::from(self.header_len).saturating_add(TAG_LEN.saturating_mul(self.chunk_count)))
     }
 
     /// Total length of a well-formed sealed file with this header.
     pub fn file_len(&self) -> u64 {
-        self.data_offset() + self.plaintext_len
+        self.data_offset().saturating_add(self.plaintext_len)
     }
 
     /// Plaintext length of chunk `i`.

@@ -25,6 +25,7 @@
 
 pub mod header;
 pub mod key;
+mod memory;
 pub mod stream;
 
 pub use header::SealedHeader;

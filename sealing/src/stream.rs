@@ -248,7 +248,7 @@ pub fn unseal(
     let header = checked_header(file, key, options)?;
     let len = usize::try_from(header.plaintext_len)
         .map_err(|_| SealError::InvalidHeader("plaintext_len"))?;
-    let mut out = Zeroizing::new(vec![0u8; len]);
+    let mut out = crate::memory::plaintext_buffer(len);
     open_chunks(file, key, &header, options, &mut out)?;
     Ok((header, Plaintext(out)))
 }

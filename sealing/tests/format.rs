@@ -87,6 +87,24 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #[test]
+    fn header_parsing_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..9000)) {
+        if let Ok(h) = SealedHeader::from_bytes(&bytes) {
+            let _ = (h.data_offset(), h.file_len());
+        }
+    }
+
+    #[test]
+    fn edited_length_fields_never_panic(len in proptest::num::u64::ANY, count in proptest::num::u64::ANY) {
+        let key = ModelKey::generate();
+        let (_, mut bytes) = sealed(b"model", &key, CHUNK);
+        bytes[24..32].copy_from_slice(&len.to_le_bytes());
+        bytes[32..40].copy_from_slice(&count.to_le_bytes());
+        proptest::prop_assert!(open(&bytes, &key).is_err());
+    }
+}
+
 #[test]
 fn a_key_with_another_id_is_named() {
     let (_, bytes) = sealed(b"model", &ModelKey::generate(), CHUNK);
