@@ -26,7 +26,11 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(256);
     let len = mib << 20;
-    let chunk = 1usize << 20;
+    let chunk: usize = std::env::var("VEIL_BENCH_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024usize)
+        << 10;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let data: Vec<u8> = (0..len)
         .map(|i| (i as u32).wrapping_mul(2654435761) as u8)
@@ -92,7 +96,7 @@ fn main() {
             &mut Cursor::new(&data),
             &mut out,
             &model_key,
-            &SealOptions::default(),
+            &SealOptions::default().with_chunk_size(chunk as u32),
             &mut |_, _| {},
         )
         .expect("seal");

@@ -1,5 +1,7 @@
-//! Prints the worked example of `docs/sealed-format.md` (committed as
-//! `docs/sealed-format.vector.txt`; the test `the_documented_test_vector` checks it).
+//! Prints the worked example of `docs/sealed-format.md`, committed as
+//! `sealing/vectors/documented.vector`; the test `the_documented_test_vector` checks it.
+//!
+//! `cargo run -p veil-sealing --example vector > sealing/vectors/documented.vector`
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -16,7 +18,7 @@ fn main() {
         .with_metadata(metadata)
         .danger_fixed_salt([0x22; 32]);
     let mut out = Cursor::new(Vec::new());
-    seal(
+    let h = seal(
         &mut Cursor::new(plain.to_vec()),
         &mut out,
         &key,
@@ -25,11 +27,20 @@ fn main() {
     )
     .expect("seal");
     let bytes = out.into_inner();
-    println!(
-        "expect: opens with key 11×32 (key_id 33×16) to {:?}",
-        String::from_utf8_lossy(plain)
-    );
-    println!("header {}", hex::encode(&bytes[..124 + 17 + 32]));
-    println!("body {}", hex::encode(&bytes[8192..]));
+    let mac_end = 124 + 17 + 32;
+    let file_sha256 = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    println!("# Veil sealed-format v1 test vector: docs/sealed-format.md, \"Worked example\".");
+    println!("# The file is `header`, zeros to 4096, `tag`, zeros to 8192, then `body`.");
+    println!("expect: opens");
+    println!("key {}", hex::encode(key.expose_secret()));
+    println!("key_id {}", key.key_id());
+    println!("salt {}", hex::encode([0x22; 32]));
+    println!("chunk_size {}", h.chunk_size);
+    println!("plaintext {}", hex::encode(plain));
+    println!("model_sha256 {}", hex::encode(h.model_sha256));
+    println!("file_len {}", bytes.len());
+    println!("file_sha256 {}", hex::encode(file_sha256));
+    println!("header {}", hex::encode(&bytes[..mac_end]));
     println!("tag {}", hex::encode(&bytes[4096..4112]));
+    println!("body {}", hex::encode(&bytes[8192..]));
 }

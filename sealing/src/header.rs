@@ -42,12 +42,14 @@ pub const MIN_CHUNK: u32 = 4096;
 /// Largest chunk size.
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// Default chunk size.
-pub const DEFAULT_CHUNK: u32 = 1 << 20;
+pub const DEFAULT_CHUNK: u32 = 256 << 10;
 /// Largest metadata.
 pub const MAX_META: u32 = 64 << 10;
 /// AEAD tag length.
 pub const TAG_LEN: u64 = 16;
 const FIXED: usize = 124;
+/// Offset of `model_sha256` in the header.
+const DIGEST_AT: usize = 88;
 
 /// The header of a sealed model: everything but the key and the ciphertext.
 #[derive(Clone, PartialEq, Eq)]
@@ -98,6 +100,17 @@ impl hkdf::KeyType for Len {
     fn len(&self) -> usize {
         self.0
     }
+}
+
+/// `read_exact`, with a short stream reported as [`SealError::Truncated`].
+pub(crate) fn read_exact_or_truncated<R: std::io::Read>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), SealError> {
+    reader.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => SealError::Truncated,
+        _ => SealError::Io(e),
+    })
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -176,7 +189,8 @@ impl SealedHeader {
     /// Derives the header-MAC key and the payload key of this file from the model key.
     ///
     /// `PRK = HKDF-Extract(salt, K)`; `mac_key = Expand(PRK, "veil/v1/header-mac")`;
-    /// `payload_key = Expand(PRK, "veil/v1/payload" ‖ SHA-256(authenticated header))`.
+    /// `payload_key = Expand(PRK, "veil/v1/payload" ‖ H)` with
+    /// `H = SHA-256(A[0..88] ‖ A[120..])`, `A` the authenticated header bytes.
     pub(crate) fn keys(&self, key: &ModelKey) -> FileKeys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &self.salt).extract(key.expose_secret());
         let expand = |info: &[&[u8]]| {
@@ -187,11 +201,23 @@ impl SealedHeader {
             out
         };
         let mac_key = expand(&[b"veil/v1/header-mac"]);
-        let h = digest::digest(&digest::SHA256, &self.authenticated);
+        // H covers every authenticated byte except model_sha256 (offsets 88..120), so that
+        // `seal` can encrypt while it hashes, in one pass over the model. The digest is
+        // still covered by the header MAC, which every reader checks first.
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&self.authenticated[..DIGEST_AT]);
+        ctx.update(&self.authenticated[DIGEST_AT + 32..]);
+        let h = ctx.finish();
         FileKeys {
             mac: hmac::Key::new(hmac::HMAC_SHA256, mac_key.as_ref()),
             payload: expand(&[b"veil/v1/payload", h.as_ref()]),
         }
+    }
+
+    /// Sets the model digest (known only once `seal` has read the whole model).
+    pub(crate) fn set_model_sha256(&mut self, model_sha256: [u8; 32]) {
+        self.model_sha256 = model_sha256;
+        self.authenticated[DIGEST_AT..DIGEST_AT + 32].copy_from_slice(&model_sha256);
     }
 
     /// Encodes the header (with its MAC under `key`), padded to `header_len`.
@@ -211,10 +237,10 @@ impl SealedHeader {
     /// [`SealError::KeyIdMismatch`] if the key has another id; [`SealError::WrongKey`] if
     /// the id matches but the key does not.
     pub fn check_key(&self, key: &ModelKey) -> Result<(), SealError> {
-        if key.id() != self.key_id {
+        if key.key_id() != self.key_id {
             return Err(SealError::KeyIdMismatch {
                 file: self.key_id,
-                key: key.id(),
+                key: key.key_id(),
             });
         }
         let keys = self.keys(key);
@@ -244,7 +270,7 @@ impl SealedHeader {
         (self.plaintext_len - start).min(u64::from(self.chunk_size)) as usize
     }
 
-    /// Reads the first bytes of a sealed file: enough for [`SealedHeader::from_bytes`].
+    /// Length of the fixed part of the header: enough for [`SealedHeader::needed_len`].
     pub const PREFIX_LEN: usize = FIXED;
 
     /// Parses a header from the start of a sealed file. Needs no key.
@@ -305,6 +331,26 @@ impl SealedHeader {
             mac,
             authenticated: bytes[..FIXED + meta_len].to_vec(),
         })
+    }
+
+    /// Reads exactly one header (`header_len` bytes) from the start of a sealed stream,
+    /// leaving `reader` at the tag table. Needs no key.
+    ///
+    /// # Errors
+    /// As [`SealedHeader::from_bytes`]; [`SealError::Truncated`] if the stream ends first;
+    /// [`SealError::Io`] if reading fails.
+    pub fn from_reader<R: std::io::Read>(reader: &mut R) -> Result<Self, SealError> {
+        let mut bytes = vec![0u8; FIXED];
+        read_exact_or_truncated(reader, &mut bytes)?;
+        let needed = Self::needed_len(&bytes)?;
+        bytes.resize(needed, 0);
+        read_exact_or_truncated(reader, &mut bytes[FIXED..])?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// The model name from the metadata, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.metadata.get("name").map(String::as_str)
     }
 
     /// How many bytes [`SealedHeader::from_bytes`] needs, from the first 124 bytes.

@@ -1,6 +1,10 @@
 //! The model key: 32 random bytes and the id that names them.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -81,7 +85,12 @@ impl ModelKey {
         ModelKey { id, key }
     }
 
-    /// The key id.
+    /// The key id: names this key in sealed headers, key files and key release.
+    pub fn key_id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The key id (same as [`ModelKey::key_id`]).
     pub fn id(&self) -> KeyId {
         self.id
     }
@@ -121,6 +130,69 @@ impl ModelKey {
     }
 }
 
+/// Largest key file read (a key file is about 150 bytes).
+const MAX_KEY_FILE: u64 = 4096;
+
+impl ModelKey {
+    /// Reads a key file written by [`ModelKey::write_key_file`].
+    ///
+    /// # Errors
+    /// [`SealError::Io`] if it cannot be read; [`SealError::InvalidKeyFile`] if it is not
+    /// a key file (the key never appears in the error).
+    pub fn read_key_file(path: &Path) -> Result<Self, SealError> {
+        let file = File::open(path)?;
+        let mut text = Zeroizing::new(String::new());
+        file.take(MAX_KEY_FILE + 1).read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_KEY_FILE {
+            return Err(SealError::InvalidKeyFile("larger than 4 KiB"));
+        }
+        Self::from_key_file(&text)
+    }
+
+    /// Writes the key file with mode 0600. Refuses to replace an existing file unless
+    /// `force`; with `force` it writes a new file beside it and renames it over, so the
+    /// old file's mode never applies to the new key.
+    ///
+    /// # Errors
+    /// [`SealError::Io`]; of kind `AlreadyExists` if `path` exists and `force` is false.
+    pub fn write_key_file(&self, path: &Path, force: bool) -> Result<(), SealError> {
+        let create = |p: &Path| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)
+        };
+        let write = |mut f: File| -> std::io::Result<()> {
+            f.write_all(self.to_key_file().as_bytes())?;
+            f.sync_all()
+        };
+        if !force {
+            let file = create(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => SealError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("{} exists; refusing to replace a key file", path.display()),
+                )),
+                _ => SealError::Io(e),
+            })?;
+            return write(file).map_err(|e| {
+                let _ = std::fs::remove_file(path);
+                SealError::Io(e)
+            });
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", self.id));
+        let tmp = PathBuf::from(tmp);
+        let result = create(&tmp)
+            .and_then(write)
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(SealError::Io)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +203,50 @@ mod tests {
         let again = ModelKey::from_key_file(&k.to_key_file()).expect("parses");
         assert_eq!(again.id(), k.id());
         assert_eq!(again.expose_secret(), k.expose_secret());
+    }
+
+    #[test]
+    fn key_files_are_private_and_never_silently_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.key");
+        let k = ModelKey::generate();
+        k.write_key_file(&path, false).expect("writes");
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = ModelKey::read_key_file(&path).expect("reads");
+        assert_eq!(again.key_id(), k.key_id());
+        assert_eq!(again.expose_secret(), k.expose_secret());
+
+        let other = ModelKey::generate();
+        match other.write_key_file(&path, false) {
+            Err(SealError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(
+            ModelKey::read_key_file(&path).expect("reads").key_id(),
+            k.key_id()
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        other.write_key_file(&path, true).expect("forced");
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "a forced write is private too");
+        assert_eq!(
+            ModelKey::read_key_file(&path).expect("reads").key_id(),
+            other.key_id()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("dir").count(),
+            1,
+            "no temp left"
+        );
     }
 
     #[test]

@@ -8,20 +8,33 @@
 //! The format is specified in `docs/sealed-format.md`.
 //!
 //! ```
-//! use std::io::{Cursor, Write};
-//! use veil_sealing::{seal, unseal, ModelKey, SealOptions, UnsealOptions};
+//! use std::io::Cursor;
+//! use veil_sealing::{seal, unseal_file, ModelKey, SealError, SealOptions, UnsealOptions};
 //!
 //! let key = ModelKey::generate();
 //! let mut sealed = tempfile::tempfile()?;
-//! seal(&mut Cursor::new(b"weights".to_vec()), &mut sealed, &key, &SealOptions::default(), &mut |_, _| {})?;
-//! let (header, plaintext) = unseal(&sealed, &key, &UnsealOptions::default())?;
+//! let options = SealOptions::default().with_name("tiny");
+//! seal(&mut Cursor::new(b"weights".to_vec()), &mut sealed, &key, &options, &mut |_, _| {})?;
+//!
+//! let plaintext = unseal_file(&sealed, &key, &UnsealOptions::default())?;
 //! assert_eq!(plaintext.as_bytes(), b"weights");
-//! assert_eq!(header.key_id, key.id());
+//! assert_eq!(plaintext.header().key_id, key.key_id());
+//! assert_eq!(plaintext.header().name(), Some("tiny"));
 //!
 //! // Another key fails at the header, before any chunk is read.
-//! assert!(unseal(&sealed, &ModelKey::generate(), &UnsealOptions::default()).is_err());
+//! let other = unseal_file(&sealed, &ModelKey::generate(), &UnsealOptions::default());
+//! assert!(matches!(other, Err(SealError::KeyIdMismatch { .. })));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The server checks a released key against the header alone with
+//! [`SealedHeader::check_key`], then calls [`unseal_file`]. `veil seal --inspect` reads
+//! the header with [`read_header`] or [`SealedHeader::from_reader`], without a key.
+//!
+//! # Security
+//! `ring` keeps its own copies of the derived keys (the HKDF PRK, the HMAC key, the
+//! expanded AES key schedule) and does not zeroize them when dropped; the model key and
+//! the derived payload key bytes held here are zeroized.
 
 pub mod header;
 pub mod key;
@@ -30,7 +43,10 @@ pub mod stream;
 
 pub use header::SealedHeader;
 pub use key::{KeyId, ModelKey};
-pub use stream::{read_header, seal, unseal, unseal_into, Plaintext, SealOptions, UnsealOptions};
+pub use stream::{
+    read_header, seal, unseal, unseal_file, unseal_into, unseal_reader, Plaintext, SealOptions,
+    UnsealOptions,
+};
 
 /// Why sealing or unsealing failed. Coarse on purpose: no oracle beyond these reasons,
 /// and never key material.

@@ -5,7 +5,8 @@ use std::io::{Cursor, Seek, SeekFrom, Write};
 
 use veil_sealing::header::TAG_LEN;
 use veil_sealing::{
-    seal, unseal, KeyId, ModelKey, SealError, SealOptions, SealedHeader, UnsealOptions,
+    seal, unseal, unseal_reader, KeyId, ModelKey, SealError, SealOptions, SealedHeader,
+    UnsealOptions,
 };
 use zeroize::Zeroizing;
 
@@ -44,7 +45,16 @@ fn open(bytes: &[u8], key: &ModelKey) -> Result<Vec<u8>, SealError> {
         verify_digest: true,
         ..UnsealOptions::default()
     };
-    unseal(&file_of(bytes), key, &opts).map(|(_, p)| p.as_bytes().to_vec())
+    let from_file = unseal(&file_of(bytes), key, &opts).map(|(_, p)| p.as_bytes().to_vec());
+    // The reader path must reach the same verdict.
+    let from_reader =
+        unseal_reader(&mut Cursor::new(bytes), key, &opts).map(|p| p.as_bytes().to_vec());
+    assert_eq!(
+        format!("{from_file:?}"),
+        format!("{from_reader:?}"),
+        "unseal_file and unseal_reader disagree"
+    );
+    from_file
 }
 
 #[test]
@@ -142,6 +152,116 @@ fn every_header_byte_is_authenticated() {
             "byte {i}: caught at the header, not later"
         );
     }
+}
+
+/// Each header field, edited without the key, fails with the reason that names it; no
+/// edit gets as far as the chunks.
+#[test]
+fn every_header_field_edited_is_named() {
+    let key = ModelKey::generate();
+    let (h, bytes) = sealed(&data(3 * CHUNK as usize + 100, 7), &key, CHUNK);
+    let meta_len = u32::from_le_bytes(bytes[120..124].try_into().expect("4")) as usize;
+    type Check = fn(&SealError) -> bool;
+    let cases: Vec<(&str, usize, u8, Check)> = vec![
+        ("magic", 0, 1, |e| {
+            matches!(e, SealError::InvalidHeader("magic"))
+        }),
+        ("version", 8, 1, |e| {
+            matches!(e, SealError::UnsupportedVersion { found: 0 })
+        }),
+        ("suite", 10, 2, |e| {
+            matches!(e, SealError::InvalidHeader("suite"))
+        }),
+        ("header_len", 13, 0x20, |e| {
+            matches!(e, SealError::InvalidHeader("header_len"))
+        }),
+        ("chunk_size", 16, 1, |e| {
+            matches!(e, SealError::InvalidHeader("chunk_size"))
+        }),
+        // a power of two again (8 KiB), so the chunk count no longer matches
+        ("chunk_size", 17, 0x30, |e| {
+            matches!(e, SealError::InvalidHeader("chunk_count"))
+        }),
+        ("reserved", 20, 1, |e| {
+            matches!(e, SealError::InvalidHeader("reserved"))
+        }),
+        ("plaintext_len", 25, 0x10, |e| {
+            matches!(e, SealError::InvalidHeader("chunk_count"))
+        }),
+        // same chunk count, another last-chunk length: only the MAC can tell
+        ("plaintext_len", 24, 0x01, |e| {
+            matches!(e, SealError::WrongKey { .. })
+        }),
+        ("chunk_count", 32, 1, |e| {
+            matches!(e, SealError::InvalidHeader("chunk_count"))
+        }),
+        ("key_id", 40, 1, |e| {
+            matches!(e, SealError::KeyIdMismatch { .. })
+        }),
+        ("salt", 56, 1, |e| matches!(e, SealError::WrongKey { .. })),
+        ("model_sha256", 88, 1, |e| {
+            matches!(e, SealError::WrongKey { .. })
+        }),
+        ("meta_len", 120, 1, |e| {
+            matches!(e, SealError::InvalidHeader(_))
+        }),
+        ("metadata", 124 + 10, 1, |e| {
+            matches!(e, SealError::WrongKey { .. })
+        }),
+        ("metadata", 124, 0x20, |e| {
+            matches!(e, SealError::InvalidHeader("metadata"))
+        }),
+        ("header_mac", 124 + meta_len, 1, |e| {
+            matches!(e, SealError::WrongKey { .. })
+        }),
+        ("padding", 124 + meta_len + 32, 1, |e| {
+            matches!(e, SealError::InvalidHeader("padding"))
+        }),
+        ("tag table padding", h.data_offset() as usize - 1, 1, |e| {
+            matches!(e, SealError::InvalidHeader("tag table padding"))
+        }),
+    ];
+    for (name, at, xor, check) in cases {
+        let mut b = bytes.clone();
+        b[at] ^= xor;
+        match open(&b, &key) {
+            Err(e) if check(&e) => {}
+            other => panic!("{name} (byte {at} ^ {xor:#x}): {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn check_key_tells_a_wrong_key_from_the_header_alone() {
+    let key = ModelKey::generate();
+    let (_, bytes) = sealed(&data(2 * CHUNK as usize, 1), &key, CHUNK);
+    let header = SealedHeader::from_reader(&mut Cursor::new(&bytes)).expect("parses");
+    header.check_key(&key).expect("the right key");
+    let impostor = ModelKey::from_parts(key.key_id(), Zeroizing::new([0x55; 32]));
+    assert!(matches!(
+        header.check_key(&impostor),
+        Err(SealError::WrongKey { key_id }) if key_id == key.key_id()
+    ));
+    assert!(matches!(
+        header.check_key(&ModelKey::generate()),
+        Err(SealError::KeyIdMismatch { .. })
+    ));
+    // The header alone is enough: the body may be missing.
+    let only_header = &bytes[..header.header_len as usize];
+    assert!(matches!(
+        SealedHeader::from_bytes(only_header)
+            .expect("parses")
+            .check_key(&impostor),
+        Err(SealError::WrongKey { .. })
+    ));
+    assert!(matches!(
+        open(only_header, &impostor),
+        Err(SealError::WrongKey { .. })
+    ));
+    assert!(matches!(
+        SealedHeader::from_reader(&mut Cursor::new(&bytes[..header.header_len as usize - 1])),
+        Err(SealError::Truncated)
+    ));
 }
 
 #[test]
@@ -278,50 +398,59 @@ fn unknown_versions_and_non_sealed_files_are_named() {
     ));
 }
 
-/// The worked example of `docs/sealed-format.md`.
+/// The worked example of `docs/sealed-format.md` (`sealing/vectors/documented.vector`).
 #[test]
 fn the_documented_test_vector() {
-    let key = ModelKey::from_parts(KeyId([0x33; 16]), Zeroizing::new([0x11; 32]));
-    let plain = b"Veil sealed-format test vector\n";
-    let mut metadata = std::collections::BTreeMap::new();
-    metadata.insert("name".to_owned(), "vector".to_owned());
+    let text = include_str!("../vectors/documented.vector");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("vector has no {name} line"))
+    };
+    let hex_field = |name: &str| hex::decode(field(name)).expect("hex");
+    assert_eq!(field("expect:"), "opens");
+
+    // Rebuild the file from the vector alone, as a second implementation would.
+    let mut file = hex_field("header");
+    file.resize(4096, 0);
+    file.extend_from_slice(&hex_field("tag"));
+    file.resize(8192, 0);
+    file.extend_from_slice(&hex_field("body"));
+    assert_eq!(file.len(), field("file_len").parse::<usize>().expect("len"));
+    assert_eq!(
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &file)),
+        field("file_sha256")
+    );
+
+    // This implementation seals the same inputs to exactly these bytes...
+    let key = ModelKey::from_parts(
+        KeyId::from_hex(field("key_id")).expect("key id"),
+        Zeroizing::new(hex_field("key").try_into().expect("32 bytes")),
+    );
+    let plain = hex_field("plaintext");
     let opts = SealOptions::default()
-        .with_chunk_size(4096)
-        .with_metadata(metadata)
-        .danger_fixed_salt([0x22; 32]);
+        .with_chunk_size(field("chunk_size").parse().expect("chunk size"))
+        .with_name("vector")
+        .danger_fixed_salt(hex_field("salt").try_into().expect("32 bytes"));
     let mut out = Cursor::new(Vec::new());
     let h = seal(
-        &mut Cursor::new(plain.to_vec()),
+        &mut Cursor::new(&plain),
         &mut out,
         &key,
         &opts,
         &mut |_, _| {},
     )
     .expect("seal");
-    let bytes = out.into_inner();
-    assert_eq!(bytes.len(), 8192 + plain.len());
+    assert_eq!(hex::encode(h.model_sha256), field("model_sha256"));
     assert_eq!(
-        hex::encode(h.model_sha256),
-        "4cbc6a87f9194964a866d67338c176ed1a4234c198b4667eafae2a7927ecd760"
+        out.into_inner(),
+        file,
+        "sealed bytes differ from the vector"
     );
-    let expected = include_str!("../../docs/sealed-format.vector.txt");
-    let (head, rest) = expected
-        .split_once("\nbody ")
-        .expect("vector file has a body line");
-    let header_line = head
-        .lines()
-        .find_map(|l| l.strip_prefix("header "))
-        .expect("header line");
-    assert_eq!(
-        hex::encode(&bytes[..124 + 17 + 32]),
-        header_line.trim(),
-        "authenticated header and MAC"
-    );
-    let (tags_line, body) = rest
-        .split_once("\ntag ")
-        .map(|(b, t)| (t, b))
-        .expect("tag line");
-    assert_eq!(hex::encode(&bytes[8192..]), body.trim(), "ciphertext");
-    assert_eq!(hex::encode(&bytes[4096..4112]), tags_line.trim(), "tag");
-    assert_eq!(open(&bytes, &key).expect("opens"), plain);
+
+    // ...and opens them, through a file and through a reader.
+    assert_eq!(open(&file, &key).expect("opens"), plain);
+    let p = unseal_reader(&mut Cursor::new(&file), &key, &UnsealOptions::default()).expect("opens");
+    assert_eq!(p.as_bytes(), plain.as_slice());
+    assert_eq!(p.header().name(), Some("vector"));
 }
