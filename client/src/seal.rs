@@ -44,7 +44,7 @@ pub struct SealArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Chunk size in KiB: a power of two from 4 to 16384.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[arg(long, value_name = "N", default_value_t = 1024)]
     pub chunk_kib: u32,
     /// Replace existing output and key files.
     #[arg(long)]

@@ -7,7 +7,7 @@
 
 use std::io::{BufWriter, Read};
 
-use veil_sealing::{seal, unseal, ModelKey, SealOptions, UnsealOptions};
+use veil_sealing::{seal, unseal_file, ModelKey, SealOptions, UnsealOptions};
 
 /// A reader of `len` pseudo-random bytes that never holds them all.
 struct Synthetic {
@@ -67,7 +67,7 @@ fn main() {
             .expect("key file");
             let file = std::fs::File::open(dir.join("synthetic.veil")).expect("open");
             let t = std::time::Instant::now();
-            let (_, p) = unseal(&file, &key, &UnsealOptions::default()).expect("unseal");
+            let p = unseal_file(&file, &key, &UnsealOptions::default()).expect("unseal");
             println!(
                 "unsealed {} bytes in {:.2?}",
                 p.as_bytes().len(),

@@ -42,7 +42,7 @@ pub const MIN_CHUNK: u32 = 4096;
 /// Largest chunk size.
 pub const MAX_CHUNK: u32 = 16 << 20;
 /// Default chunk size.
-pub const DEFAULT_CHUNK: u32 = 256 << 10;
+pub const DEFAULT_CHUNK: u32 = 1 << 20;
 /// Largest metadata.
 pub const MAX_META: u32 = 64 << 10;
 /// AEAD tag length.

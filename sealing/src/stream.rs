@@ -35,7 +35,7 @@ fn aead_key(payload: &[u8; 32]) -> LessSafeKey {
 /// How to seal.
 #[derive(Debug, Clone)]
 pub struct SealOptions {
-    /// Plaintext bytes per chunk (power of two, 4 KiB ..= 16 MiB; default 256 KiB).
+    /// Plaintext bytes per chunk (power of two, 4 KiB ..= 16 MiB; default 1 MiB).
     pub chunk_size: u32,
     /// Metadata stored (authenticated, not encrypted) in the header, e.g. `name`.
     pub metadata: BTreeMap<String, String>,

@@ -100,9 +100,12 @@ proptest::proptest! {
 proptest::proptest! {
     #[test]
     fn header_parsing_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..9000)) {
-        if let Ok(h) = SealedHeader::from_bytes(&bytes) {
+        let from_slice = SealedHeader::from_bytes(&bytes);
+        if let Ok(h) = &from_slice {
             let _ = (h.data_offset(), h.file_len());
         }
+        let from_reader = SealedHeader::from_reader(&mut Cursor::new(&bytes));
+        proptest::prop_assert_eq!(from_slice.is_ok(), from_reader.is_ok());
     }
 
     #[test]
