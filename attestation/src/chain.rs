@@ -129,6 +129,15 @@ impl Certificate {
             .expect("a decoded certificate re-encodes")
     }
 
+    /// The DER SubjectPublicKeyInfo of the certificate's key (what a TLS binding hashes).
+    pub fn spki_der(&self) -> Vec<u8> {
+        self.cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .expect("a decoded SPKI re-encodes")
+    }
+
     /// SHA-256 of the DER bytes, hex: how a policy names a mock root.
     pub fn fingerprint(&self) -> String {
         hex::encode(digest::digest(&digest::SHA256, &self.der))

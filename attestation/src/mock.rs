@@ -446,6 +446,18 @@ impl MockLaunch {
         }
     }
 
+    /// The launch of `veil-server`: its executable and the configuration it measures
+    /// (`veil.tee`, `veil.listen`, `veil.model_sha256`). `veil mock-platform measure` and
+    /// verifiers compute the expected measurement from the same values.
+    pub fn server(executable: &[u8], listen: &str, model_sha256: &[u8; 32]) -> Self {
+        let config = BTreeMap::from([
+            ("veil.tee".to_owned(), "mock".to_owned()),
+            ("veil.listen".to_owned(), listen.to_owned()),
+            ("veil.model_sha256".to_owned(), hex::encode(model_sha256)),
+        ]);
+        MockLaunch::new(executable, config)
+    }
+
     /// The canonical encoding of the configuration: `key=value\n`, sorted by key, with
     /// keys and values length-prefixed so that no two configurations encode alike.
     pub fn canonical_config(&self) -> Vec<u8> {

@@ -7,7 +7,7 @@ pub mod files;
 pub mod mock_cmd;
 pub mod output;
 pub mod report_cmd;
-pub mod seal_cmd;
+pub mod seal;
 
 /// How a command failed: rejected evidence (exit 3) or any other error (exit 1).
 #[derive(Debug)]

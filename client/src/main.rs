@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_client::{mock_cmd, report_cmd, seal_cmd, Failure};
+use veil_client::{mock_cmd, report_cmd, seal, Failure};
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +25,7 @@ enum Command {
     #[command(subcommand, name = "mock-platform")]
     MockPlatform(mock_cmd::MockCommand),
     /// Seal a model: encrypt it under a model key (`--inspect` shows a sealed header).
-    Seal(seal_cmd::SealArgs),
+    Seal(seal::SealArgs),
     /// Run the mock TEE end to end on this machine: platform, attestation, verification.
     Demo(mock_cmd::DemoArgs),
 }
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Report(cmd) => report_cmd::run(cmd),
         Command::MockPlatform(cmd) => mock_cmd::run(cmd),
-        Command::Seal(args) => seal_cmd::run(args),
+        Command::Seal(args) => seal::run(args).map_err(Failure::from),
         Command::Demo(args) => mock_cmd::demo(args),
     };
     match result {
