@@ -6,6 +6,9 @@
 pub mod files;
 pub mod mock_cmd;
 pub mod output;
+pub mod pin;
+pub mod remote;
+pub mod remote_cmd;
 pub mod report_cmd;
 pub mod seal;
 

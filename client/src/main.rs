@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_client::{mock_cmd, report_cmd, seal, Failure};
+use veil_client::{mock_cmd, remote_cmd, report_cmd, seal, Failure};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +24,12 @@ enum Command {
     /// The mock platform: a software stand-in for the AMD secure processor.
     #[command(subcommand, name = "mock-platform")]
     MockPlatform(mock_cmd::MockCommand),
+    /// Verify a server's evidence on a fresh TLS connection (exit 3 if rejected).
+    Verify(remote_cmd::VerifyArgs),
+    /// Verify a server, then release the model key to it.
+    Provision(remote_cmd::ProvisionArgs),
+    /// Verify a server, then ask its model and stream the answer.
+    Ask(remote_cmd::AskArgs),
     /// Seal a model: encrypt it under a model key (`--inspect` shows a sealed header).
     Seal(seal::SealArgs),
     /// Run the mock TEE end to end on this machine: platform, attestation, verification.
@@ -35,6 +41,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Report(cmd) => report_cmd::run(cmd),
         Command::MockPlatform(cmd) => mock_cmd::run(cmd),
+        Command::Verify(args) => remote_cmd::verify(args),
+        Command::Provision(args) => remote_cmd::provision(args),
+        Command::Ask(args) => remote_cmd::ask(args),
         Command::Seal(args) => seal::run(args).map_err(Failure::from),
         Command::Demo(args) => mock_cmd::demo(args),
     };

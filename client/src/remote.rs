@@ -1,0 +1,209 @@
+//! One attested TLS connection to a `veil-server`: handshake (signature checked, certificate
+//! captured), the RFC 9266 exporter, a fresh nonce, `GET /v1/attestation` on that same
+//! connection, and appraisal with the binding recomputed from what this client saw.
+
+use std::time::SystemTime;
+
+use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::ServerName;
+use veil_attestation::binding::{Purpose, Transcript, EXPORTER_LABEL};
+use veil_attestation::{Appraisal, Evidence, Expected, Policy, Rejection};
+
+use crate::pin::{cert_spki_sha256, client_config, PinMode};
+
+/// Where a server is: `https://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `https://HOST[:PORT]` (default port 8443).
+    ///
+    /// # Errors
+    /// If the URL is not https or the port is invalid.
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| anyhow!("{url:?}: Veil servers are reached over https://"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => {
+                (h, p.parse().map_err(|_| anyhow!("{url:?}: invalid port"))?)
+            }
+            _ => (authority, 8443),
+        };
+        if host.is_empty() {
+            bail!("{url:?}: no host");
+        }
+        Ok(Target {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        })
+    }
+}
+
+/// An HTTP/1.1 connection over TLS 1.3.
+pub struct Session {
+    sender: SendRequest<Full<Bytes>>,
+    /// SHA-256 of the server certificate's SubjectPublicKeyInfo.
+    pub spki_sha256: [u8; 32],
+    /// This connection's RFC 9266 exporter.
+    pub exporter: [u8; 32],
+    host: String,
+}
+
+impl Session {
+    /// Connects with the given certificate policy.
+    ///
+    /// # Errors
+    /// If the connection or handshake fails (a pin mismatch is a handshake failure).
+    pub async fn connect(target: &Target, mode: PinMode) -> anyhow::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .with_context(|| format!("cannot connect to {}:{}", target.host, target.port))?;
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|_| anyhow!("{:?} is not a valid server name", target.host))?;
+        let tls = tokio_rustls::TlsConnector::from(client_config(mode))
+            .connect(name, tcp)
+            .await
+            .with_context(|| {
+                format!("TLS handshake with {}:{} failed", target.host, target.port)
+            })?;
+        let (_, conn) = tls.get_ref();
+        let cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| anyhow!("the server sent no certificate"))?;
+        let spki_sha256 = cert_spki_sha256(cert.as_ref())
+            .ok_or_else(|| anyhow!("the server certificate does not parse"))?;
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+            .map_err(|e| anyhow!("TLS exporter: {e}"))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .context("HTTP handshake")?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Session {
+            sender,
+            spki_sha256,
+            exporter,
+            host: target.host.clone(),
+        })
+    }
+
+    /// Sends a request on this connection.
+    ///
+    /// # Errors
+    /// If the connection fails.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Response<Incoming>> {
+        self.sender.ready().await.context("the connection closed")?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .context("request")?;
+        self.sender
+            .send_request(req)
+            .await
+            .context("the server did not answer")
+    }
+
+    /// Sends a request and reads the whole body (at most 1 MiB).
+    ///
+    /// # Errors
+    /// If the connection fails or the body is too large.
+    pub async fn fetch(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the response: {e}"))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+/// A connection whose evidence has been appraised.
+pub struct Attested {
+    /// The connection (use it only if `result` is `Ok`).
+    pub session: Session,
+    /// The evidence as received.
+    pub evidence: Evidence,
+    /// The appraisal, or the rejection listing every failed check.
+    pub result: Result<Appraisal, Rejection>,
+}
+
+/// Connects, attests on the same connection with a fresh 32-byte nonce, and appraises.
+///
+/// # Errors
+/// Network and protocol errors; a rejection is not an error (see [`Attested::result`]).
+pub async fn attest(target: &Target, policy: &Policy) -> anyhow::Result<Attested> {
+    let mut session = Session::connect(target, PinMode::Capture).await?;
+    let mut nonce = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| anyhow!("no randomness"))?;
+    let path = format!("/v1/attestation?nonce={}", URL_SAFE_NO_PAD.encode(nonce));
+    let (status, body) = session.fetch("GET", &path, None).await?;
+    if status != StatusCode::OK {
+        bail!(
+            "GET /v1/attestation: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let evidence = Evidence::from_json(&body).context("the server's evidence")?;
+    // The server says which wrapping key and model it binds; everything else comes from
+    // this client: its nonce, the certificate it saw, its own exporter, the purpose.
+    let (wrap_pk, model_sha256) = evidence
+        .binding
+        .as_ref()
+        .map_or(([0; 32], [0; 32]), |b| (b.wrap_pk, b.model_sha256));
+    let expected = Transcript {
+        purpose: Purpose::ClientSession,
+        nonce: &nonce,
+        spki_sha256: session.spki_sha256,
+        exporter: Some(session.exporter),
+        wrap_pk,
+        model_sha256,
+    }
+    .report_data()?;
+    let result = policy.appraise(&evidence, &Expected::new(expected, SystemTime::now()));
+    Ok(Attested {
+        session,
+        evidence,
+        result,
+    })
+}

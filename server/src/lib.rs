@@ -1,0 +1,15 @@
+//! `veil-server`: serves a sealed model from inside a TEE. It starts locked, serves only
+//! attestation and health until the model key arrives through attested key release, then
+//! unseals the weights into memory and serves an OpenAI-compatible API, all over TLS 1.3
+//! whose key and exporter the evidence binds.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod serve;
+pub mod state;
+pub mod tls;
+
+pub use api::app;
+pub use config::{run, Config};
+pub use state::{AppState, Lifecycle};

@@ -1,0 +1,333 @@
+//! Handlers without sockets (`Router::oneshot`), on the mock TEE and the tiny model.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use veil_attestation::binding::{Purpose, Transcript};
+use veil_attestation::{Evidence, Expected, KeyRelease, WrappingKey};
+use veil_model::EngineConfig;
+use veil_sealing::ModelKey;
+use veil_server::api::ChannelBinding;
+use veil_server::app;
+use zeroize::Zeroizing;
+
+use common::{fixture, Fixture};
+
+const EXPORTER: [u8; 32] = [0xE5; 32];
+
+async fn call(f: &Fixture, req: Request<Body>) -> (StatusCode, Value) {
+    let mut req = req;
+    req.extensions_mut()
+        .insert(ChannelBinding { exporter: EXPORTER });
+    let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+    )
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+fn post(uri: &str, body: Value) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+fn chat(max_tokens: u32, stream: bool) -> Value {
+    json!({ "model": "veil-tiny", "messages": [{ "role": "user", "content": "hello" }], "max_tokens": max_tokens, "temperature": 0, "stream": stream })
+}
+
+/// Attests with a nonce, appraises like a client, and returns the appraisal.
+async fn attest(f: &Fixture) -> veil_attestation::Appraisal {
+    let nonce = [7u8; 32];
+    let (status, body) = call(
+        f,
+        get(&format!("/v1/attestation?nonce={}", base64_url(&nonce))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let evidence: Evidence = serde_json::from_value(body).expect("evidence");
+    let b = evidence.binding.clone().expect("binding");
+    let expected = Transcript {
+        purpose: Purpose::ClientSession,
+        nonce: &nonce,
+        spki_sha256: f.state.spki_sha256,
+        exporter: Some(EXPORTER),
+        wrap_pk: b.wrap_pk,
+        model_sha256: b.model_sha256,
+    }
+    .report_data()
+    .expect("transcript");
+    f.policy
+        .appraise(&evidence, &Expected::new(expected, SystemTime::now()))
+        .expect("evidence verifies")
+}
+
+fn base64_url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+async fn provision(f: &Fixture, key: &ModelKey, wrap_pk: Option<[u8; 32]>) -> (StatusCode, Value) {
+    let appraisal = attest(f).await;
+    let pk = wrap_pk.unwrap_or_else(|| f.state.wrapping.public());
+    let msg = KeyRelease::seal(&appraisal, &pk, &key.id().to_string(), key.expose_secret())
+        .expect("seal");
+    call(
+        f,
+        post("/v1/provision", serde_json::to_value(msg).expect("json")),
+    )
+    .await
+}
+
+async fn wait_ready(f: &Fixture) {
+    for _ in 0..200 {
+        let (status, body) = call(f, get("/ready")).await;
+        if status == StatusCode::OK {
+            return;
+        }
+        assert_ne!(body["state"], "failed", "{body}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never became ready");
+}
+
+#[tokio::test]
+async fn a_locked_server_answers_health_but_not_inference() {
+    let f = fixture(EngineConfig::small());
+    assert_eq!(call(&f, get("/health")).await.0, StatusCode::OK);
+    let (status, body) = call(&f, get("/ready")).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("locked"))
+    );
+    let (status, body) = call(&f, post("/v1/chat/completions", chat(4, false))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "model_locked", "{body}");
+    assert_eq!(
+        call(&f, get("/v1/models")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn evidence_binds_the_nonce_tls_key_exporter_and_model() {
+    let f = fixture(EngineConfig::small());
+    let appraisal = attest(&f).await;
+    assert!(appraisal.is_mock());
+    assert_eq!(appraisal.report().host_data(), f.launch.host_data());
+    // Bad nonces are refused with the field named.
+    for q in [
+        "",
+        "?nonce=short",
+        "?nonce=!!!!",
+        &format!("?nonce={}", base64_url(&[0; 65])),
+    ] {
+        let (status, body) = call(&f, get(&format!("/v1/attestation{q}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
+        assert_eq!(body["error"]["param"], "nonce");
+    }
+}
+
+#[tokio::test]
+async fn attestation_needs_a_tls_channel() {
+    let f = fixture(EngineConfig::small());
+    let req = get(&format!("/v1/attestation?nonce={}", base64_url(&[1; 32])));
+    let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn provisioning_with_the_right_key_unseals_and_serves() {
+    let f = fixture(EngineConfig::small());
+    let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
+    let (status, body) = provision(&f, &key, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_ready(&f).await;
+    let (status, body) = call(&f, get("/v1/models")).await;
+    assert_eq!(
+        (status, body["data"][0]["id"].as_str()),
+        (StatusCode::OK, Some("veil-tiny"))
+    );
+    let (status, body) = call(&f, post("/v1/chat/completions", chat(4, false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["usage"]["completion_tokens"].as_u64().expect("usage") <= 4);
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    // The same key again: idempotent.
+    let (status, body) = provision(&f, &key, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Streaming: SSE chunks ending in [DONE].
+    let req = post(
+        "/v1/chat/completions",
+        json!({ "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 3, "stream": true, "temperature": 0 }),
+    );
+    let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf8");
+    let datas: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"), "{text}");
+    let first: Value = serde_json::from_str(datas[0]).expect("chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let last: Value = serde_json::from_str(datas[datas.len() - 2]).expect("chunk");
+    assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+    // Metrics count it.
+    let resp = app(f.state.clone())
+        .oneshot(get("/metrics"))
+        .await
+        .expect("infallible");
+    let m = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert!(m.contains("veil_state{state=\"ready\"} 1"), "{m}");
+    assert!(
+        m.contains("route=\"/v1/chat/completions\",status=\"200\""),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_refused_and_the_server_stays_locked() {
+    let f = fixture(EngineConfig::small());
+    let impostor = ModelKey::from_parts(f.key.id(), Zeroizing::new([0x42; 32]));
+    let (status, body) = provision(&f, &impostor, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "wrong_key");
+    assert_eq!(call(&f, get("/ready")).await.1["state"], "locked");
+    // Another key id is named.
+    let (status, body) = provision(&f, &ModelKey::generate(), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("wrong_key_id"))
+    );
+}
+
+#[tokio::test]
+async fn a_key_sealed_to_another_wrapping_key_is_refused() {
+    let f = fixture(EngineConfig::small());
+    let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
+    let (status, body) = provision(&f, &key, Some(WrappingKey::generate().public())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "key_release_refused");
+    assert_eq!(call(&f, get("/ready")).await.1["state"], "locked");
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_4xx_in_openai_shape() {
+    let f = fixture(EngineConfig::small());
+    let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
+    assert_eq!(provision(&f, &key, None).await.0, StatusCode::ACCEPTED);
+    wait_ready(&f).await;
+    let raw = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .expect("req");
+    let (status, body) = call(&f, raw).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) = call(
+        &f,
+        post(
+            "/v1/chat/completions",
+            json!({ "model": "gpt-4", "messages": [{ "role": "user", "content": "x" }] }),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("model_not_found"))
+    );
+    let (status, body) = call(&f, post("/v1/chat/completions", json!({ "messages": [] }))).await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("messages"))
+    );
+    let (status, body) = call(
+        &f,
+        post(
+            "/v1/chat/completions",
+            json!({ "messages": [{ "role": "user", "content": "x" }], "temperature": 9 }),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("temperature"))
+    );
+    let big = json!({ "messages": [{ "role": "user", "content": "x".repeat(100_000) }] });
+    let (status, body) = call(&f, post("/v1/chat/completions", big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "request_too_large");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_and_a_dropped_stream_frees_its_slot() {
+    let f = fixture(EngineConfig {
+        parallel: 1,
+        queue: 1,
+        ..EngineConfig::small()
+    });
+    let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
+    assert_eq!(provision(&f, &key, None).await.0, StatusCode::ACCEPTED);
+    wait_ready(&f).await;
+    let long = || {
+        post(
+            "/v1/chat/completions",
+            json!({ "messages": [{ "role": "user", "content": "a" }], "max_tokens": 200, "stream": true, "ignore_eos": true }),
+        )
+    };
+    let busy = app(f.state.clone()).oneshot(long()).await.expect("first");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let queued = app(f.state.clone()).oneshot(long()).await.expect("second");
+    let mut saw_429 = false;
+    for _ in 0..20 {
+        let resp = app(f.state.clone()).oneshot(long()).await.expect("third");
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(resp.headers().contains_key("retry-after"));
+            saw_429 = true;
+            break;
+        }
+        drop(resp);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(saw_429, "a full queue answers 429");
+    drop(busy);
+    drop(queued);
+    let (status, body) = call(&f, post("/v1/chat/completions", chat(2, false))).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "served after the streams went away: {body}"
+    );
+}

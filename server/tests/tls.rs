@@ -1,0 +1,168 @@
+//! The real listener on 127.0.0.1:0: TLS 1.3, and evidence bound to each connection's own
+//! exporter and the certificate's key.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use veil_attestation::binding::{spki_sha256, Purpose, Transcript, EXPORTER_LABEL};
+use veil_attestation::{Certificate, Check, Evidence, Expected};
+use veil_model::EngineConfig;
+
+/// Accepts any certificate but checks the handshake signature (what a pinning client does
+/// before it has a pin).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+    fn verify_tls13_signature(
+        &self,
+        msg: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            msg,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn attest_on_new_connection(
+    addr: std::net::SocketAddr,
+    nonce: &[u8; 32],
+) -> ([u8; 32], [u8; 32], Evidence) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let (_, conn) = tls.get_ref();
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+        .expect("exporter");
+    let cert =
+        Certificate::from_der(conn.peer_certificates().expect("certs")[0].as_ref()).expect("cert");
+    let spki = spki_sha256(&cert.spki_der());
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http");
+    tokio::spawn(connection);
+    use base64::Engine;
+    let uri = format!(
+        "/v1/attestation?nonce={}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce)
+    );
+    let req = hyper::Request::get(uri)
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        exporter,
+        spki,
+        serde_json::from_slice(&body).expect("evidence"),
+    )
+}
+
+#[tokio::test]
+async fn evidence_over_tls_binds_this_connection_and_no_other() {
+    let f = common::fixture(EngineConfig::small());
+    let tls = veil_server::tls::generate(vec!["localhost".into()]).expect("tls");
+    // The state's spki must be the listener's: rebuild the fixture state with this identity.
+    let state = Arc::new(veil_server::AppState {
+        spki_sha256: tls.spki_sha256,
+        ..Arc::try_unwrap(f.state).ok().expect("sole owner")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(veil_server::serve::serve(
+        listener,
+        tls.config,
+        veil_server::app(state.clone()),
+        async {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(2),
+    ));
+
+    let nonce = [3u8; 32];
+    let (exporter, spki, evidence) = attest_on_new_connection(addr, &nonce).await;
+    assert_eq!(
+        spki, state.spki_sha256,
+        "the certificate the client saw is the one the evidence binds"
+    );
+    let b = evidence.binding.clone().expect("binding");
+    let transcript = |exporter| Transcript {
+        purpose: Purpose::ClientSession,
+        nonce: &nonce,
+        spki_sha256: spki,
+        exporter: Some(exporter),
+        wrap_pk: b.wrap_pk,
+        model_sha256: b.model_sha256,
+    };
+    let now = SystemTime::now();
+    f.policy
+        .appraise(
+            &evidence,
+            &Expected::new(transcript(exporter).report_data().expect("rd"), now),
+        )
+        .expect("binds this connection");
+
+    // The same evidence checked against another connection's exporter: a relay is caught.
+    let (other_exporter, _, _) = attest_on_new_connection(addr, &nonce).await;
+    assert_ne!(other_exporter, exporter);
+    let r = f
+        .policy
+        .appraise(
+            &evidence,
+            &Expected::new(transcript(other_exporter).report_data().expect("rd"), now),
+        )
+        .expect_err("relayed");
+    assert!(r.failed(Check::ReportData), "{r}");
+
+    let _ = stop_tx.send(());
+    server.await.expect("join").expect("serve");
+}
