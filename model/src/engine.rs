@@ -1,0 +1,640 @@
+//! The llama.cpp engine: the model is shared (read-only) by every thread; one worker thread
+//! owns the one llama.cpp context, whose KV cache holds `parallel` sequences, and decodes
+//! every active sequence in a single batch per step (continuous batching). Scheduling is
+//! described in `docs/engine.md`.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use crate::memfd::MemFile;
+use crate::template::ChatTemplate;
+use crate::text::{Step, TextStream};
+use crate::{
+    Engine, EngineConfig, EngineError, Event, EventStream, FinishReason, GenerateRequest,
+    ModelInfo, Prompt, SamplingParams, Timings, Usage,
+};
+
+/// Tokens of history that the repetition penalty looks at.
+const PENALTY_WINDOW: i32 = 64;
+
+/// llama.cpp's process-wide backend, initialised once.
+fn backend() -> Result<&'static LlamaBackend, EngineError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp's own log lines (load progress, tensor counts) are dropped: they are
+            // noisy and the engine reports failures itself.
+            llama_cpp_2::send_logs_to_tracing(
+                llama_cpp_2::LogOptions::default().with_logs_enabled(false),
+            );
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EngineError::Load(format!("llama.cpp backend: {e}")))
+}
+
+/// What every thread may read: the weights, the vocabulary and the chat template.
+struct Shared {
+    model: LlamaModel,
+    template: ChatTemplate,
+    info: ModelInfo,
+    /// Whether the vocabulary wants a BOS token in front of every prompt.
+    add_bos: bool,
+    /// The BOS token's text, to avoid a second BOS when the template already writes one.
+    bos_text: String,
+    /// Every end-of-generation token (for `ignore_eos`).
+    eog: Vec<LlamaToken>,
+}
+
+/// A checked, tokenized request waiting for a sequence.
+struct Job {
+    prompt: Vec<LlamaToken>,
+    params: SamplingParams,
+    max_tokens: u32,
+    submitted: Instant,
+    events: UnboundedSender<Event>,
+}
+
+/// Requests waiting for a free sequence: a bounded FIFO shared by `submit` and the worker.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a job arrives or the engine is dropped.
+    wake: Condvar,
+    capacity: usize,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// The engine was dropped: the worker ends once it is idle.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding this lock leaves the deque consistent; keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, job: Job) -> Result<(), EngineError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(EngineError::Stopped);
+        }
+        if state.jobs.len() >= self.capacity {
+            // Requests whose client went away while waiting do not count.
+            state.jobs.retain(|j| !j.events.is_closed());
+        }
+        if state.jobs.len() >= self.capacity {
+            return Err(EngineError::Busy {
+                queued: state.jobs.len(),
+            });
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The next job; when `wait`, blocks until there is one. `None`: nothing now (or, when
+    /// waiting, the engine is gone).
+    fn pop(&self, wait: bool) -> Option<Job> {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if !wait || state.closed {
+                return None;
+            }
+            state = self
+                .wake
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+}
+
+/// The llama.cpp engine. Share it behind an `Arc`; all methods take `&self`. Dropping it
+/// lets the requests in flight finish, then stops the worker thread.
+pub struct LlamaEngine {
+    shared: Arc<Shared>,
+    queue: Arc<Queue>,
+}
+
+impl Drop for LlamaEngine {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+impl std::fmt::Debug for LlamaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaEngine")
+            .field("info", &self.shared.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlamaEngine {
+    /// Loads a GGUF model from bytes in memory and starts the worker thread.
+    ///
+    /// The bytes are copied into an anonymous memfd that llama.cpp maps through
+    /// `/proc/self/fd/N`; the caller may drop (and zeroize) its buffer afterwards.
+    ///
+    /// # Errors
+    /// [`EngineError::Config`] for an unusable configuration, [`EngineError::Load`] when the
+    /// bytes are not a model llama.cpp can load or the context cannot be made,
+    /// [`EngineError::Template`] when the model's chat template does not compile.
+    ///
+    /// # Security
+    /// The plaintext never touches a file system backed by a disk: a memfd lives in
+    /// anonymous memory. Like any of the process's memory it is readable by whoever may
+    /// ptrace the process (and its `/proc/PID/fd`); inside a TEE that is nobody outside.
+    pub fn load(gguf: &[u8], config: EngineConfig) -> Result<Self, EngineError> {
+        if config.parallel == 0
+            || config.queue == 0
+            || config.batch == 0
+            || config.context_per_sequence < 16
+        {
+            return Err(EngineError::Config(format!(
+                "parallel ({}), queue ({}) and batch ({}) must be at least 1 and context_per_sequence ({}) at least 16",
+                config.parallel, config.queue, config.batch, config.context_per_sequence
+            )));
+        }
+        let backend = backend()?;
+        let model = {
+            let mem = MemFile::with_bytes(gguf)?;
+            LlamaModel::load_from_file(backend, mem.path(), &LlamaModelParams::default())
+                .map_err(|e| EngineError::Load(e.to_string()))?
+            // `mem` closes here: llama.cpp keeps its own mapping of the memfd.
+        };
+        let shared = Arc::new(Shared::new(model, &config)?);
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            capacity: config.queue,
+        });
+        let worker_shared = Arc::clone(&shared);
+        let worker_queue = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name("veil-engine".into())
+            .spawn(move || {
+                // However the worker ends (even by a panic), later submits get `Stopped`.
+                struct CloseOnExit(Arc<Queue>);
+                impl Drop for CloseOnExit {
+                    fn drop(&mut self) {
+                        self.0.close();
+                    }
+                }
+                let _close = CloseOnExit(Arc::clone(&worker_queue));
+                match Worker::new(backend, &worker_shared, &config) {
+                    Ok(mut worker) => {
+                        let _ = ready_tx.send(Ok(()));
+                        worker.run(&worker_queue);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Load(format!("cannot start the engine thread: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| EngineError::Load("the engine thread stopped while starting".into()))??;
+        Ok(LlamaEngine { shared, queue })
+    }
+
+    /// The number of tokens `text` has in this model's vocabulary (no BOS, special-token
+    /// text not parsed).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.shared
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .len()
+    }
+
+    /// Renders and tokenizes a prompt.
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
+        let s = &self.shared;
+        let vocab = s.model.vocab();
+        Ok(match prompt {
+            Prompt::Chat(messages) => {
+                let text = s.template.render(messages)?;
+                let bos = s.add_bos && (s.bos_text.is_empty() || !text.starts_with(&s.bos_text));
+                vocab.tokenize(text.as_bytes(), bos, true)
+            }
+            Prompt::Text(text) => vocab.tokenize(text.as_bytes(), s.add_bos, true),
+        })
+    }
+}
+
+impl Shared {
+    fn new(model: LlamaModel, config: &EngineConfig) -> Result<Self, EngineError> {
+        let vocab = model.vocab();
+        let piece = |t: LlamaToken| {
+            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+        };
+        let (bos, eos) = (vocab.bos(), vocab.eos());
+        let bos_text = if bos.0 >= 0 {
+            piece(bos)
+        } else {
+            String::new()
+        };
+        let eos_text = if eos.0 >= 0 {
+            piece(eos)
+        } else {
+            String::new()
+        };
+        let template = ChatTemplate::new(
+            model.meta_val_str("tokenizer.chat_template").ok(),
+            bos_text.clone(),
+            eos_text,
+        )?;
+        let eog = vocab.tokens().filter(|&t| vocab.is_eog(t)).collect();
+        let add_bos = vocab.should_add_bos();
+        let info = ModelInfo {
+            name: model
+                .meta_val_str("general.name")
+                .unwrap_or_else(|_| "model".into()),
+            context_length: config.context_per_sequence.min(model.n_ctx_train().max(16)),
+            parameters: model.n_params(),
+            size_bytes: model.size(),
+            parallel: config.parallel,
+        };
+        Ok(Shared {
+            model,
+            template,
+            info,
+            add_bos,
+            bos_text,
+            eog,
+        })
+    }
+}
+
+impl Engine for LlamaEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+
+    fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        let submitted = Instant::now();
+        let params = request.params;
+        if params.max_tokens == 0 {
+            return Err(EngineError::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        let prompt = self.tokenize(&request.prompt)?;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let context_length = self.shared.info.context_length;
+        // At least one generated token must fit after the prompt.
+        if prompt.len() >= context_length as usize {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                context_length,
+            });
+        }
+        let max_tokens = params.max_tokens.min(context_length - prompt.len() as u32);
+        let (events, stream) = unbounded_channel();
+        self.queue.push(Job {
+            prompt,
+            params,
+            max_tokens,
+            submitted,
+            events,
+        })?;
+        Ok(stream)
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.queue.lock().jobs.len()
+    }
+}
+
+/// One active sequence (one request being served).
+struct Sequence {
+    /// The llama.cpp sequence id, which is also its KV-cache slot.
+    id: i32,
+    events: UnboundedSender<Event>,
+    sampler: LlamaSampler,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens already decoded.
+    prompt_done: usize,
+    /// Position of the next token fed to this sequence.
+    pos: i32,
+    /// The last sampled token, to be fed next (none while reading the prompt).
+    next: Option<LlamaToken>,
+    /// Index in the current batch of the logits to sample from, if any.
+    logits_at: Option<i32>,
+    generated: u32,
+    max_tokens: u32,
+    text: TextStream,
+    submitted: Instant,
+    admitted: Instant,
+    first_token: Option<Instant>,
+}
+
+impl Sequence {
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt.len() as u32,
+            completion_tokens: self.generated,
+        }
+    }
+
+    fn timings(&self) -> Timings {
+        let now = Instant::now();
+        let first = self.first_token.unwrap_or(now);
+        Timings {
+            queued: self.admitted - self.submitted,
+            prompt: first - self.admitted,
+            generation: now - first,
+        }
+    }
+
+    /// Sends the held-back text and the final event.
+    fn finish(&mut self, finish: FinishReason, flush: bool) {
+        if flush {
+            let rest = self.text.finish();
+            if !rest.is_empty() {
+                let _ = self.events.send(Event::Text(rest));
+            }
+        }
+        let _ = self.events.send(Event::Done {
+            finish,
+            usage: self.usage(),
+            timings: self.timings(),
+        });
+    }
+}
+
+struct Worker<'m> {
+    shared: &'m Shared,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    batch_size: usize,
+    /// Free sequence ids.
+    free: Vec<i32>,
+    active: Vec<Sequence>,
+}
+
+impl<'m> Worker<'m> {
+    fn new(
+        backend: &LlamaBackend,
+        shared: &'m Shared,
+        config: &EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let threads = i32::try_from(threads).unwrap_or(i32::MAX);
+        let n_ctx = shared.info.context_length.saturating_mul(config.parallel);
+        let batch_size = config.batch.max(config.parallel);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(batch_size)
+            .with_n_ubatch(batch_size)
+            .with_n_seq_max(config.parallel)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = shared
+            .model
+            .new_context(backend, params)
+            .map_err(|e| EngineError::Load(format!("context: {e}")))?;
+        let parallel = i32::try_from(config.parallel)
+            .map_err(|_| EngineError::Config("parallel is too large".into()))?;
+        Ok(Worker {
+            shared,
+            ctx,
+            batch: LlamaBatch::new(batch_size as usize, parallel),
+            batch_size: batch_size as usize,
+            free: (0..parallel).rev().collect(),
+            active: Vec::new(),
+        })
+    }
+
+    /// Serves jobs until the engine is dropped and every active sequence has ended.
+    fn run(&mut self, queue: &Queue) {
+        loop {
+            // Admit waiting requests while sequences are free; block only when idle.
+            while !self.free.is_empty() {
+                match queue.pop(self.active.is_empty()) {
+                    Some(job) => self.admit(job),
+                    None if self.active.is_empty() => return, // the engine is gone
+                    None => break,
+                }
+            }
+            if !self.active.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    fn admit(&mut self, job: Job) {
+        if job.events.is_closed() {
+            return; // the client went away while waiting
+        }
+        let id = self
+            .free
+            .pop()
+            .expect("admit is called only with a free sequence");
+        let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+        let mut sampler = sampler(&job.params, self.shared);
+        sampler.accept_many(&job.prompt);
+        self.active.push(Sequence {
+            id,
+            events: job.events,
+            sampler,
+            prompt: job.prompt,
+            prompt_done: 0,
+            pos: 0,
+            next: None,
+            logits_at: None,
+            generated: 0,
+            max_tokens: job.max_tokens,
+            text: TextStream::new(job.params.stop),
+            submitted: job.submitted,
+            admitted: Instant::now(),
+            first_token: None,
+        });
+    }
+
+    /// Frees the sequence at `i` (its KV cells are cleared, its id reused).
+    fn release(&mut self, i: usize) {
+        let seq = self.active.swap_remove(i);
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq.id as u32), None, None);
+        self.free.push(seq.id);
+    }
+
+    /// One decode: the next token of every generating sequence, then prompt tokens of the
+    /// sequences still reading their prompt, up to the batch size; then one sampled token
+    /// for every sequence whose logits came out.
+    fn step(&mut self) {
+        // Sequences whose consumer went away need no more work.
+        for i in (0..self.active.len()).rev() {
+            if self.active[i].events.is_closed() {
+                self.release(i);
+            }
+        }
+        if self.active.is_empty() {
+            return;
+        }
+        self.batch.clear();
+        let mut budget = self.batch_size;
+        for seq in &mut self.active {
+            seq.logits_at = None;
+            if let Some(t) = seq.next {
+                self.batch
+                    .add(t, seq.pos, &[seq.id], true)
+                    .expect("the batch holds a token per sequence");
+                seq.logits_at = Some(self.batch.n_tokens() - 1);
+                seq.pos += 1;
+                budget -= 1;
+            }
+        }
+        for seq in &mut self.active {
+            if seq.next.is_some() || budget == 0 {
+                continue;
+            }
+            let take = (seq.prompt.len() - seq.prompt_done).min(budget);
+            for i in 0..take {
+                let last = seq.prompt_done + i + 1 == seq.prompt.len();
+                let t = seq.prompt[seq.prompt_done + i];
+                self.batch
+                    .add(t, seq.pos, &[seq.id], last)
+                    .expect("within the batch budget");
+                seq.pos += 1;
+                if last {
+                    seq.logits_at = Some(self.batch.n_tokens() - 1);
+                }
+            }
+            seq.prompt_done += take;
+            budget -= take;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            // The KV cache is sized so that every admitted sequence fits; a failure here is
+            // llama.cpp's own, and the state of the batch's sequences is unknown: end them.
+            tracing::error!(error = %e, sequences = self.active.len(), "llama_decode failed");
+            for i in (0..self.active.len()).rev() {
+                if self.active[i].logits_at.is_some() || self.active[i].prompt_done > 0 {
+                    let _ = self.active[i]
+                        .events
+                        .send(Event::Error(EngineError::Decode(e.to_string())));
+                    self.release(i);
+                }
+            }
+            return;
+        }
+        let vocab = self.shared.model.vocab();
+        let mut ended = Vec::new();
+        for (i, seq) in self.active.iter_mut().enumerate() {
+            let Some(at) = seq.logits_at else { continue };
+            // `sample` also feeds the token to the sampler chain (repetition history).
+            let token = seq.sampler.sample(&self.ctx, at);
+            let now = Instant::now();
+            seq.first_token.get_or_insert(now);
+            if vocab.is_eog(token) {
+                seq.finish(FinishReason::Stop, true);
+                ended.push(i);
+                continue;
+            }
+            seq.generated += 1;
+            let step = seq.text.push(&vocab.token_to_piece(token, false, None));
+            let (out, stopped) = match step {
+                Step::Continue(t) => (t, false),
+                Step::Stop(t) => (t, true),
+            };
+            if !out.is_empty() && seq.events.send(Event::Text(out)).is_err() {
+                ended.push(i); // the consumer went away
+                continue;
+            }
+            if stopped {
+                seq.finish(FinishReason::Stop, false);
+                ended.push(i);
+            } else if seq.generated >= seq.max_tokens {
+                seq.finish(FinishReason::Length, true);
+                ended.push(i);
+            } else {
+                seq.next = Some(token);
+            }
+        }
+        for i in ended.into_iter().rev() {
+            self.release(i);
+        }
+    }
+}
+
+/// The llama.cpp sampler chain for one request.
+fn sampler(p: &SamplingParams, shared: &Shared) -> LlamaSampler {
+    let n_vocab = shared.model.vocab().n_tokens();
+    let mut chain = Vec::new();
+    if p.ignore_eos && !shared.eog.is_empty() {
+        let bias: Vec<_> = shared
+            .eog
+            .iter()
+            .map(|&t| LlamaLogitBias::new(t, f32::NEG_INFINITY))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
+    }
+    if p.repetition_penalty > 0.0 && (p.repetition_penalty - 1.0).abs() > f32::EPSILON {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            PENALTY_WINDOW,
+            p.repetition_penalty,
+            0.0,
+            0.0,
+        ));
+    }
+    if p.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if p.top_k > 0 {
+            chain.push(LlamaSampler::top_k(
+                i32::try_from(p.top_k).unwrap_or(i32::MAX),
+            ));
+        }
+        if p.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        chain.push(LlamaSampler::temp(p.temperature));
+        chain.push(LlamaSampler::dist(p.seed.unwrap_or_else(random_seed)));
+    }
+    LlamaSampler::chain_simple(chain)
+}
+
+/// A seed for requests that do not give one.
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    // RandomState is keyed from the OS's randomness once per process, then per instance.
+    RandomState::new().hash_one(Instant::now()) as u32
+}

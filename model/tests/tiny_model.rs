@@ -1,0 +1,303 @@
+//! The engine on a tiny random-weight model that the tests make themselves: mechanics
+//! (limits, determinism, concurrency, queueing, cancellation), not answers.
+
+use std::time::Duration;
+
+use veil_model::{
+    tiny, ChatMessage, Engine, EngineConfig, EngineError, Event, EventStream, FinishReason,
+    GenerateRequest, Generation, LlamaEngine, SamplingParams,
+};
+
+fn engine() -> LlamaEngine {
+    LlamaEngine::load(&tiny::gguf(1), EngineConfig::small()).expect("tiny model loads")
+}
+
+fn greedy(prompt: &str, max_tokens: u32) -> GenerateRequest {
+    let mut r = GenerateRequest::chat(vec![ChatMessage::user(prompt)]);
+    r.params = SamplingParams::greedy(max_tokens);
+    r
+}
+
+fn long(prompt: &str, max_tokens: u32) -> GenerateRequest {
+    let mut r = greedy(prompt, max_tokens);
+    r.params.ignore_eos = true;
+    r
+}
+
+fn collect(mut stream: EventStream) -> (String, Event) {
+    let mut text = String::new();
+    while let Some(event) = stream.blocking_recv() {
+        match event {
+            Event::Text(t) => {
+                assert!(!t.is_empty(), "no empty text events");
+                text.push_str(&t);
+            }
+            end => return (text, end),
+        }
+    }
+    panic!("the stream ended without Done")
+}
+
+fn same(a: &Generation, b: &Generation) -> bool {
+    (&a.text, a.finish, a.usage) == (&b.text, b.finish, b.usage)
+}
+
+#[test]
+fn bytes_that_are_not_gguf_do_not_load() {
+    let err = LlamaEngine::load(b"not a model", EngineConfig::small()).expect_err("refused");
+    assert!(matches!(err, EngineError::Load(_)), "{err}");
+    let mut truncated = tiny::gguf(1);
+    truncated.truncate(truncated.len() / 2);
+    let err = LlamaEngine::load(&truncated, EngineConfig::small()).expect_err("refused");
+    assert!(matches!(err, EngineError::Load(_)), "{err}");
+}
+
+#[test]
+fn unusable_configurations_are_refused() {
+    for config in [
+        EngineConfig {
+            parallel: 0,
+            ..EngineConfig::small()
+        },
+        EngineConfig {
+            queue: 0,
+            ..EngineConfig::small()
+        },
+        EngineConfig {
+            batch: 0,
+            ..EngineConfig::small()
+        },
+    ] {
+        let err = LlamaEngine::load(&tiny::gguf(1), config).expect_err("refused");
+        assert!(matches!(err, EngineError::Config(_)), "{err}");
+    }
+}
+
+#[test]
+fn model_info_comes_from_the_gguf_and_the_config() {
+    let e = engine();
+    let info = e.info();
+    assert_eq!(info.name, "veil-tiny");
+    assert_eq!(info.context_length, 256);
+    assert_eq!(info.parallel, 2);
+    assert!(info.parameters > 10_000, "{info:?}");
+    assert!(e.count_tokens("abc def") >= 2);
+}
+
+#[test]
+fn max_tokens_is_honoured_and_usage_counted() {
+    let e = engine();
+    let out = e
+        .generate_blocking(long("hello there", 5))
+        .expect("generates");
+    assert_eq!(out.finish, FinishReason::Length);
+    assert_eq!(out.usage.completion_tokens, 5);
+    assert!(out.usage.prompt_tokens > 5, "{:?}", out.usage);
+    assert!(out.timings.generation <= out.timings.prompt + out.timings.generation);
+    // Without ignore_eos the model may stop early, never late.
+    let out = e
+        .generate_blocking(greedy("hello there", 5))
+        .expect("generates");
+    assert!(out.usage.completion_tokens <= 5);
+}
+
+#[test]
+fn raw_text_prompts_are_not_templated() {
+    let e = engine();
+    let mut r = GenerateRequest::text("abc");
+    r.params = SamplingParams::greedy(3);
+    r.params.ignore_eos = true;
+    let raw = e.generate_blocking(r).expect("generates");
+    let chat = e.generate_blocking(long("abc", 3)).expect("generates");
+    assert!(
+        raw.usage.prompt_tokens < chat.usage.prompt_tokens,
+        "{raw:?} {chat:?}"
+    );
+}
+
+#[test]
+fn greedy_decoding_is_deterministic_and_seeds_reproduce() {
+    let e = engine();
+    let a = e.generate_blocking(long("abc", 12)).expect("a");
+    let b = e.generate_blocking(long("abc", 12)).expect("b");
+    assert!(same(&a, &b), "{a:?} {b:?}");
+    let seeded = |seed| {
+        let mut r = long("abc", 24);
+        r.params.temperature = 1.5;
+        r.params.top_k = 0;
+        r.params.top_p = 1.0;
+        r.params.seed = Some(seed);
+        e.generate_blocking(r).expect("sampled")
+    };
+    let (x, y) = (seeded(42), seeded(42));
+    assert!(same(&x, &y), "{x:?} {y:?}");
+    let others: Vec<_> = (1..6).map(seeded).collect();
+    assert!(
+        others.iter().any(|o| o.text != x.text),
+        "different seeds give different samples"
+    );
+}
+
+#[test]
+fn repetition_penalty_changes_greedy_output() {
+    let e = engine();
+    let plain = e.generate_blocking(long("aaaa aaaa", 24)).expect("plain");
+    let mut r = long("aaaa aaaa", 24);
+    r.params.repetition_penalty = 5.0;
+    let penalised = e.generate_blocking(r).expect("penalised");
+    assert_ne!(plain.text, penalised.text);
+}
+
+#[test]
+fn a_stop_sequence_ends_generation_and_is_not_emitted() {
+    let e = engine();
+    let free = e.generate_blocking(long("stop test", 40)).expect("free");
+    // Stop at a piece of the text that greedy decoding will produce anyway.
+    let chars: Vec<char> = free.text.chars().collect();
+    assert!(chars.len() >= 8, "{free:?}");
+    let stop: String = chars[4..7].iter().collect();
+    let mut r = long("stop test", 40);
+    r.params.stop = vec![stop.clone()];
+    let out = e.generate_blocking(r).expect("stops");
+    assert_eq!(out.finish, FinishReason::Stop);
+    let at = free.text.find(&stop).expect("the stop text occurs");
+    assert_eq!(out.text, free.text[..at]);
+}
+
+#[test]
+fn concurrent_requests_get_the_answers_they_would_get_alone() {
+    let e = engine();
+    let alone_a = e.generate_blocking(long("first prompt", 10)).expect("a");
+    let alone_b = e
+        .generate_blocking(long("second, different prompt", 14))
+        .expect("b");
+    let rx_a = e.submit(long("first prompt", 10)).expect("submit a");
+    let rx_b = e
+        .submit(long("second, different prompt", 14))
+        .expect("submit b");
+    let (ta, end_a) = collect(rx_a);
+    let (tb, end_b) = collect(rx_b);
+    assert_eq!(ta, alone_a.text);
+    assert_eq!(tb, alone_b.text);
+    assert!(matches!(end_a, Event::Done { usage, .. } if usage == alone_a.usage));
+    assert!(matches!(end_b, Event::Done { usage, .. } if usage == alone_b.usage));
+}
+
+#[test]
+fn many_threads_submitting_at_once_each_get_their_own_stream() {
+    let e = LlamaEngine::load(
+        &tiny::gguf(3),
+        EngineConfig {
+            queue: 16,
+            ..EngineConfig::small()
+        },
+    )
+    .expect("loads");
+    let expected: Vec<_> = (0..6)
+        .map(|i| {
+            e.generate_blocking(long(&format!("prompt {i}"), 8 + i))
+                .expect("alone")
+                .text
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6u32)
+            .map(|i| {
+                let e = &e;
+                s.spawn(move || {
+                    collect(
+                        e.submit(long(&format!("prompt {i}"), 8 + i))
+                            .expect("submit"),
+                    )
+                    .0
+                })
+            })
+            .collect();
+        for (h, want) in handles.into_iter().zip(&expected) {
+            assert_eq!(&h.join().expect("thread"), want);
+        }
+    });
+}
+
+#[test]
+fn a_full_queue_says_busy_and_a_dropped_stream_frees_its_sequence() {
+    let e = LlamaEngine::load(
+        &tiny::gguf(2),
+        EngineConfig {
+            parallel: 1,
+            queue: 1,
+            ..EngineConfig::small()
+        },
+    )
+    .expect("loads");
+    // Occupy the one sequence with a long request, then fill the queue.
+    let running = e.submit(long("one", 200)).expect("first");
+    std::thread::sleep(Duration::from_millis(50));
+    let waiting = e.submit(long("two", 200)).expect("queued");
+    let mut busy = None;
+    for _ in 0..50 {
+        match e.submit(long("three", 1)) {
+            Err(err @ EngineError::Busy { .. }) => {
+                busy = Some(err);
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    let busy = busy.expect("a full queue answers Busy");
+    assert_eq!(busy, EngineError::Busy { queued: 1 });
+    drop(running);
+    drop(waiting);
+    // Both requests are given up; a new one is served.
+    let out = e
+        .generate_blocking(long("four", 3))
+        .expect("served after the others went away");
+    assert_eq!(out.usage.completion_tokens, 3);
+    assert_eq!(e.queue_depth(), 0);
+}
+
+#[test]
+fn an_oversized_prompt_or_zero_max_tokens_is_refused_at_submit() {
+    let e = engine();
+    let err = e
+        .submit(greedy(&"z ".repeat(400), 5))
+        .expect_err("too long");
+    assert!(
+        matches!(
+            err,
+            EngineError::PromptTooLong {
+                context_length: 256,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = e.submit(greedy("hi", 0)).expect_err("zero");
+    assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
+}
+
+#[test]
+fn generation_stops_where_the_context_ends() {
+    let e = engine();
+    let prompt = "x ".repeat(100);
+    let out = e
+        .generate_blocking(long(&prompt, 10_000))
+        .expect("generates");
+    assert_eq!(out.finish, FinishReason::Length);
+    assert_eq!(out.usage.prompt_tokens + out.usage.completion_tokens, 256);
+}
+
+#[test]
+fn a_broken_chat_template_is_reported() {
+    let gguf = tiny::gguf_with_template(
+        1,
+        "{% for m in messages %}{{ raise_exception('no chats here') }}{% endfor %}",
+    );
+    let e = LlamaEngine::load(&gguf, EngineConfig::small()).expect("loads");
+    let err = e.submit(greedy("hi", 3)).expect_err("template raises");
+    assert!(
+        matches!(&err, EngineError::Template(m) if m.contains("no chats here")),
+        "{err}"
+    );
+}

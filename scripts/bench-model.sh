@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Engine benchmark (issue 4): Veil's engine API (model/examples/bench.rs) against llama.cpp's
+# own llama-bench, on the same GGUF with the same thread count, interleaved, then the ratios.
+#
+#   scripts/bench-model.sh [MODEL.gguf] [THREADS] [ROUNDS]
+#
+# llama-bench: $LLAMA_BENCH if set; otherwise built once (about 5 minutes on 2 cores) from
+# the llama.cpp sources vendored in the PyPI sdist of llama-cpp-python ($LLAMA_CPP_PYTHON,
+# default 0.3.36), because the llama-cpp-sys-2 crate does not ship llama.cpp's tools.
+# It is built like Veil's engine: GGML_NATIVE=OFF, -march=$BENCH_MARCH (default x86-64-v3,
+# as .cargo/config.toml's target-cpu). BENCH_MARCH=native shows what the build machine's
+# own CPU features would add. Skipped with a message when it cannot be built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+threads="${2:-2}"
+rounds="${3:-2}"
+reps="${REPS:-5}"
+march="${BENCH_MARCH:-x86-64-v3}"
+target="${CARGO_TARGET_DIR:-target}"
+out="$target/bench-model"
+mkdir -p "$out"
+[ -f "$model" ] || scripts/fetch-model.sh
+
+echo "== building Veil's bench (release)"
+cargo build --quiet --release -p veil-model --example bench
+veil_bin="$target/release/examples/bench"
+
+llama_bench="${LLAMA_BENCH:-}"
+if [ -z "$llama_bench" ]; then
+  llama_bench="$out/llama-bench-$march/bin/llama-bench"
+  if [ ! -x "$llama_bench" ]; then
+    echo "== building llama.cpp's llama-bench (-march=$march, GGML_NATIVE=OFF)"
+    version="${LLAMA_CPP_PYTHON:-0.3.36}"
+    src="$out/llama_cpp_python-$version/vendor/llama.cpp"
+    if [ ! -d "$src" ]; then
+      python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$out" "llama-cpp-python==$version" >/dev/null 2>&1 \
+        && tar -xzf "$out/llama_cpp_python-$version.tar.gz" -C "$out" || true
+    fi
+    if [ ! -d "$src" ] \
+      || ! cmake -S "$src" -B "$out/llama-bench-$march" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+          -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DCMAKE_C_FLAGS="-march=$march" -DCMAKE_CXX_FLAGS="-march=$march" \
+          -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+          -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF >"$out/llama-bench-$march.log" 2>&1 \
+      || ! cmake --build "$out/llama-bench-$march" --target llama-bench -j "$(nproc)" >>"$out/llama-bench-$march.log" 2>&1; then
+      echo "SKIPPED llama-bench: it could not be fetched or built (see $out/llama-bench-$march.log); Veil's figures only"
+      llama_bench=""
+    fi
+  fi
+fi
+
+for round in $(seq 1 "$rounds"); do
+  echo "== round $round/$rounds: Veil engine"
+  /usr/bin/time -f '%M' -o "$out/veil-$round.rss" "$veil_bin" "$model" "$threads" "$reps" | tee "$out/veil-$round.txt"
+  if [ -n "$llama_bench" ]; then
+    echo "== round $round/$rounds: llama-bench"
+    /usr/bin/time -f '%M' -o "$out/llama-$round.rss" \
+      "$llama_bench" -m "$model" -t "$threads" -p 128 -n 128 -d 0,128 -r "$reps" -o json >"$out/llama-$round.json"
+  fi
+done
+
+python3 - "$out" "$rounds" "$threads" "${llama_bench:+yes}" <<'PY'
+import json, statistics, sys
+out, rounds, threads, have_llama = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "yes"
+veil = [json.loads(open(f"{out}/veil-{r}.txt").read().strip().splitlines()[-1]) for r in range(1, rounds + 1)]
+v = {k: statistics.median(x[k] for x in veil) for k in ("pp_tok_s", "tg_tok_s", "tg_engine_tok_s", "ttft_ms", "chat_ttft_ms", "aggregate_tok_s", "load_ms")}
+v["rss_mib"] = max(int(open(f"{out}/veil-{r}.rss").read().split()[-1]) for r in range(1, rounds + 1)) / 1024
+print(f"\n== results: {threads} threads, medians over {rounds} rounds")
+print(f"veil      pp{veil[0]['prompt_tokens']} {v['pp_tok_s']:7.1f} tok/s   tg128 (after the prompt) {v['tg_tok_s']:6.1f} tok/s (engine-side {v['tg_engine_tok_s']:.1f})")
+print(f"veil      time to first token {v['ttft_ms']:.1f} ms (128-token prompt), {v['chat_ttft_ms']:.1f} ms (chat question); load {v['load_ms']:.0f} ms; peak RSS {v['rss_mib']:.0f} MiB")
+print(f"veil      4 streams: {v['aggregate_tok_s']:.1f} tok/s aggregate = {v['aggregate_tok_s'] / v['tg_tok_s']:.2f}x one stream (goal >= 2)")
+if not have_llama:
+    sys.exit(0)
+samples = {}
+for r in range(1, rounds + 1):
+    for t in json.load(open(f"{out}/llama-{r}.json")):
+        key = ("pp" if t["n_prompt"] else "tg", t["n_depth"])
+        samples.setdefault(key, []).extend(t["samples_ts"])
+l = {k: statistics.median(s) for k, s in samples.items()}
+rss = max(int(open(f"{out}/llama-{r}.rss").read().split()[-1]) for r in range(1, rounds + 1)) / 1024
+print(f"llama.cpp pp128 {l[('pp', 0)]:7.1f} tok/s   tg128 {l[('tg', 0)]:6.1f} tok/s (empty context), {l[('tg', 128)]:.1f} tok/s (after 128 tokens); peak RSS {rss:.0f} MiB")
+print(f"ratio     pp  {v['pp_tok_s'] / l[('pp', 0)]:.2f}x (goal >= 0.9)")
+print(f"ratio     tg  {v['tg_tok_s'] / l[('tg', 128)]:.2f}x against tg128 at the same depth (goal >= 1.0); {v['tg_tok_s'] / l[('tg', 0)]:.2f}x against tg128 from an empty context")
+PY
