@@ -346,6 +346,10 @@ struct Sequence {
     id: i32,
     events: UnboundedSender<Event>,
     sampler: LlamaSampler,
+    /// Greedy without a repetition penalty: argmax over the logits, no sampler chain
+    /// (which would sort a candidate array of the whole vocabulary for every token).
+    argmax: bool,
+    ignore_eos: bool,
     prompt: Vec<LlamaToken>,
     /// Prompt tokens already decoded.
     prompt_done: usize,
@@ -425,6 +429,12 @@ impl<'m> Worker<'m> {
             .with_n_batch(batch_size)
             .with_n_ubatch(batch_size)
             .with_n_seq_max(config.parallel)
+            // A KV cache per sequence (llama.cpp's default): a sequence's attention never
+            // sees the others' cells, so its output does not depend on what else is in
+            // the batch (seeded sampling stays reproducible under load). llama.cpp then
+            // puts sequences into one micro-batch only when their ids are consecutive in
+            // the batch; `step` orders the batch by id and ids are reused lowest first.
+            .with_kv_unified(false)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = shared
@@ -470,11 +480,16 @@ impl<'m> Worker<'m> {
             .expect("admit is called only with a free sequence");
         let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
         let mut sampler = sampler(&job.params, self.shared);
-        sampler.accept_many(&job.prompt);
+        let argmax = job.params.temperature <= 0.0 && !penalised(&job.params);
+        if !argmax {
+            sampler.accept_many(&job.prompt);
+        }
         self.active.push(Sequence {
             id,
             events: job.events,
             sampler,
+            argmax,
+            ignore_eos: job.params.ignore_eos,
             prompt: job.prompt,
             prompt_done: 0,
             pos: 0,
@@ -494,6 +509,8 @@ impl<'m> Worker<'m> {
         let seq = self.active.swap_remove(i);
         let _ = self.ctx.clear_kv_cache_seq(Some(seq.id as u32), None, None);
         self.free.push(seq.id);
+        // Highest first, so that `pop` reuses the lowest id and active ids stay consecutive.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 
     /// One decode: the next token of every generating sequence, then prompt tokens of the
@@ -509,6 +526,8 @@ impl<'m> Worker<'m> {
         if self.active.is_empty() {
             return;
         }
+        // Sequence ids in increasing order: one micro-batch when they are consecutive.
+        self.active.sort_unstable_by_key(|s| s.id);
         self.batch.clear();
         let mut budget = self.batch_size;
         for seq in &mut self.active {
@@ -559,8 +578,19 @@ impl<'m> Worker<'m> {
         let mut ended = Vec::new();
         for (i, seq) in self.active.iter_mut().enumerate() {
             let Some(at) = seq.logits_at else { continue };
-            // `sample` also feeds the token to the sampler chain (repetition history).
-            let token = seq.sampler.sample(&self.ctx, at);
+            let token = if seq.argmax {
+                argmax(
+                    self.ctx.get_logits_ith(at),
+                    if seq.ignore_eos {
+                        &self.shared.eog
+                    } else {
+                        &[]
+                    },
+                )
+            } else {
+                // `sample` also feeds the token to the sampler chain (repetition history).
+                seq.sampler.sample(&self.ctx, at)
+            };
             let now = Instant::now();
             seq.first_token.get_or_insert(now);
             if vocab.is_eog(token) {
@@ -606,7 +636,7 @@ fn sampler(p: &SamplingParams, shared: &Shared) -> LlamaSampler {
             .collect();
         chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
     }
-    if p.repetition_penalty > 0.0 && (p.repetition_penalty - 1.0).abs() > f32::EPSILON {
+    if penalised(p) {
         chain.push(LlamaSampler::penalties(
             n_vocab,
             PENALTY_WINDOW,
@@ -630,6 +660,23 @@ fn sampler(p: &SamplingParams, shared: &Shared) -> LlamaSampler {
         chain.push(LlamaSampler::dist(p.seed.unwrap_or_else(random_seed)));
     }
     LlamaSampler::chain_simple(chain)
+}
+
+/// Whether the repetition penalty is on.
+fn penalised(p: &SamplingParams) -> bool {
+    p.repetition_penalty > 0.0 && (p.repetition_penalty - 1.0).abs() > f32::EPSILON
+}
+
+/// The token with the largest logit (the first on ties, as llama.cpp's greedy sampler),
+/// never one of `excluded`.
+fn argmax(logits: &[f32], excluded: &[LlamaToken]) -> LlamaToken {
+    let mut best = (f32::NEG_INFINITY, 0usize);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > best.0 && !excluded.iter().any(|t| usize::try_from(t.0) == Ok(i)) {
+            best = (l, i);
+        }
+    }
+    LlamaToken(i32::try_from(best.1).expect("vocabulary ids fit i32"))
 }
 
 /// A seed for requests that do not give one.
