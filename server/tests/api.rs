@@ -304,26 +304,35 @@ async fn a_full_queue_answers_429_and_a_dropped_stream_frees_its_slot() {
     let long = || {
         post(
             "/v1/chat/completions",
-            json!({ "messages": [{ "role": "user", "content": "a" }], "max_tokens": 200, "stream": true, "ignore_eos": true }),
+            json!({ "messages": [{ "role": "user", "content": "a" }], "max_tokens": 480, "stream": true, "ignore_eos": true }),
         )
     };
-    let busy = app(f.state.clone()).oneshot(long()).await.expect("first");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let queued = app(f.state.clone()).oneshot(long()).await.expect("second");
+    // The tiny model is fast enough that a stream may finish before the queue
+    // is seen full on a quick machine; such a round proves nothing either way,
+    // so it is retried (a bounded number of times) rather than counted.
     let mut saw_429 = false;
-    for _ in 0..20 {
-        let resp = app(f.state.clone()).oneshot(long()).await.expect("third");
-        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-            assert!(resp.headers().contains_key("retry-after"));
-            saw_429 = true;
+    for _round in 0..5 {
+        let busy = app(f.state.clone()).oneshot(long()).await.expect("first");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let queued = app(f.state.clone()).oneshot(long()).await.expect("second");
+        for _ in 0..20 {
+            let resp = app(f.state.clone()).oneshot(long()).await.expect("third");
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                assert!(resp.headers().contains_key("retry-after"));
+                saw_429 = true;
+                break;
+            }
+            drop(resp);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(busy);
+        drop(queued);
+        if saw_429 {
             break;
         }
-        drop(resp);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(saw_429, "a full queue answers 429");
-    drop(busy);
-    drop(queued);
     let (status, body) = call(&f, post("/v1/chat/completions", chat(2, false))).await;
     assert_eq!(
         status,
