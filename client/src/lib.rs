@@ -3,10 +3,12 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage, 3 evidence rejected.
 
+pub mod demo;
 pub mod files;
 pub mod mock_cmd;
 pub mod output;
 pub mod pin;
+pub mod proxy;
 pub mod remote;
 pub mod remote_cmd;
 pub mod report_cmd;

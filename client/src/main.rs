@@ -1,9 +1,9 @@
-//! `veil`: the Veil command line (report, mock platform, and later verify/provision/ask).
+//! `veil`: the Veil command line.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_client::{mock_cmd, remote_cmd, report_cmd, seal, Failure};
+use veil_client::{demo, mock_cmd, proxy, remote_cmd, report_cmd, seal, Failure};
 
 #[derive(Parser)]
 #[command(
@@ -30,10 +30,14 @@ enum Command {
     Provision(remote_cmd::ProvisionArgs),
     /// Verify a server, then ask its model and stream the answer.
     Ask(remote_cmd::AskArgs),
+    /// Verify a server, then chat with its model (history kept; /reset, /quit).
+    Chat(remote_cmd::ChatArgs),
+    /// A local OpenAI-compatible endpoint that forwards only to a verified server.
+    Proxy(proxy::ProxyArgs),
     /// Seal a model: encrypt it under a model key (`--inspect` shows a sealed header).
     Seal(seal::SealArgs),
     /// Run the mock TEE end to end on this machine: platform, attestation, verification.
-    Demo(mock_cmd::DemoArgs),
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,8 +48,10 @@ fn main() -> ExitCode {
         Command::Verify(args) => remote_cmd::verify(args),
         Command::Provision(args) => remote_cmd::provision(args),
         Command::Ask(args) => remote_cmd::ask(args),
+        Command::Chat(args) => remote_cmd::chat(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Seal(args) => seal::run(args).map_err(Failure::from),
-        Command::Demo(args) => mock_cmd::demo(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,19 +1,16 @@
-//! `veil mock-platform init|measure|attest` and `veil demo`.
+//! `veil mock-platform init|measure|attest`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use veil_attestation::binding::{Purpose, Transcript};
 use veil_attestation::mock::files;
-use veil_attestation::{Expected, MockLaunch, MockPlatform, Policy};
+use veil_attestation::{MockLaunch, MockPlatform};
 use zeroize::Zeroizing;
 
 use crate::files::{read_small, write_new};
-use crate::output::print_verdict;
-use crate::{CmdResult, Failure};
+use crate::CmdResult;
 
 /// `veil mock-platform …`
 #[derive(Subcommand)]
@@ -151,118 +148,5 @@ pub fn run(cmd: MockCommand) -> CmdResult {
             println!("  measurement {}", hex::encode(launch.measurement()));
         }
     }
-    Ok(())
-}
-
-fn print_refusal(result: &Result<veil_attestation::Appraisal, veil_attestation::Rejection>) {
-    match result {
-        Ok(_) => println!("   ACCEPTED (unexpected)"),
-        Err(r) => {
-            for o in r.failures() {
-                println!("   ✗ {}: {}", o.check, o.detail);
-            }
-            println!("   REJECTED (MOCK)");
-        }
-    }
-}
-
-/// `veil demo`
-#[derive(Args)]
-pub struct DemoArgs {
-    /// Keep the mock platform, policy and evidence in DIR instead of a temporary directory.
-    #[arg(long)]
-    pub keep: Option<PathBuf>,
-}
-
-/// The demo: a mock platform attests this very executable, a verifier appraises the
-/// evidence against a policy, and a tampered copy is refused.
-///
-/// # Errors
-/// [`Failure::Error`] if a step fails; [`Failure::Rejected`] if the genuine evidence is refused.
-pub fn demo(args: DemoArgs) -> CmdResult {
-    let temp;
-    let dir = match &args.keep {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary directory")?;
-            temp.path().to_path_buf()
-        }
-    };
-    println!("== 1. A MOCK platform (software stand-in for the AMD secure processor)");
-    let platform = init_platform(&dir.join("mock-platform"), true)?;
-    println!("   root {}", platform.root().fingerprint());
-
-    println!("== 2. The platform launches this executable with a launch configuration");
-    let exe_path = std::env::current_exe().context("cannot locate this executable")?;
-    let exe =
-        std::fs::read(&exe_path).with_context(|| format!("cannot read {}", exe_path.display()))?;
-    let config = BTreeMap::from([
-        ("tee".to_owned(), "mock".to_owned()),
-        ("listen".to_owned(), "127.0.0.1:8443".to_owned()),
-    ]);
-    let launch = MockLaunch::new(&exe, config);
-    println!("   measurement {}", hex::encode(launch.measurement()));
-
-    println!("== 3. The owner's policy: this mock root, this measurement, no debug");
-    let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
-    write_new(
-        &dir.join("policy.toml"),
-        policy.to_toml().as_bytes(),
-        false,
-        true,
-    )?;
-
-    println!("== 4. A verifier sends a fresh nonce; the platform signs a report binding it");
-    let mut nonce = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .map_err(|_| anyhow!("no randomness"))?;
-    let transcript = Transcript {
-        purpose: Purpose::Offline,
-        nonce: &nonce,
-        spki_sha256: [0; 32],
-        exporter: None,
-        wrap_pk: [0; 32],
-        model_sha256: [0; 32],
-    };
-    let report_data = transcript.report_data()?;
-    let mut evidence = platform.attest(&launch, report_data);
-    evidence.binding = Some(transcript.binding());
-    write_new(
-        &dir.join("evidence.json"),
-        evidence.to_json().as_bytes(),
-        false,
-        true,
-    )?;
-
-    println!("== 5. Appraisal");
-    let now = SystemTime::now();
-    let result = policy.appraise(&evidence, &Expected::new(report_data, now));
-    print_verdict(&result, true);
-    if result.is_err() {
-        return Err(Failure::Rejected);
-    }
-
-    println!("== 6. The same evidence replayed to a verifier with another nonce is refused");
-    let mut other = report_data;
-    other[0] ^= 1;
-    print_refusal(&policy.appraise(&evidence, &Expected::new(other, now)));
-
-    println!("== 7. A report from a debug launch is refused by the same policy");
-    let mut debug = launch.clone();
-    debug.debug = true;
-    print_refusal(&policy.appraise(
-        &platform.attest(&debug, report_data),
-        &Expected::new(report_data, now),
-    ));
-
-    if args.keep.is_some() {
-        println!(
-            "Kept in {}: mock-platform/, policy.toml, evidence.json",
-            dir.display()
-        );
-    }
-    println!(
-        "(The sealed model, the server, key provisioning and chat join this demo as they land.)"
-    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! captured), the RFC 9266 exporter, a fresh nonce, `GET /v1/attestation` on that same
 //! connection, and appraisal with the binding recomputed from what this client saw.
 
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
@@ -14,6 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
+use rustls::CertificateError;
 use veil_attestation::binding::{Purpose, Transcript, EXPORTER_LABEL};
 use veil_attestation::{Appraisal, Evidence, Expected, Policy, Rejection};
 
@@ -135,6 +137,11 @@ impl Session {
             .context("the server did not answer")
     }
 
+    /// Whether the server has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Sends a request and reads the whole body (at most 1 MiB).
     ///
     /// # Errors
@@ -206,4 +213,146 @@ pub async fn attest(target: &Target, policy: &Policy) -> anyhow::Result<Attested
         evidence,
         result,
     })
+}
+
+/// Whether a connection failed because the server presented a key other than the pinned
+/// one (the handshake was refused by [`PinMode::Pinned`]).
+pub fn is_key_change(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|r| {
+                matches!(
+                    r,
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::ApplicationVerificationFailure
+                    )
+                )
+            })
+    })
+}
+
+/// Why no verified connection could be had.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// The evidence was appraised and rejected.
+    Rejected {
+        /// Every check, the failed ones marked.
+        rejection: Rejection,
+        /// Whether the evidence came from a mock platform.
+        mock: bool,
+    },
+    /// The server could not be reached or spoke no valid protocol.
+    Unreachable(anyhow::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Rejected { rejection, .. } => {
+                let failed: Vec<&str> = rejection.failures().map(|o| o.check.name()).collect();
+                write!(
+                    f,
+                    "the server's evidence was rejected: {} check(s) failed: ",
+                    failed.len()
+                )?;
+                for (i, o) in rejection.failures().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{} ({})", o.check.name(), o.detail)?;
+                }
+                Ok(())
+            }
+            UpstreamError::Unreachable(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+/// A fresh connection to a verified server.
+pub enum Connection {
+    /// A connection to the key verified earlier (the certificate was pinned).
+    Pinned(Session),
+    /// A connection verified just now: the first, or the server's key changed.
+    Verified(Box<Attested>),
+}
+
+impl Connection {
+    /// The connection itself.
+    pub fn into_session(self) -> Session {
+        match self {
+            Connection::Pinned(s) => s,
+            Connection::Verified(a) => a.session,
+        }
+    }
+}
+
+/// A server that is verified once and then reached only under the attested key.
+///
+/// Every connection is pinned to the TLS key whose evidence passed appraisal; when the
+/// server presents another key (it restarted, or someone else answers), the new key is
+/// verified on a fresh connection before anything is sent on it, and the pin moves only
+/// if that verification passes. A rejected key is never used.
+pub struct Upstream {
+    target: Target,
+    policy: Policy,
+    pin: Mutex<Option<[u8; 32]>>,
+}
+
+impl Upstream {
+    /// An upstream not yet verified.
+    pub fn new(target: Target, policy: Policy) -> Self {
+        Upstream {
+            target,
+            policy,
+            pin: Mutex::new(None),
+        }
+    }
+
+    /// The pinned key, if one has been verified.
+    pub fn pinned(&self) -> Option<[u8; 32]> {
+        *self.pin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection on which requests may be sent: pinned to the verified key, or
+    /// verified now if there is no pin yet or the server's key changed.
+    ///
+    /// # Errors
+    /// [`UpstreamError::Rejected`] if the (new) evidence fails the policy;
+    /// [`UpstreamError::Unreachable`] for network and protocol errors.
+    pub async fn connect(&self) -> Result<Connection, UpstreamError> {
+        if let Some(pin) = self.pinned() {
+            match Session::connect(&self.target, PinMode::Pinned(pin)).await {
+                Ok(s) => return Ok(Connection::Pinned(s)),
+                Err(e) if is_key_change(&e) => {
+                    tracing_note(&format!(
+                        "the server's TLS key is no longer {}: verifying the new one",
+                        hex::encode(&pin[..8])
+                    ));
+                }
+                Err(e) => return Err(UpstreamError::Unreachable(e)),
+            }
+        }
+        let attested = attest(&self.target, &self.policy)
+            .await
+            .map_err(UpstreamError::Unreachable)?;
+        match &attested.result {
+            Ok(_) => {
+                *self.pin.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(attested.session.spki_sha256);
+                Ok(Connection::Verified(Box::new(attested)))
+            }
+            Err(rejection) => Err(UpstreamError::Rejected {
+                rejection: rejection.clone(),
+                mock: attested.evidence.tee == veil_attestation::TeeKind::Mock,
+            }),
+        }
+    }
+}
+
+fn tracing_note(msg: &str) {
+    eprintln!("veil: {msg}");
 }

@@ -1,18 +1,20 @@
-//! `veil verify`, `veil provision`, `veil ask`: verify first, then (and only then) talk.
+//! `veil verify`, `veil provision`, `veil ask`, `veil chat`: verify first, then (and only
+//! then) talk.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
 use veil_attestation::{KeyRelease, Policy};
 use veil_sealing::ModelKey;
 
 use crate::output::{print_verdict, verdict_json};
-use crate::remote::{attest, Attested, Target};
+use crate::remote::{attest, Attested, Connection, Session, Target, Upstream, UpstreamError};
 use crate::report_cmd::load_policy;
 use crate::{CmdResult, Failure};
 
@@ -49,6 +51,37 @@ pub struct ProvisionArgs {
     wait: u64,
 }
 
+/// What to ask and how to sample, shared by `ask` and `chat`.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Largest number of tokens in an answer.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// A system message sent before the conversation (default: the model's own).
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+impl SamplingArgs {
+    /// The chat-completions request for this conversation, streamed.
+    pub fn request(&self, conversation: &[Value]) -> Value {
+        let mut messages = Vec::with_capacity(conversation.len() + 1);
+        if let Some(system) = &self.system {
+            messages.push(json!({ "role": "system", "content": system }));
+        }
+        messages.extend_from_slice(conversation);
+        json!({
+            "messages": messages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stream": true,
+        })
+    }
+}
+
 /// `veil ask`
 #[derive(Args)]
 pub struct AskArgs {
@@ -56,15 +89,20 @@ pub struct AskArgs {
     remote: RemoteArgs,
     /// The question.
     prompt: String,
-    /// Largest number of tokens in the answer.
-    #[arg(long, default_value_t = 256)]
-    max_tokens: u32,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// `veil chat`
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    remote: RemoteArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -130,64 +168,93 @@ pub fn provision(args: ProvisionArgs) -> CmdResult {
         .with_context(|| format!("key file {}", args.key.display()))?;
     runtime()?.block_on(async move {
         let (mut a, _) = verified(&args.remote, false).await?;
-        let Ok(appraisal) = a.result.as_ref() else {
-            return Err(Failure::Rejected);
-        };
-        let binding = a
-            .evidence
-            .binding
-            .clone()
-            .ok_or_else(|| anyhow!("the evidence binds no wrapping key"))?;
-        let msg = KeyRelease::seal(
-            appraisal,
-            &binding.wrap_pk,
-            &key.key_id().to_string(),
-            key.expose_secret(),
-        )?;
-        drop(key);
-        let (status, body) = a
-            .session
-            .fetch("POST", "/v1/provision", Some(serde_json::to_vec(&msg)?))
-            .await?;
-        if !status.is_success() {
-            return Err(anyhow!(
-                "provisioning refused: {status}: {}",
-                String::from_utf8_lossy(&body)
-            )
-            .into());
-        }
-        println!("key released to the verified server; waiting for it to unseal");
-        let started = Instant::now();
-        loop {
-            let (status, body) = a.session.fetch("GET", "/ready", None).await?;
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            match v["state"].as_str() {
-                Some("ready") if status.is_success() => {
-                    println!("ready after {:.1?}", started.elapsed());
-                    return Ok(());
+        let took = release_key(&mut a, key, Duration::from_secs(args.wait)).await?;
+        println!("ready after {took:.1?}");
+        Ok(())
+    })
+}
+
+/// Sends `key` to a server whose evidence passed appraisal, HPKE-sealed to the wrapping
+/// key its evidence binds, on the attested connection; then waits (up to `wait`) for the
+/// server to unseal, showing progress on stderr. Returns the time to Ready.
+///
+/// # Errors
+/// [`Failure::Rejected`] if `attested` was rejected (nothing is sent); [`Failure::Error`]
+/// if the server refuses the key, fails to unseal, or is not ready in time.
+pub async fn release_key(
+    attested: &mut Attested,
+    key: ModelKey,
+    wait: Duration,
+) -> Result<Duration, Failure> {
+    let Ok(appraisal) = attested.result.as_ref() else {
+        return Err(Failure::Rejected);
+    };
+    let binding = attested
+        .evidence
+        .binding
+        .clone()
+        .ok_or_else(|| anyhow!("the evidence binds no wrapping key"))?;
+    let msg = KeyRelease::seal(
+        appraisal,
+        &binding.wrap_pk,
+        &key.key_id().to_string(),
+        key.expose_secret(),
+    )?;
+    drop(key);
+    let session = &mut attested.session;
+    let started = Instant::now();
+    let (status, body) = session
+        .fetch("POST", "/v1/provision", Some(serde_json::to_vec(&msg)?))
+        .await?;
+    if !status.is_success() {
+        return Err(anyhow!(
+            "provisioning refused: {status}: {}",
+            String::from_utf8_lossy(&body)
+        )
+        .into());
+    }
+    eprintln!("key released to the verified server; waiting for it to unseal");
+    let progress = std::io::stderr().is_terminal();
+    let mut shown = None;
+    loop {
+        let (status, body) = session.fetch("GET", "/ready", None).await?;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        match v["state"].as_str() {
+            Some("ready") if status.is_success() => {
+                if shown.is_some() {
+                    eprintln!();
                 }
-                Some("failed") => {
-                    return Err(anyhow!(
-                        "the server failed: {}",
-                        v["reason"].as_str().unwrap_or("unknown")
-                    )
-                    .into());
-                }
-                Some("unsealing") => {
-                    if let (Some(done), Some(total)) =
-                        (v["unsealed_bytes"].as_u64(), v["total_bytes"].as_u64())
-                    {
-                        eprint!("\runsealing {:>3}%", done * 100 / total.max(1));
+                return Ok(started.elapsed());
+            }
+            Some("failed") => {
+                return Err(anyhow!(
+                    "the server failed: {}",
+                    v["reason"].as_str().unwrap_or("unknown")
+                )
+                .into());
+            }
+            Some("unsealing") if progress => {
+                if let (Some(done), Some(total)) =
+                    (v["unsealed_bytes"].as_u64(), v["total_bytes"].as_u64())
+                {
+                    let percent = done * 100 / total.max(1);
+                    if shown != Some(percent) {
+                        if percent < 100 {
+                            eprint!("\runsealing {percent:>3}%");
+                        } else {
+                            eprint!("\runsealed; loading the model");
+                        }
+                        shown = Some(percent);
                     }
                 }
-                _ => {}
             }
-            if started.elapsed() > Duration::from_secs(args.wait) {
-                return Err(anyhow!("the server was not ready after {} s", args.wait).into());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            _ => {}
         }
-    })
+        if started.elapsed() > wait {
+            return Err(anyhow!("the server was not ready after {wait:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs `veil ask`: verify, then stream the answer to stdout.
@@ -197,64 +264,145 @@ pub fn provision(args: ProvisionArgs) -> CmdResult {
 pub fn ask(args: AskArgs) -> CmdResult {
     runtime()?.block_on(async {
         let (mut a, _) = verified(&args.remote, true).await?;
-        let body = json!({
-            "messages": [{ "role": "user", "content": args.prompt }],
-            "max_tokens": args.max_tokens,
-            "temperature": args.temperature,
-            "stream": true,
-        });
-        let resp = a
-            .session
-            .send(
-                "POST",
-                "/v1/chat/completions",
-                Some(serde_json::to_vec(&body)?),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(anyhow!(
-                "the server answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )
-            .into());
-        }
-        let mut body = resp.into_body();
-        let mut pending = String::new();
+        let request = args
+            .sampling
+            .request(&[json!({ "role": "user", "content": args.prompt })]);
+        stream_chat(&mut a.session, &request, &mut std::io::stdout()).await?;
+        println!();
+        Ok(())
+    })
+}
+
+/// Runs `veil chat`: verify, then a conversation read line by line from stdin, each turn
+/// sent with the whole history. Every connection is pinned to the verified key; a changed
+/// key is verified again before anything is sent. `/reset` forgets the history; `/quit`
+/// or end of input leaves.
+///
+/// # Errors
+/// [`Failure::Rejected`] or [`Failure::Error`].
+pub fn chat(args: ChatArgs) -> CmdResult {
+    runtime()?.block_on(async {
+        let policy = load_policy(&args.remote.policy)?;
+        let upstream = Upstream::new(Target::parse(&args.remote.url)?, policy);
+        let mut session = connect_verified(&upstream).await?;
+        eprintln!("verified; type a message (/reset forgets the conversation, /quit leaves)");
+        let mut history: Vec<Value> = Vec::new();
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut out = std::io::stdout();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| anyhow!("the stream broke: {e}"))?;
-            let Some(data) = frame.data_ref() else {
-                continue;
+        let interactive = std::io::stdin().is_terminal();
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let Some(line) = lines.next_line().await.context("reading stdin")? else {
+                return Ok(());
             };
-            pending.push_str(&String::from_utf8_lossy(data));
-            while let Some(end) = pending.find("\n\n") {
-                let event: String = pending.drain(..end + 2).collect();
-                for line in event.lines() {
-                    let Some(payload) = line.strip_prefix("data: ") else {
-                        continue;
-                    };
-                    if payload == "[DONE]" {
-                        writeln!(out)?;
-                        return Ok(());
-                    }
-                    let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
-                    if let Some(err) = v.get("error") {
-                        return Err(anyhow!("generation failed: {}", err["message"]).into());
-                    }
-                    if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-                        write!(out, "{t}")?;
-                        out.flush()?;
-                    }
+            let line = line.trim();
+            match line {
+                "" => continue,
+                "/quit" | "/exit" => return Ok(()),
+                "/reset" => {
+                    history.clear();
+                    eprintln!("(conversation forgotten)");
+                    continue;
+                }
+                _ => {}
+            }
+            history.push(json!({ "role": "user", "content": line }));
+            let request = args.sampling.request(&history);
+            let answer = match stream_chat(&mut session, &request, &mut out).await {
+                Ok(answer) => answer,
+                Err(e) if session.is_closed() => {
+                    // The server closed the connection (restart, idle timeout): reconnect
+                    // under the pin, or verify the new key, and send this turn again.
+                    eprintln!("veil: connection lost ({e:#}); reconnecting");
+                    session = connect_verified(&upstream).await?;
+                    stream_chat(&mut session, &request, &mut out).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            writeln!(out)?;
+            history.push(json!({ "role": "assistant", "content": answer }));
+        }
+    })
+}
+
+async fn connect_verified(upstream: &Upstream) -> Result<Session, Failure> {
+    match upstream.connect().await {
+        Ok(Connection::Pinned(s)) => Ok(s),
+        Ok(Connection::Verified(a)) => {
+            let mock = a.evidence.tee == veil_attestation::TeeKind::Mock;
+            print_verdict(&a.result, mock);
+            Ok(a.session)
+        }
+        Err(UpstreamError::Rejected { rejection, mock }) => {
+            print_verdict(&Err(rejection), mock);
+            Err(Failure::Rejected)
+        }
+        Err(UpstreamError::Unreachable(e)) => Err(Failure::Error(e)),
+    }
+}
+
+/// Sends a streamed chat-completions request and writes the answer's text to `out` as
+/// it arrives. Returns the whole answer.
+///
+/// # Errors
+/// If the server refuses the request (its error message is quoted), the stream breaks,
+/// or it ends without `[DONE]`.
+pub async fn stream_chat(
+    session: &mut Session,
+    request: &Value,
+    out: &mut dyn Write,
+) -> anyhow::Result<String> {
+    let resp = session
+        .send(
+            "POST",
+            "/v1/chat/completions",
+            Some(serde_json::to_vec(request)?),
+        )
+        .await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 16)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        bail!(
+            "the server answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    let mut answer = String::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow!("the stream broke: {e}"))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        // Events are split on the blank line; a UTF-8 sequence never spans one.
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            for line in String::from_utf8_lossy(&event).lines() {
+                let Some(payload) = line.strip_prefix("data: ") else {
+                    continue;
+                };
+                if payload == "[DONE]" {
+                    return Ok(answer);
+                }
+                let v: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+                if let Some(err) = v.get("error") {
+                    bail!("generation failed: {}", err["message"]);
+                }
+                if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                    write!(out, "{t}")?;
+                    out.flush()?;
+                    answer.push_str(t);
                 }
             }
         }
-        Err(anyhow!("the stream ended without [DONE]").into())
-    })
+    }
+    bail!("the stream ended without [DONE]")
 }

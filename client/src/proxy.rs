@@ -1,0 +1,240 @@
+//! `veil proxy`: a local, plain-HTTP, OpenAI-compatible endpoint for clients that know
+//! nothing of attestation (the `openai` SDKs, curl). It forwards `GET /v1/models` and
+//! `POST /v1/chat/completions` to a `veil-server` only over a connection pinned to a TLS
+//! key whose evidence passed the policy; when the server's key changes (a restart, or
+//! someone else answering) it verifies again before it forwards, and when verification
+//! fails it answers 502 with the reason and forwards nothing.
+//!
+//! Responses are streamed through as they arrive, so server-sent events keep their pace.
+//! The endpoint speaks plain HTTP, so it listens on loopback addresses only.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use veil_attestation::Policy;
+
+use crate::output::print_verdict;
+use crate::remote::{Connection, Target, Upstream, UpstreamError};
+use crate::report_cmd::load_policy;
+use crate::{CmdResult, Failure};
+
+/// Largest request body forwarded.
+const MAX_BODY: usize = 4 << 20;
+
+/// `veil proxy`
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// Where to listen (a loopback address: the endpoint is plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The server, `https://HOST:PORT`.
+    #[arg(long)]
+    pub upstream: String,
+    /// Appraisal policy (TOML).
+    #[arg(long)]
+    pub policy: PathBuf,
+}
+
+/// The body of a proxied response: the upstream's stream, or a local answer.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The proxy's state: one verified upstream.
+pub struct Proxy {
+    upstream: Upstream,
+    url: String,
+}
+
+impl Proxy {
+    /// A proxy to `url`, appraised against `policy`.
+    ///
+    /// # Errors
+    /// If the URL is not a Veil server URL.
+    pub fn new(url: &str, policy: Policy) -> anyhow::Result<Self> {
+        Ok(Proxy {
+            upstream: Upstream::new(Target::parse(url)?, policy),
+            url: url.to_owned(),
+        })
+    }
+
+    /// Verifies the upstream now (the proxy also does so lazily on the first request).
+    ///
+    /// # Errors
+    /// As [`Upstream::connect`].
+    pub async fn verify(&self) -> Result<Connection, UpstreamError> {
+        self.upstream.connect().await
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let forwarded = matches!(
+            (&parts.method, path.as_str()),
+            (&Method::GET, "/v1/models") | (&Method::POST, "/v1/chat/completions")
+        );
+        if !forwarded {
+            return local_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!(
+                    "veil proxy forwards GET /v1/models and POST /v1/chat/completions, not {} {path}",
+                    parts.method
+                ),
+            );
+        }
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return local_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    &format!("the request body is over {MAX_BODY} bytes or broke off"),
+                )
+            }
+        };
+        let mut session = match self.upstream.connect().await {
+            Ok(Connection::Pinned(s)) => s,
+            Ok(Connection::Verified(a)) => {
+                eprintln!(
+                    "veil proxy: verified {} (TLS key sha256 {})",
+                    self.url,
+                    hex::encode(a.session.spki_sha256)
+                );
+                a.session
+            }
+            Err(e) => {
+                let code = match e {
+                    UpstreamError::Rejected { .. } => "attestation_rejected",
+                    UpstreamError::Unreachable(_) => "upstream_unreachable",
+                };
+                eprintln!("veil proxy: refusing to forward: {e}");
+                return local_error(
+                    StatusCode::BAD_GATEWAY,
+                    code,
+                    &format!("veil proxy did not forward the request: {e}"),
+                );
+            }
+        };
+        let body = (parts.method == Method::POST).then(|| body.to_vec());
+        let resp = match session.send(parts.method.as_str(), &path, body).await {
+            Ok(r) => r,
+            Err(e) => {
+                return local_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_failed",
+                    &format!("the verified server did not answer: {e:#}"),
+                )
+            }
+        };
+        let (mut head, body) = resp.into_parts();
+        for hop in ["connection", "keep-alive", "transfer-encoding"] {
+            head.headers.remove(hop);
+        }
+        Response::from_parts(head, Either::Left(body))
+    }
+}
+
+fn local_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": "veil_proxy_error", "param": null, "code": code }
+    });
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Serves the proxy on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// If accepting fails fatally.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => accepted.context("accepting a connection")?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Binds `listen`, refusing addresses other than loopback.
+///
+/// # Errors
+/// If the address is not loopback or cannot be bound.
+pub async fn bind_loopback(listen: &str) -> anyhow::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen:?}"))?
+        .collect();
+    if addrs.is_empty() || !addrs.iter().all(|a| a.ip().is_loopback()) {
+        bail!("--listen {listen}: the proxy speaks plain HTTP, so it listens on loopback only (e.g. 127.0.0.1:8080)");
+    }
+    TcpListener::bind(addrs.as_slice())
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+}
+
+/// Runs `veil proxy`: verifies the upstream once at start (exit 3 if rejected), then
+/// serves until Ctrl-C.
+///
+/// # Errors
+/// [`Failure::Rejected`] or [`Failure::Error`].
+pub fn run(args: ProxyArgs) -> CmdResult {
+    let policy = load_policy(&args.policy)?;
+    let proxy = Arc::new(Proxy::new(&args.upstream, policy)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = bind_loopback(&args.listen).await?;
+        match proxy.verify().await {
+            Ok(c) => {
+                if let Connection::Verified(a) = &c {
+                    print_verdict(&a.result, a.evidence.tee == veil_attestation::TeeKind::Mock);
+                }
+            }
+            Err(UpstreamError::Rejected { rejection, mock }) => {
+                print_verdict(&Err(rejection), mock);
+                return Err(Failure::Rejected);
+            }
+            Err(UpstreamError::Unreachable(e)) => return Err(Failure::Error(e)),
+        }
+        let addr = listener.local_addr()?;
+        println!(
+            "veil proxy listening on http://{addr}/v1 -> {} (verified; re-verified whenever its key changes)",
+            args.upstream
+        );
+        serve(listener, proxy, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(())
+    })
+}
