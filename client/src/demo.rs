@@ -205,10 +205,14 @@ pub fn run(args: DemoArgs) -> CmdResult {
         println!("  veil ask    {url} --policy {policy} --system 'You are a helpful assistant.' 'Why is the sky blue?'");
         println!("  veil chat   {url} --policy {policy}");
         println!("  veil proxy  --upstream {url} --policy {policy} --listen 127.0.0.1:8080");
+        // Listen before saying so: a Ctrl-C right after the line must not kill the demo.
+        let mut interrupt = {
+            let _guard = rt.enter();
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("cannot listen for Ctrl-C")?
+        };
         println!("Press Ctrl-C to stop the server.");
-        rt.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+        rt.block_on(interrupt.recv());
     }
     drop(server);
     println!("server stopped");

@@ -1,0 +1,113 @@
+//! `veil demo` with the real binaries and the tiny model: the whole flow in one command,
+//! and `--keep DIR` leaving a verifiable server running until interrupted.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tiny_model(dir: &std::path::Path) -> String {
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, veil_model::tiny::gguf(11)).expect("model");
+    path.display().to_string()
+}
+
+#[test]
+fn the_demo_verifies_provisions_asks_and_stops_the_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["demo", "--model", &tiny_model(tmp.path()), "--prompt", "hi"])
+        .output()
+        .expect("veil demo");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    for expected in [
+        "✓ measurement",
+        "✓ report_data",
+        "VERIFIED (MOCK)",
+        "after the key was released",
+        "> hi",
+        "server stopped",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(!out.contains('✗'), "{out}");
+}
+
+#[test]
+fn demo_keep_leaves_the_files_and_a_running_server_until_interrupted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("kept");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["demo", "--model", &tiny_model(tmp.path()), "--keep"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("veil demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut url = None;
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the demo reaches its prompt");
+        if let Some(rest) = line.strip_prefix("The server keeps running at ") {
+            url = rest
+                .split_whitespace()
+                .next()
+                .map(|u| u.trim_end_matches('.').to_owned());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let url = url.expect("the URL is printed");
+    for file in ["platform/ark.pem", "model.veil", "model.key", "policy.toml"] {
+        assert!(dir.join(file).is_file(), "{file} kept");
+    }
+    let policy = dir.join("policy.toml").display().to_string();
+    let verify = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["verify", url, "--policy", &policy])
+            .output()
+            .expect("veil verify")
+    };
+    let o = verify(&url);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let mut status = None;
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().expect("wait") {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the demo did not stop within 10 s of Ctrl-C");
+    };
+    assert!(status.success(), "{status}");
+    let o = verify(&url);
+    assert_eq!(o.status.code(), Some(1), "the server is gone: {}", text(&o));
+    assert!(
+        dir.join("model.veil").is_file(),
+        "files stay after the demo"
+    );
+}
