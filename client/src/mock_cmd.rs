@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use veil_attestation::mock::files;
-use veil_attestation::{MockLaunch, MockPlatform};
+use veil_attestation::{MockLaunch, MockPlatform, Policy};
 use zeroize::Zeroizing;
 
 use crate::files::{read_small, write_new};
@@ -26,6 +26,21 @@ pub enum MockCommand {
     /// Print the launch measurement the mock platform reports for an executable and
     /// launch configuration: the value to put in a policy's `measurements`.
     Measure(LaunchArgs),
+    /// Write the policy an owner would use for this platform and launch: its root, the
+    /// launch's measurement, no debug.
+    Policy {
+        /// The mock platform directory.
+        dir: PathBuf,
+        /// What is launched.
+        #[command(flatten)]
+        launch: LaunchArgs,
+        /// The policy file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Sign a mock report for a launch, with chosen report data.
     Attest {
         /// The mock platform directory.
@@ -123,6 +138,23 @@ pub fn run(cmd: MockCommand) -> CmdResult {
         }
         MockCommand::Measure(launch) => {
             println!("{}", hex::encode(launch.launch()?.measurement()));
+        }
+        MockCommand::Policy {
+            dir,
+            launch,
+            output,
+            force,
+        } => {
+            let platform = load_platform(&dir)?;
+            let measurement = launch.launch()?.measurement();
+            let policy = Policy::mock(&platform.root().fingerprint(), &[measurement]);
+            write_new(&output, policy.to_toml().as_bytes(), false, force)?;
+            println!(
+                "policy {}: MOCK root {}, measurement {}",
+                output.display(),
+                platform.root().fingerprint(),
+                hex::encode(measurement)
+            );
         }
         MockCommand::Attest {
             dir,
