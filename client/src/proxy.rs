@@ -105,8 +105,10 @@ impl Proxy {
         let mut session = match self.upstream.connect().await {
             Ok(Connection::Pinned(s)) => s,
             Ok(Connection::Verified(a)) => {
+                let mock = a.evidence.tee == veil_attestation::TeeKind::Mock;
                 eprintln!(
-                    "veil proxy: verified {} (TLS key sha256 {})",
+                    "veil proxy: {} {} (TLS key sha256 {})",
+                    if mock { "VERIFIED (MOCK)" } else { "VERIFIED" },
                     self.url,
                     hex::encode(a.session.spki_sha256)
                 );

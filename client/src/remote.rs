@@ -250,12 +250,12 @@ pub enum UpstreamError {
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamError::Rejected { rejection, .. } => {
-                let failed: Vec<&str> = rejection.failures().map(|o| o.check.name()).collect();
+            UpstreamError::Rejected { rejection, mock } => {
+                let failed = rejection.failures().count();
+                let tee = if *mock { "MOCK evidence" } else { "evidence" };
                 write!(
                     f,
-                    "the server's evidence was rejected: {} check(s) failed: ",
-                    failed.len()
+                    "the server's {tee} was rejected: {failed} check(s) failed: "
                 )?;
                 for (i, o) in rejection.failures().enumerate() {
                     if i > 0 {
