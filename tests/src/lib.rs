@@ -1,5 +1,8 @@
 //! End-to-end tests of Veil; the tests live in `tests/tests/`. This library holds what
-//! they share: loading the real AMD SEV-SNP vectors.
+//! they share: loading the real AMD SEV-SNP vectors ([`vectors`]), and running the real
+//! `veil` and `veil-server` binaries on loopback with the mock TEE ([`harness`]).
+
+pub mod harness;
 
 pub mod vectors {
     //! The real, AMD-signed SEV-SNP vectors in `$VEIL_SNP_VECTORS` (default

@@ -1,0 +1,394 @@
+//! The real `veil` and `veil-server` binaries on 127.0.0.1, with the mock TEE and the tiny
+//! model: a sealed model and a mock platform in a temporary directory ([`Fixture`]), a
+//! server that is killed when dropped ([`Server`]), policies, and reads of the server's
+//! `/metrics` and `/ready` over TLS.
+//!
+//! Everything is bounded in time: commands are killed after [`COMMAND_TIMEOUT`], a server
+//! that prints no banner within [`START_TIMEOUT`] is killed, and every request over TLS
+//! gives up after [`REQUEST_TIMEOUT`]. Nothing leaves the loopback interface.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use veil_attestation::{Certificate, MockLaunch};
+use veil_client::pin::PinMode;
+use veil_client::remote::{Session, Target};
+
+/// The longest a `veil` command may run before it is killed and the test fails.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest a server may take to print its banner.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest one request over TLS may take (connect, handshake, answer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The listen address every test server is started with (port 0: the kernel picks one).
+/// It is part of the mock launch measurement.
+pub const LISTEN: &str = "127.0.0.1:0";
+/// The seed of the tiny model's random weights.
+pub const MODEL_SEED: u64 = 5;
+
+/// The path of a binary of this workspace (`veil`, `veil-server`), beside the test
+/// executable: `target/debug/deps/<test>` → `target/debug/<name>`.
+///
+/// # Panics
+/// If the binary has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test --workspace`, which builds the veil and veil-server binaries",
+        path.display()
+    );
+    path
+}
+
+fn drain(mut reader: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        out
+    })
+}
+
+/// Runs a command to completion with its output captured, killing it after `timeout`.
+///
+/// # Panics
+/// If it cannot be started or runs past `timeout`.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("the stdout reader does not panic"),
+        stderr: stderr.join().expect("the stderr reader does not panic"),
+    }
+}
+
+/// Runs `veil ARGS…` (bounded by [`COMMAND_TIMEOUT`]).
+pub fn veil(args: &[&str]) -> Output {
+    run(Command::new(binary("veil")).args(args), COMMAND_TIMEOUT)
+}
+
+/// Stdout and stderr of a command, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The names of the checks that a `veil verify|provision|ask` verdict table marks failed
+/// (`  ✗ name  detail`), in order.
+pub fn failed_checks(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("✗ "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The mock launch measurement of `veil-server` run as `exe`, listening on `listen`, for
+/// the sealed model whose digest is `model_sha256`: what a policy's `measurements` lists.
+pub fn measurement(exe: &Path, listen: &str, model_sha256: &[u8; 32], debug: bool) -> [u8; 48] {
+    let bytes = std::fs::read(exe).unwrap_or_else(|e| panic!("cannot read {}: {e}", exe.display()));
+    let mut launch = MockLaunch::server(&bytes, listen, model_sha256);
+    launch.debug = debug;
+    launch.measurement()
+}
+
+/// Creates a mock platform in `dir` with `veil mock-platform init` and returns the
+/// fingerprint of its root (what a policy's `mock_roots` lists).
+pub fn mock_platform(dir: &Path) -> String {
+    let o = veil(&["mock-platform", "init", &dir.display().to_string()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let pem = std::fs::read(dir.join("ark.pem")).expect("the platform has a root");
+    Certificate::from_pem(&pem)
+        .expect("the root parses")
+        .fingerprint()
+}
+
+/// A policy file for the mock TEE: these roots, these measurements, nothing else.
+pub fn write_policy(path: &Path, mock_roots: &[&str], measurements: &[[u8; 48]]) {
+    let quoted = |items: Vec<String>| {
+        items
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let toml = format!(
+        "tee = [\"mock\"]\nmock_roots = [{}]\nmeasurements = [{}]\n",
+        quoted(mock_roots.iter().map(|s| (*s).to_owned()).collect()),
+        quoted(measurements.iter().map(hex::encode).collect()),
+    );
+    std::fs::write(path, toml).expect("the policy is written");
+}
+
+/// One request over a fresh TLS connection that accepts any certificate (no appraisal):
+/// for reading a server's health and metrics, or its evidence as an attacker would.
+///
+/// # Panics
+/// If the server cannot be reached within [`REQUEST_TIMEOUT`].
+pub fn fetch(url: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
+    let target = Target::parse(url).expect("a valid https URL");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut session = Session::connect(&target, PinMode::Capture).await?;
+            let (status, body) = session.fetch(method, path, None).await?;
+            anyhow::Ok((status.as_u16(), body.to_vec()))
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url}{path}: no answer within {REQUEST_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{method} {url}{path}: {e:#}"))
+    })
+}
+
+/// A running `veil-server`, killed (and waited for) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `exe --model MODEL --tee mock --mock-platform PLATFORM --listen 127.0.0.1:0
+    /// --parallel 2 --context 256 EXTRA…`, with its log (stderr) in `log`, and waits for its
+    /// banner.
+    ///
+    /// # Panics
+    /// If it does not print its URL within [`START_TIMEOUT`] (the log is in the message).
+    pub fn start(exe: &Path, model: &Path, platform: &Path, extra: &[&str], log: &Path) -> Server {
+        let log_file = std::fs::File::create(log).expect("the log file is created");
+        let mut child = Command::new(exe)
+            .arg("--model")
+            .arg(model)
+            .args(["--tee", "mock", "--mock-platform"])
+            .arg(platform)
+            .args(["--listen", LISTEN, "--parallel", "2", "--context", "256"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep reading so that the server never writes into a closed pipe.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let mut server = Server {
+            child,
+            url: String::new(),
+            log: log.to_owned(),
+        };
+        let banner = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        match banner
+            .split_whitespace()
+            .find(|w| w.starts_with("https://"))
+        {
+            Some(url) => server.url = url.to_owned(),
+            None => panic!(
+                "{} printed no URL within {START_TIMEOUT:?} (banner {banner:?}); log:\n{}",
+                exe.display(),
+                server.log()
+            ),
+        }
+        server
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        let (status, body) = fetch(&self.url, "GET", "/metrics");
+        assert_eq!(status, 200, "GET /metrics");
+        String::from_utf8(body).expect("metrics are text")
+    }
+
+    /// The metrics lines counting requests to `POST /v1/provision` (none if no provisioning
+    /// request ever reached the server, whatever its outcome).
+    pub fn provision_requests(&self) -> Vec<String> {
+        self.metrics()
+            .lines()
+            .filter(|l| l.contains("route=\"/v1/provision\""))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The body of `GET /ready`: `{"state": …}`, with `reason` when failed.
+    pub fn ready(&self) -> serde_json::Value {
+        let (_, body) = fetch(&self.url, "GET", "/ready");
+        serde_json::from_slice(&body).expect("/ready answers JSON")
+    }
+
+    /// Asserts that no provisioning request reached this server and that it is still
+    /// locked: the model key never arrived.
+    ///
+    /// # Panics
+    /// If the server counted a request to `/v1/provision`, or is not locked.
+    pub fn assert_never_provisioned(&self) {
+        let seen = self.provision_requests();
+        assert!(
+            seen.is_empty(),
+            "the server saw provisioning requests: {seen:?}"
+        );
+        assert_eq!(self.ready()["state"], "locked", "the server is not locked");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory holding the tiny model sealed with `veil seal`, its key file and a
+/// mock platform; servers started from it log into it.
+#[derive(Debug)]
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    /// The sealed model.
+    pub model: PathBuf,
+    /// Its key file.
+    pub key: PathBuf,
+    /// The mock platform directory.
+    pub platform: PathBuf,
+    /// The fingerprint of the mock platform's root.
+    pub root: String,
+    /// The sealed model's plaintext SHA-256, from its header.
+    pub model_sha256: [u8; 32],
+    servers: AtomicUsize,
+}
+
+impl Fixture {
+    /// Seals the tiny model ([`MODEL_SEED`]) and creates a mock platform.
+    ///
+    /// # Panics
+    /// If `veil seal` or `veil mock-platform init` fails.
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let plain = dir.path().join("tiny.gguf");
+        std::fs::write(&plain, veil_model::tiny::gguf(MODEL_SEED)).expect("the model is written");
+        let model = dir.path().join("tiny.veil");
+        let key = dir.path().join("tiny.key");
+        let o = veil(&[
+            "seal",
+            &plain.display().to_string(),
+            "-o",
+            &model.display().to_string(),
+            "--key-out",
+            &key.display().to_string(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let header = veil_sealing::read_header(&std::fs::File::open(&model).expect("sealed"))
+            .expect("the sealed header parses");
+        let platform = dir.path().join("platform");
+        let root = mock_platform(&platform);
+        Fixture {
+            model,
+            key,
+            platform,
+            root,
+            model_sha256: header.model_sha256,
+            servers: AtomicUsize::new(0),
+            dir,
+        }
+    }
+
+    /// A path inside the fixture's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts the workspace's `veil-server` on the fixture's model and platform.
+    pub fn start(&self, extra: &[&str]) -> Server {
+        self.start_with(&binary("veil-server"), &self.model, extra)
+    }
+
+    /// Starts `exe` (a `veil-server`) on `model` and the fixture's platform.
+    pub fn start_with(&self, exe: &Path, model: &Path, extra: &[&str]) -> Server {
+        let n = self.servers.fetch_add(1, Ordering::Relaxed);
+        let log = self.path(&format!("server-{n}.log"));
+        Server::start(exe, model, &self.platform, extra, &log)
+    }
+
+    /// The measurement of `exe` launched as the test servers are ([`LISTEN`], this model).
+    pub fn measurement_of(&self, exe: &Path, debug: bool) -> [u8; 48] {
+        measurement(exe, LISTEN, &self.model_sha256, debug)
+    }
+
+    /// Writes `NAME` in the fixture's directory: a policy trusting this platform's root and
+    /// these measurements.
+    pub fn policy(&self, name: &str, measurements: &[[u8; 48]]) -> PathBuf {
+        let path = self.path(name);
+        write_policy(&path, &[&self.root], measurements);
+        path
+    }
+
+    /// The owner's policy: this root, and the workspace's `veil-server` launched as the
+    /// test servers are, without debug.
+    pub fn good_policy(&self) -> PathBuf {
+        let m = self.measurement_of(&binary("veil-server"), false);
+        self.policy("good.toml", &[m])
+    }
+
+    /// The key file as a string argument.
+    pub fn key_arg(&self) -> String {
+        self.key.display().to_string()
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Fixture::new()
+    }
+}
