@@ -1,0 +1,80 @@
+//! End to end with the real binaries on 127.0.0.1, the mock TEE and the tiny model:
+//! seal → start → verify → provision → ask, and a provision that must send nothing.
+
+use veil_tests::harness::{self, binary, failed_checks, text, veil, Fixture};
+
+#[test]
+fn seal_start_verify_provision_ask_and_a_refused_provision_sends_nothing() {
+    let f = Fixture::new();
+    let server = f.start(&[]);
+    let good = f.good_policy().display().to_string();
+    // A policy expecting another launch of the same executable.
+    let other = f
+        .policy(
+            "other.toml",
+            &[harness::measurement(
+                &binary("veil-server"),
+                "0.0.0.0:8443",
+                &f.model_sha256,
+                false,
+            )],
+        )
+        .display()
+        .to_string();
+    let key = f.key_arg();
+    let url = server.url();
+
+    // Rejected, exit 3, and the key never leaves.
+    let o = veil(&["provision", url, "--policy", &other, "--key", &key]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(failed_checks(&o), ["measurement"], "{}", text(&o));
+    server.assert_never_provisioned();
+
+    let o = veil(&["verify", url, "--policy", &good, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(
+        (verdict["verified"].as_bool(), verdict["mock"].as_bool()),
+        (Some(true), Some(true)),
+        "{verdict:#}"
+    );
+    assert_eq!(
+        verdict["model_sha256"],
+        hex::encode(f.model_sha256),
+        "{verdict:#}"
+    );
+
+    // Verified, but locked: no answer before the key is released.
+    let o = veil(&["ask", url, "--policy", &good, "hello"]);
+    assert_eq!(o.status.code(), Some(1), "locked: {}", text(&o));
+    assert!(text(&o).contains("model_locked"), "{}", text(&o));
+
+    let o = veil(&[
+        "provision",
+        url,
+        "--policy",
+        &good,
+        "--key",
+        &key,
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(server.ready()["state"], "ready");
+
+    let o = veil(&["ask", url, "--policy", &good, "--max-tokens", "8", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let answer = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !answer.trim().is_empty(),
+        "the streamed answer is empty: {}",
+        text(&o)
+    );
+    let metrics = server.metrics();
+    let tokens_out: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("veil_tokens_out_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("veil_tokens_out_total");
+    assert!(tokens_out > 0, "{metrics}");
+}
