@@ -222,7 +222,7 @@ async fn attestation(
         })?;
     let mut evidence = evidence;
     evidence.binding = Some(transcript.binding());
-    state.remember_issued(report_data);
+    state.remember_issued(report_data, binding.exporter);
     state.metrics.attestations.fetch_add(1, Ordering::Relaxed);
     let body = serde_json::to_value(&evidence).map_err(|_| {
         ApiError::new(
@@ -235,11 +235,19 @@ async fn attestation(
 }
 
 /// `POST /v1/provision`: the model key, HPKE-sealed to the wrapping key for report data
-/// this server issued.
+/// this server issued on this same connection.
 async fn provision(
     State(state): State<Arc<AppState>>,
+    binding: Option<Extension<ChannelBinding>>,
     Json(msg): Json<KeyRelease>,
 ) -> Result<Response, ApiError> {
+    let Some(Extension(binding)) = binding else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no_channel",
+            "provisioning is only accepted over TLS",
+        ));
+    };
     let report_data = msg
         .report_data()
         .map_err(|e| ApiError::invalid("report_data", e.to_string()))?;
@@ -258,11 +266,11 @@ async fn provision(
             )
         });
     }
-    if !state.take_issued(&report_data) {
+    if !state.take_issued(&report_data, &binding.exporter) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "unknown_report_data",
-            "report_data was not issued by this server (or was already used): attest again",
+            "report_data was not issued on this connection (or was already used): attest again on the connection that provisions",
         ));
     }
     let secret = state.wrapping.open(&msg, &report_data).map_err(|_| {

@@ -104,8 +104,9 @@ pub struct AppState {
     pub header: SealedHeader,
     /// The sealed model file.
     pub sealed_path: PathBuf,
-    /// Report data issued recently: a provisioning message must name one of them.
-    pub issued: Mutex<VecDeque<[u8; 64]>>,
+    /// Report data issued recently, each with the exporter of the connection it was
+    /// issued on: a provisioning message must name one of them, on that connection.
+    pub issued: Mutex<VecDeque<([u8; 64], [u8; 32])>>,
     /// SHA-256 of the model key that was provisioned (to answer a repeat idempotently).
     pub provisioned: Mutex<Option<[u8; 32]>>,
     /// The engine, once loaded.
@@ -139,19 +140,21 @@ impl AppState {
         *s = next;
     }
 
-    /// Remembers report data it issued (bounded: the oldest is forgotten).
-    pub fn remember_issued(&self, rd: [u8; 64]) {
+    /// Remembers report data it issued on the connection with this exporter (bounded:
+    /// the oldest is forgotten).
+    pub fn remember_issued(&self, rd: [u8; 64], exporter: [u8; 32]) {
         let mut q = self.issued.lock().expect("no panics while holding it");
         if q.len() >= 256 {
             q.pop_front();
         }
-        q.push_back(rd);
+        q.push_back((rd, exporter));
     }
 
-    /// Whether this report data was issued by this server (and forgets it: single use).
-    pub fn take_issued(&self, rd: &[u8; 64]) -> bool {
+    /// Whether this report data was issued by this server on the connection with this
+    /// exporter (and forgets it: single use).
+    pub fn take_issued(&self, rd: &[u8; 64], exporter: &[u8; 32]) -> bool {
         let mut q = self.issued.lock().expect("no panics while holding it");
-        match q.iter().position(|x| x == rd) {
+        match q.iter().position(|(r, e)| r == rd && e == exporter) {
             Some(i) => {
                 q.remove(i);
                 true

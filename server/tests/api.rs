@@ -22,9 +22,13 @@ use common::{fixture, Fixture};
 const EXPORTER: [u8; 32] = [0xE5; 32];
 
 async fn call(f: &Fixture, req: Request<Body>) -> (StatusCode, Value) {
+    call_on(f, EXPORTER, req).await
+}
+
+/// A request on the TLS connection whose exporter is `exporter`.
+async fn call_on(f: &Fixture, exporter: [u8; 32], req: Request<Body>) -> (StatusCode, Value) {
     let mut req = req;
-    req.extensions_mut()
-        .insert(ChannelBinding { exporter: EXPORTER });
+    req.extensions_mut().insert(ChannelBinding { exporter });
     let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
@@ -338,5 +342,37 @@ async fn a_full_queue_answers_429_and_a_dropped_stream_frees_its_slot() {
         status,
         StatusCode::OK,
         "served after the streams went away: {body}"
+    );
+}
+
+#[tokio::test]
+async fn provisioning_is_accepted_only_on_the_connection_that_attested() {
+    let f = fixture(EngineConfig::small());
+    let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
+    let appraisal = attest(&f).await;
+    let msg = KeyRelease::seal(
+        &appraisal,
+        &f.state.wrapping.public(),
+        &key.id().to_string(),
+        key.expose_secret(),
+    )
+    .expect("seal");
+    let body = serde_json::to_value(msg).expect("json");
+    let (status, err) = call_on(&f, [0x0E; 32], post("/v1/provision", body.clone())).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("unknown_report_data")),
+        "{err}"
+    );
+    let resp = app(f.state.clone())
+        .oneshot(post("/v1/provision", body.clone()))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "no TLS channel");
+    let (status, body) = call(&f, post("/v1/provision", body)).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the attesting connection: {body}"
     );
 }
