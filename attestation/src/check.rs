@@ -67,6 +67,8 @@ pub enum Check {
     AuthorKey,
     /// PLATFORM_INFO reserved bits are zero.
     PlatformInfo,
+    /// The model the evidence binds is on the policy allowlist.
+    Model,
     /// REPORT_DATA equals the value the verifier expects (the binding).
     ReportData,
 }
@@ -104,6 +106,7 @@ impl Check {
             Check::IdKey => "id_key",
             Check::AuthorKey => "author_key",
             Check::PlatformInfo => "platform_info",
+            Check::Model => "model",
             Check::ReportData => "report_data",
         }
     }

@@ -579,6 +579,44 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_can_name_the_models_the_evidence_may_bind() {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let launch = launch();
+        let transcript = crate::binding::Transcript {
+            purpose: crate::binding::Purpose::ClientSession,
+            nonce: &[1; 32],
+            spki_sha256: [2; 32],
+            exporter: Some([3; 32]),
+            wrap_pk: [4; 32],
+            model_sha256: [0xAB; 32],
+        };
+        let rd = transcript.report_data().expect("report data");
+        let mut evidence = platform.attest(&launch, rd);
+        evidence.binding = Some(transcript.binding());
+        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let expected = Expected::new(rd, now);
+        policy
+            .appraise(&evidence, &expected)
+            .expect("any model by default");
+        policy.models = vec!["ab".repeat(32)];
+        policy
+            .appraise(&evidence, &expected)
+            .expect("the named model");
+        policy.models = vec!["cd".repeat(32)];
+        let rejection = policy
+            .appraise(&evidence, &expected)
+            .expect_err("another model");
+        assert!(rejection.failed(Check::Model), "{rejection}");
+        assert_eq!(rejection.failures().count(), 1, "{rejection}");
+        evidence.binding = None;
+        let rejection = policy
+            .appraise(&evidence, &expected)
+            .expect_err("no binding");
+        assert!(rejection.failed(Check::Model), "{rejection}");
+    }
+
+    #[test]
     fn debug_launch_is_rejected_by_default() {
         let now = SystemTime::now();
         let platform = MockPlatform::generate(now).expect("generate");

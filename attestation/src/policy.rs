@@ -131,6 +131,10 @@ pub struct Policy {
     /// Allowed AUTHOR_KEY_DIGESTs (48-byte hex). Empty: any.
     #[serde(default)]
     pub author_key_digests: Vec<String>,
+    /// Allowed models: SHA-256 (hex) of the plaintext model that the evidence binds (the
+    /// `model_sha256` of the binding, covered by REPORT_DATA). Empty: any.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 fn default_tee() -> Vec<TeeKind> {
@@ -346,6 +350,7 @@ impl Policy {
         parse_hex_list::<16>("image_ids", &self.image_ids)?;
         parse_hex_list::<48>("id_key_digests", &self.id_key_digests)?;
         parse_hex_list::<48>("author_key_digests", &self.author_key_digests)?;
+        parse_hex_list::<32>("models", &self.models)?;
         if let Some(v) = &self.min_firmware {
             if parse_version(v).is_none() {
                 return Err(PolicyError::Invalid {
@@ -649,6 +654,14 @@ impl Policy {
             &self.author_key_digests,
             &report.author_key_digest(),
         );
+
+        match &evidence.binding {
+            Some(b) => allowlist::<32>(&mut out, Check::Model, &self.models, &b.model_sha256),
+            None if self.models.is_empty() => out.skip(Check::Model, "any (no binding)"),
+            None => {
+                out.record(Check::Model, false, "the evidence binds no model");
+            }
+        }
 
         match expected.report_data {
             Some(want) => {

@@ -139,11 +139,12 @@ pub fn run(args: DemoArgs) -> CmdResult {
         .with_context(|| format!("cannot read {}", server_exe.display()))?;
     let launch = MockLaunch::server(&exe_bytes, listen, &header.model_sha256);
     drop(exe_bytes);
-    let policy = Policy::mock(&root, &[launch.measurement()]);
+    let mut policy = Policy::mock(&root, &[launch.measurement()]);
+    policy.models = vec![hex::encode(header.model_sha256)];
     let policy_path = dir.join("policy.toml");
     write_new(&policy_path, policy.to_toml().as_bytes(), false, true)?;
     println!(
-        "policy {}: this mock root, measurement {}",
+        "policy {}: this mock root, measurement {}, this model",
         policy_path.display(),
         hex::encode(launch.measurement())
     );

@@ -31,6 +31,7 @@ fn the_demo_verifies_provisions_asks_and_stops_the_server() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     for expected in [
         "✓ measurement",
+        "✓ model",
         "✓ report_data",
         "VERIFIED (MOCK)",
         "after the key was released",
