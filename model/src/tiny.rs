@@ -75,6 +75,16 @@ pub fn gguf(seed: u64) -> Vec<u8> {
 
 /// The bytes of a tiny GGUF whose weights come from `seed`, with this chat template.
 pub fn gguf_with_template(seed: u64, template: &str) -> Vec<u8> {
+    build(seed, template, 512)
+}
+
+/// The bytes of a tiny GGUF trained (nominally) for `context_length` tokens: long
+/// generations for tests that need a sequence to stay busy for a while.
+pub fn gguf_with_context_length(seed: u64, context_length: u32) -> Vec<u8> {
+    build(seed, TEMPLATE, context_length)
+}
+
+fn build(seed: u64, template: &str, context_length: u32) -> Vec<u8> {
     let vocab = vocab();
     let n_vocab = vocab.len() as u64;
     let kv_dim = EMBD / u64::from(HEADS) * u64::from(KV_HEADS);
@@ -103,7 +113,7 @@ pub fn gguf_with_template(seed: u64, template: &str) -> Vec<u8> {
     w.u64(17);
     w.kv_str("general.architecture", "llama");
     w.kv_str("general.name", "veil-tiny");
-    w.kv_u32("llama.context_length", 512);
+    w.kv_u32("llama.context_length", context_length);
     w.kv_u32("llama.embedding_length", EMBD as u32);
     w.kv_u32("llama.block_count", LAYERS as u32);
     w.kv_u32("llama.feed_forward_length", FF as u32);

@@ -17,7 +17,7 @@ use veil_server::api::ChannelBinding;
 use veil_server::app;
 use zeroize::Zeroizing;
 
-use common::{fixture, Fixture};
+use common::{fixture, fixture_with_model, Fixture};
 
 const EXPORTER: [u8; 32] = [0xE5; 32];
 
@@ -297,46 +297,49 @@ async fn bad_requests_get_the_right_4xx_in_openai_shape() {
 
 #[tokio::test]
 async fn a_full_queue_answers_429_and_a_dropped_stream_frees_its_slot() {
-    let f = fixture(EngineConfig {
-        parallel: 1,
-        queue: 1,
-        ..EngineConfig::small()
-    });
+    // A model with a long context, so that the two streams below stay busy (tens of
+    // thousands of tokens) until they are dropped, however fast the machine is.
+    const CONTEXT: u32 = 32_768;
+    let f = fixture_with_model(
+        EngineConfig {
+            parallel: 1,
+            queue: 1,
+            context_per_sequence: CONTEXT,
+            ..EngineConfig::small()
+        },
+        &veil_model::tiny::gguf_with_context_length(3, CONTEXT),
+    );
     let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
     assert_eq!(provision(&f, &key, None).await.0, StatusCode::ACCEPTED);
     wait_ready(&f).await;
     let long = || {
         post(
             "/v1/chat/completions",
-            json!({ "messages": [{ "role": "user", "content": "a" }], "max_tokens": 480, "stream": true, "ignore_eos": true }),
+            json!({ "messages": [{ "role": "user", "content": "a" }], "max_tokens": CONTEXT - 64, "stream": true, "ignore_eos": true }),
         )
     };
-    // The tiny model is fast enough that a stream may finish before the queue
-    // is seen full on a quick machine; such a round proves nothing either way,
-    // so it is retried (a bounded number of times) rather than counted.
-    let mut saw_429 = false;
-    for _round in 0..5 {
-        let busy = app(f.state.clone()).oneshot(long()).await.expect("first");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let queued = app(f.state.clone()).oneshot(long()).await.expect("second");
-        for _ in 0..20 {
-            let resp = app(f.state.clone()).oneshot(long()).await.expect("third");
-            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-                assert!(resp.headers().contains_key("retry-after"));
-                saw_429 = true;
-                break;
-            }
-            drop(resp);
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        drop(busy);
-        drop(queued);
-        if saw_429 {
+    let busy = app(f.state.clone()).oneshot(long()).await.expect("first");
+    assert_eq!(busy.status(), StatusCode::OK);
+    // The second waits in the queue once the first holds the only sequence.
+    let mut queued = None;
+    for _ in 0..200 {
+        let resp = app(f.state.clone()).oneshot(long()).await.expect("second");
+        if resp.status() == StatusCode::OK {
+            queued = Some(resp);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(saw_429, "a full queue answers 429");
+    let queued = queued.expect("a second request is queued");
+    let resp = app(f.state.clone()).oneshot(long()).await.expect("third");
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "a full queue answers 429"
+    );
+    assert!(resp.headers().contains_key("retry-after"));
+    drop(busy);
+    drop(queued);
     let (status, body) = call(&f, post("/v1/chat/completions", chat(2, false))).await;
     assert_eq!(
         status,

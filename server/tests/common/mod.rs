@@ -21,12 +21,17 @@ pub struct Fixture {
 }
 
 pub fn fixture(engine: EngineConfig) -> Fixture {
+    fixture_with_model(engine, &veil_model::tiny::gguf(3))
+}
+
+/// A locked server state for this engine configuration and model.
+pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = ModelKey::generate();
     let path = dir.path().join("tiny.veil");
     let mut out = std::fs::File::create(&path).expect("create");
     let header = seal(
-        &mut Cursor::new(veil_model::tiny::gguf(3)),
+        &mut Cursor::new(gguf),
         &mut out,
         &key,
         &SealOptions::default(),
