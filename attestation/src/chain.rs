@@ -485,11 +485,15 @@ pub(crate) fn verify_chain(
                 return None;
             };
             let Some(root) = mock_roots.iter().find(|r| intermediate.is_signed_by(r)) else {
-                let detail = if mock_roots.is_empty() {
-                    "MOCK root not trusted: the policy names no mock root".to_owned()
-                } else {
-                    "MOCK root not trusted: the chain does not lead to a mock root the policy names"
-                        .to_owned()
+                // The caller passes only the trusted roots the evidence carries, so an empty
+                // list means "none of them", not that nothing is trusted at all.
+                let detail = match certs.iter().find(|c| intermediate.is_signed_by(c)) {
+                    Some(root) => format!(
+                        "MOCK root {} is not one the verifier trusts (policy mock_roots or --mock-root)",
+                        &root.fingerprint()[..16]
+                    ),
+                    None => "MOCK root not trusted: the chain does not lead to a mock root the verifier trusts"
+                        .to_owned(),
                 };
                 out.fail(Check::TrustAnchor, detail);
                 return None;
