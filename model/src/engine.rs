@@ -19,7 +19,7 @@ use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use crate::memfd::MemFile;
+use crate::memfd::ModelFile;
 use crate::template::ChatTemplate;
 use crate::text::{Step, TextStream};
 use crate::{
@@ -155,11 +155,25 @@ impl std::fmt::Debug for LlamaEngine {
     }
 }
 
+fn check_config(config: &EngineConfig) -> Result<(), EngineError> {
+    if config.parallel == 0
+        || config.queue == 0
+        || config.batch == 0
+        || config.context_per_sequence < 16
+    {
+        return Err(EngineError::Config(format!(
+            "parallel ({}), queue ({}) and batch ({}) must be at least 1 and context_per_sequence ({}) at least 16",
+            config.parallel, config.queue, config.batch, config.context_per_sequence
+        )));
+    }
+    Ok(())
+}
+
 impl LlamaEngine {
     /// Loads a GGUF model from bytes in memory and starts the worker thread.
     ///
-    /// The bytes are copied into an anonymous memfd that llama.cpp maps through
-    /// `/proc/self/fd/N`; the caller may drop (and zeroize) its buffer afterwards.
+    /// The bytes are copied into an anonymous memfd ([`ModelFile`]) that llama.cpp maps
+    /// through `/proc/self/fd/N`; the caller may drop (and zeroize) its buffer afterwards.
     ///
     /// # Errors
     /// [`EngineError::Config`] for an unusable configuration, [`EngineError::Load`] when the
@@ -171,23 +185,23 @@ impl LlamaEngine {
     /// anonymous memory. Like any of the process's memory it is readable by whoever may
     /// ptrace the process (and its `/proc/PID/fd`); inside a TEE that is nobody outside.
     pub fn load(gguf: &[u8], config: EngineConfig) -> Result<Self, EngineError> {
-        if config.parallel == 0
-            || config.queue == 0
-            || config.batch == 0
-            || config.context_per_sequence < 16
-        {
-            return Err(EngineError::Config(format!(
-                "parallel ({}), queue ({}) and batch ({}) must be at least 1 and context_per_sequence ({}) at least 16",
-                config.parallel, config.queue, config.batch, config.context_per_sequence
-            )));
-        }
+        check_config(&config)?;
+        LlamaEngine::load_file(ModelFile::with_bytes(gguf)?, config)
+    }
+
+    /// Loads a GGUF model from an in-memory file that the caller filled (for example by
+    /// unsealing straight into it, without a second copy), and starts the worker thread.
+    /// The file is closed once llama.cpp has mapped it.
+    ///
+    /// # Errors
+    /// As [`LlamaEngine::load`].
+    pub fn load_file(file: ModelFile, config: EngineConfig) -> Result<Self, EngineError> {
+        check_config(&config)?;
         let backend = backend()?;
-        let model = {
-            let mem = MemFile::with_bytes(gguf)?;
-            LlamaModel::load_from_file(backend, mem.path(), &LlamaModelParams::default())
-                .map_err(|e| EngineError::Load(e.to_string()))?
-            // `mem` closes here: llama.cpp keeps its own mapping of the memfd.
-        };
+        let model = LlamaModel::load_from_file(backend, file.path(), &LlamaModelParams::default())
+            .map_err(|e| EngineError::Load(e.to_string()))?;
+        // llama.cpp keeps its own mapping of the memfd; our descriptor can go.
+        drop(file);
         let shared = Arc::new(Shared::new(model, &config)?);
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();

@@ -35,6 +35,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use engine::LlamaEngine;
+pub use memfd::ModelFile;
 
 /// The receiving end of one request: [`Event::Text`] pieces, then one [`Event::Done`] or
 /// [`Event::Error`]. Dropping it cancels the request.

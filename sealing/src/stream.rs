@@ -286,7 +286,8 @@ pub fn unseal_file(
     let len = usize::try_from(header.plaintext_len)
         .map_err(|_| SealError::InvalidHeader("plaintext_len"))?;
     let mut bytes = crate::memory::plaintext_buffer(len);
-    open_file_chunks(file, key, &header, options, &mut bytes)?;
+    open_file_chunks(file, key, &header, options, Target::Memory(&mut bytes))?;
+    verify_digest(&header, options, &bytes)?;
     Ok(Plaintext { bytes, header })
 }
 
@@ -321,7 +322,9 @@ pub fn unseal_into(
             "destination length differs from the plaintext length",
         ));
     }
-    if let Err(e) = open_file_chunks(file, key, &header, options, dest) {
+    if let Err(e) = open_file_chunks(file, key, &header, options, Target::Memory(&mut *dest))
+        .and_then(|()| verify_digest(&header, options, dest))
+    {
         dest.zeroize();
         return Err(e);
     }
@@ -408,6 +411,41 @@ fn check_key_and_pin(
     }
 }
 
+/// Where [`unseal_to`] puts each chunk once it has been authenticated.
+pub trait ChunkSink: Sync {
+    /// Stores `plaintext` at `offset` of the model. Called from several threads at once,
+    /// for disjoint ranges, in no particular order.
+    ///
+    /// # Errors
+    /// An I/O error ends the unsealing with [`SealError::Io`].
+    fn write_at(&self, offset: u64, plaintext: &[u8]) -> std::io::Result<()>;
+}
+
+/// Like [`unseal_file`], handing each authenticated chunk to `sink` (e.g. the in-memory
+/// file an inference engine maps) instead of building a plaintext buffer: one copy of
+/// the weights fewer. Each worker decrypts into a chunk-sized scratch buffer that is
+/// zeroized afterwards; nothing unauthenticated reaches the sink. On failure the sink may
+/// hold some authenticated chunks: the caller discards it.
+///
+/// # Errors
+/// As [`unseal_file`]; [`SealError::InvalidOptions`] if `verify_digest` is asked for (it
+/// needs the whole plaintext in one buffer).
+pub fn unseal_to(
+    file: &File,
+    key: &ModelKey,
+    options: &UnsealOptions<'_>,
+    sink: &dyn ChunkSink,
+) -> Result<SealedHeader, SealError> {
+    if options.verify_digest {
+        return Err(SealError::InvalidOptions(
+            "verify_digest needs the plaintext in memory (unseal_file or unseal_into)",
+        ));
+    }
+    let header = checked_header(file, key, options)?;
+    open_file_chunks(file, key, &header, options, Target::Sink(sink))?;
+    Ok(header)
+}
+
 fn checked_header(
     file: &File,
     key: &ModelKey,
@@ -459,12 +497,20 @@ fn verify_digest(
     Ok(())
 }
 
+/// Where opened chunks go.
+enum Target<'a> {
+    /// In place, in a buffer of exactly the plaintext length.
+    Memory(&'a mut [u8]),
+    /// Handed over chunk by chunk.
+    Sink(&'a dyn ChunkSink),
+}
+
 fn open_file_chunks(
     file: &File,
     key: &ModelKey,
     header: &SealedHeader,
     options: &UnsealOptions<'_>,
-    out: &mut [u8],
+    target: Target<'_>,
 ) -> Result<(), SealError> {
     let mut tags = vec![0u8; (header.chunk_count * TAG_LEN) as usize];
     file.read_exact_at(&mut tags, header.tag_table_offset())?;
@@ -476,40 +522,63 @@ fn open_file_chunks(
     let failed = AtomicBool::new(false);
     let first_failure = AtomicU64::new(u64::MAX);
     let io_error = std::sync::Mutex::new(None::<std::io::Error>);
+    let (mut rest, sink): (&mut [u8], Option<&dyn ChunkSink>) = match target {
+        Target::Memory(out) => (out, None),
+        Target::Sink(sink) => (&mut [], Some(sink)),
+    };
 
     std::thread::scope(|s| {
         // Thread t opens chunks [t·per_thread, (t+1)·per_thread): contiguous for the disk.
-        let mut rest: &mut [u8] = out;
         for t in 0..threads {
             let first = (t * per_thread) as u64;
             if first >= header.chunk_count {
                 break;
             }
-            let take = (per_thread * chunk).min(rest.len());
-            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(take);
-            rest = tail;
+            // In memory, each thread owns its run of the buffer and decrypts in place;
+            // for a sink, it decrypts into a scratch buffer of one chunk.
+            let mut dest: &mut [u8] = &mut [];
+            let mut scratch = Zeroizing::new(Vec::new());
+            if sink.is_some() {
+                scratch.resize(chunk, 0);
+            } else {
+                let take = (per_thread * chunk).min(rest.len());
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(take);
+                rest = tail;
+                dest = mine;
+            }
             let (aead, tags, failed, first_failure, io_error) =
                 (&aead, &tags, &failed, &first_failure, &io_error);
             s.spawn(move || {
+                let fail_io = |e: std::io::Error| {
+                    failed.store(true, Ordering::Relaxed);
+                    *io_error.lock().expect("no panics while holding it") = Some(e);
+                };
                 let end = (first + per_thread as u64).min(header.chunk_count);
-                let mut dest = mine;
                 for i in first..end {
                     if failed.load(Ordering::Relaxed) {
                         return;
                     }
                     let n = header.chunk_len(i);
-                    let (buf, tail) = std::mem::take(&mut dest).split_at_mut(n);
-                    dest = tail;
+                    let buf: &mut [u8] = if sink.is_some() {
+                        &mut scratch[..n]
+                    } else {
+                        let (buf, tail) = std::mem::take(&mut dest).split_at_mut(n);
+                        dest = tail;
+                        buf
+                    };
                     let offset = header.data_offset() + i * u64::from(header.chunk_size);
                     if let Err(e) = file.read_exact_at(buf, offset) {
-                        failed.store(true, Ordering::Relaxed);
-                        *io_error.lock().expect("no panics while holding it") = Some(e);
-                        return;
+                        return fail_io(e);
                     }
                     if open_chunk(aead, header, tags, i, buf).is_err() {
                         failed.store(true, Ordering::Relaxed);
                         first_failure.fetch_min(i, Ordering::Relaxed);
                         return;
+                    }
+                    if let Some(sink) = sink {
+                        if let Err(e) = sink.write_at(i * u64::from(header.chunk_size), buf) {
+                            return fail_io(e);
+                        }
                     }
                     if let Some(p) = options.progress {
                         p.fetch_add(n as u64, Ordering::Relaxed);
@@ -530,7 +599,7 @@ fn open_file_chunks(
             _ => SealError::Io(e),
         });
     }
-    verify_digest(header, options, out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -611,5 +680,89 @@ mod tests {
         )
         .expect("seals");
         assert_eq!(seen, vec![(4096, 10_000), (8192, 10_000), (10_000, 10_000)]);
+    }
+
+    /// Collects what `unseal_to` hands over.
+    #[derive(Default)]
+    struct Collect(std::sync::Mutex<Vec<(u64, Vec<u8>)>>);
+
+    impl ChunkSink for Collect {
+        fn write_at(&self, offset: u64, plaintext: &[u8]) -> std::io::Result<()> {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .push((offset, plaintext.to_vec()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn unseal_to_hands_over_exactly_the_authenticated_chunks() {
+        use std::io::Write as _;
+        let key = ModelKey::generate();
+        let plain: Vec<u8> = (0..3 * 4096 + 5).map(|i| (i % 251) as u8).collect();
+        let mut sealed_bytes = Cursor::new(Vec::new());
+        let opts = SealOptions::default().with_chunk_size(4096);
+        seal(
+            &mut Cursor::new(plain.clone()),
+            &mut sealed_bytes,
+            &key,
+            &opts,
+            &mut |_, _| {},
+        )
+        .expect("seals");
+        let sealed_bytes = sealed_bytes.into_inner();
+        let file_with = |bytes: &[u8]| {
+            let mut f = tempfile::tempfile().expect("tempfile");
+            f.write_all(bytes).expect("write");
+            f
+        };
+        let options = UnsealOptions {
+            threads: 2,
+            ..UnsealOptions::default()
+        };
+
+        let sink = Collect::default();
+        let header = unseal_to(&file_with(&sealed_bytes), &key, &options, &sink).expect("opens");
+        let mut got = sink.0.into_inner().expect("not poisoned");
+        got.sort();
+        assert_eq!(got.len(), 4);
+        let mut assembled = Vec::new();
+        for (offset, bytes) in got {
+            assert_eq!(offset, assembled.len() as u64);
+            assembled.extend_from_slice(&bytes);
+        }
+        assert_eq!(assembled, plain);
+        assert_eq!(header.plaintext_len, plain.len() as u64);
+
+        // A flipped ciphertext byte in chunk 2: that chunk never reaches the sink.
+        let mut tampered = sealed_bytes.clone();
+        let at = (header.data_offset() + 2 * 4096 + 17) as usize;
+        tampered[at] ^= 1;
+        let sink = Collect::default();
+        assert!(matches!(
+            unseal_to(&file_with(&tampered), &key, &options, &sink),
+            Err(SealError::ChunkAuthFailed { index: 2 })
+        ));
+        let seen = sink.0.into_inner().expect("not poisoned");
+        assert!(
+            seen.iter().all(|(offset, _)| *offset != 2 * 4096),
+            "{:?}",
+            seen.iter().map(|s| s.0).collect::<Vec<_>>()
+        );
+
+        let digest = UnsealOptions {
+            verify_digest: true,
+            ..UnsealOptions::default()
+        };
+        assert!(matches!(
+            unseal_to(
+                &file_with(&sealed_bytes),
+                &key,
+                &digest,
+                &Collect::default()
+            ),
+            Err(SealError::InvalidOptions(_))
+        ));
     }
 }

@@ -21,9 +21,10 @@ use serde_json::{json, Value};
 use veil_attestation::binding::{Purpose, Transcript, MAX_NONCE, MIN_NONCE};
 use veil_attestation::KeyRelease;
 use veil_model::{
-    ChatMessage, Engine, EngineError, Event, GenerateRequest, LlamaEngine, SamplingParams,
+    ChatMessage, Engine, EngineError, Event, GenerateRequest, LlamaEngine, ModelFile,
+    SamplingParams,
 };
-use veil_sealing::{KeyId, ModelKey, UnsealOptions};
+use veil_sealing::{ChunkSink, KeyId, ModelKey, UnsealOptions};
 
 use crate::error::{ApiError, Json};
 use crate::state::{AppState, Lifecycle};
@@ -323,6 +324,15 @@ async fn provision(
     Ok((StatusCode::ACCEPTED, Json(json!({ "status": "unsealing" }))).into_response())
 }
 
+/// Hands each authenticated chunk straight to the engine's in-memory file.
+struct IntoModelFile<'a>(&'a ModelFile);
+
+impl ChunkSink for IntoModelFile<'_> {
+    fn write_at(&self, offset: u64, plaintext: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, plaintext)
+    }
+}
+
 fn unseal_and_load(state: &AppState, key: ModelKey) {
     let started = Instant::now();
     let result = (|| -> Result<(), String> {
@@ -333,13 +343,22 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
             progress: Some(&state.metrics.unsealed_bytes),
             ..UnsealOptions::default()
         };
-        let (_, plaintext) = veil_sealing::unseal(&file, &key, &options)
+        // Unsealed straight into the memfd the engine maps: no plaintext buffer beside
+        // it. If a chunk fails, the memfd (holding only authenticated chunks) is dropped.
+        let model = ModelFile::new(state.header.plaintext_len)
+            .map_err(|e| format!("model load failed: {e}"))?;
+        veil_sealing::unseal_to(&file, &key, &options, &IntoModelFile(&model))
             .map_err(|e| format!("unsealing failed: {e}"))?;
         drop(key);
-        let engine = LlamaEngine::load(plaintext.as_bytes(), state.engine_config.clone())
+        let unsealed = started.elapsed();
+        let engine = LlamaEngine::load_file(model, state.engine_config.clone())
             .map_err(|e| format!("model load failed: {e}"))?;
-        drop(plaintext);
         let _ = state.engine.set(Arc::new(engine));
+        tracing::info!(
+            unseal_ms = unsealed.as_millis() as u64,
+            load_ms = (started.elapsed() - unsealed).as_millis() as u64,
+            "model unsealed and loaded"
+        );
         Ok(())
     })();
     state
@@ -347,13 +366,7 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
         .unseal_ms
         .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     match result {
-        Ok(()) => {
-            tracing::info!(
-                ms = started.elapsed().as_millis() as u64,
-                "model unsealed and loaded"
-            );
-            state.set_state(Lifecycle::Ready);
-        }
+        Ok(()) => state.set_state(Lifecycle::Ready),
         Err(reason) => {
             tracing::error!(%reason, "unsealing failed");
             state.set_state(Lifecycle::Failed(reason));
