@@ -193,13 +193,28 @@ impl Server {
     /// # Panics
     /// If it does not print its URL within [`START_TIMEOUT`] (the log is in the message).
     pub fn start(exe: &Path, model: &Path, platform: &Path, extra: &[&str], log: &Path) -> Server {
+        Server::start_at(exe, model, platform, LISTEN, extra, log)
+    }
+
+    /// As [`Server::start`], listening on `listen`.
+    ///
+    /// # Panics
+    /// As [`Server::start`].
+    pub fn start_at(
+        exe: &Path,
+        model: &Path,
+        platform: &Path,
+        listen: &str,
+        extra: &[&str],
+        log: &Path,
+    ) -> Server {
         let log_file = std::fs::File::create(log).expect("the log file is created");
         let mut child = Command::new(exe)
             .arg("--model")
             .arg(model)
             .args(["--tee", "mock", "--mock-platform"])
             .arg(platform)
-            .args(["--listen", LISTEN, "--parallel", "2", "--context", "256"])
+            .args(["--listen", listen, "--parallel", "2", "--context", "256"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -359,6 +374,21 @@ impl Fixture {
         let n = self.servers.fetch_add(1, Ordering::Relaxed);
         let log = self.path(&format!("server-{n}.log"));
         Server::start(exe, model, &self.platform, extra, &log)
+    }
+
+    /// Starts the workspace's `veil-server` listening on `listen` (e.g. a fixed port, so
+    /// that a restarted server is found at the same URL).
+    pub fn start_at(&self, listen: &str, extra: &[&str]) -> Server {
+        let n = self.servers.fetch_add(1, Ordering::Relaxed);
+        let log = self.path(&format!("server-{n}.log"));
+        Server::start_at(
+            &binary("veil-server"),
+            &self.model,
+            &self.platform,
+            listen,
+            extra,
+            &log,
+        )
     }
 
     /// The measurement of `exe` launched as the test servers are ([`LISTEN`], this model).

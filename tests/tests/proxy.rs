@@ -1,0 +1,127 @@
+//! `veil proxy` with the real binaries on loopback, the mock TEE and the tiny model: plain
+//! HTTP clients are served only by a verified server; when the server is replaced by one
+//! whose evidence fails, the proxy answers 502 naming the check and forwards nothing; when a
+//! good server comes back with a new TLS key, the proxy verifies it and forwards again.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use veil_tests::harness::{binary, measurement, text, veil, Fixture, START_TIMEOUT};
+
+struct Proxy(Child);
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `veil proxy` on an ephemeral loopback port; returns it and its address.
+fn start_proxy(upstream: &str, policy: &str) -> (Proxy, SocketAddr) {
+    let mut child = Command::new(binary("veil"))
+        .args(["proxy", "--upstream", upstream, "--policy", policy])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("veil proxy starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let proxy = Proxy(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let banner = rx
+        .recv_timeout(START_TIMEOUT)
+        .expect("the proxy verifies the server and listens");
+    let addr = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|a| a.trim_end_matches("/v1").parse().ok())
+        .expect("the proxy's address in its banner");
+    (proxy, addr)
+}
+
+/// One plain HTTP/1.1 request, as an OpenAI client sends it; the status and the raw
+/// response.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    (status, raw)
+}
+
+#[test]
+fn the_proxy_forwards_only_to_verified_servers_and_reverifies_a_new_key() {
+    let f = Fixture::new();
+    // A fixed port, so that a restarted server is found at the same URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let m = measurement(&binary("veil-server"), &listen, &f.model_sha256, false);
+    let policy = f.policy("proxy.toml", &[m]).display().to_string();
+    let provision = |url: &str| {
+        let o = veil(&["provision", url, "--policy", &policy, "--key", &f.key_arg()]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    };
+
+    let good = f.start_at(&listen, &[]);
+    provision(good.url());
+    let (_proxy, addr) = start_proxy(good.url(), &policy);
+    let chat = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true}"#;
+
+    let (status, body) = http(addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(addr, "POST", "/v1/chat/completions", chat);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("data: [DONE]"), "streamed through: {body}");
+    let (status, _) = http(addr, "GET", "/metrics", "");
+    assert_eq!(status, 404, "only the OpenAI routes are forwarded");
+
+    // The server is replaced by a debug launch at the same address: a new TLS key, and
+    // evidence that fails.
+    let url = good.url().to_owned();
+    drop(good);
+    let bad = f.start_at(&listen, &["--mock-debug"]);
+    assert_eq!(bad.url(), url);
+    let (status, body) = http(addr, "POST", "/v1/chat/completions", chat);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("attestation_rejected"), "{body}");
+    assert!(body.contains("debug"), "the failed check is named: {body}");
+    assert!(
+        !bad.metrics().contains("route=\"/v1/chat/completions\""),
+        "nothing was forwarded to the failing server"
+    );
+    drop(bad);
+
+    // A good server again, with yet another TLS key: verified anew, then served.
+    let good = f.start_at(&listen, &[]);
+    provision(good.url());
+    let (status, body) = http(addr, "POST", "/v1/chat/completions", chat);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("data: [DONE]"), "{body}");
+}
