@@ -253,7 +253,7 @@ pub async fn release_key(
         if started.elapsed() > wait {
             return Err(anyhow!("the server was not ready after {wait:?}").into());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -1,0 +1,371 @@
+//! The cost of confidentiality, end to end (issue 6), on a real GGUF:
+//!
+//! - generation through `veil proxy` and the attested TLS connection to a real
+//!   `veil-server`, against the same engine called in-process with the same request;
+//! - wall time of `veil verify` against the local server (the command as a user runs it),
+//!   and of the verification alone in-process;
+//! - time from provisioning to Ready against a plain load (read the GGUF, load it).
+//!
+//! Rounds are interleaved so that drift on a shared machine hits both sides; medians are
+//! printed, then the ratios. `scripts/bench-e2e.sh` builds everything in release and runs it:
+//!
+//! `bench_e2e MODEL.gguf [THREADS] [ROUNDS]` (the `veil` and `veil-server` release binaries
+//! are taken from the directory above this example).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use veil_attestation::mock::MockLaunch;
+use veil_attestation::{Certificate, Policy};
+use veil_client::proxy::{serve, Proxy};
+use veil_client::remote::{attest, Target};
+use veil_client::remote_cmd::release_key;
+use veil_model::{ChatMessage, Engine, EngineConfig, Event, GenerateRequest, LlamaEngine};
+use veil_sealing::ModelKey;
+
+const PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
+const GEN_TOKENS: u32 = 128;
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One generation as the consumer saw it.
+struct Gen {
+    total: Duration,
+    decode: Duration,
+    tokens: u32,
+}
+
+impl Gen {
+    fn total_rate(&self) -> f64 {
+        f64::from(self.tokens) / self.total.as_secs_f64()
+    }
+    fn decode_rate(&self) -> f64 {
+        f64::from(self.tokens.saturating_sub(1)) / self.decode.as_secs_f64()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(p.is_file(), "{} is missing: build it first", p.display());
+    p
+}
+
+fn veil(args: &[&str]) {
+    let o = Command::new(bin("veil")).args(args).output().expect("veil");
+    assert!(
+        o.status.success(),
+        "veil {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn start_server(sealed: &Path, platform: &Path, threads: usize) -> (Server, String) {
+    let mut child = Command::new(bin("veil-server"))
+        .arg("--model")
+        .arg(sealed)
+        .args(["--tee", "mock", "--mock-platform"])
+        .arg(platform)
+        .args(["--listen", "127.0.0.1:0", "--threads", &threads.to_string()])
+        .env("VEIL_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("veil-server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("banner");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .expect("url")
+        .to_owned();
+    (Server(child), url)
+}
+
+fn request_json() -> Value {
+    json!({
+        "messages": [{ "role": "user", "content": PROMPT }],
+        "max_tokens": GEN_TOKENS,
+        "temperature": 0,
+        "ignore_eos": true,
+        "stream": true,
+    })
+}
+
+/// A streamed request through the proxy, over plain HTTP as an OpenAI client sends it.
+async fn through_proxy(addr: std::net::SocketAddr) -> Gen {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("proxy");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("http");
+    tokio::spawn(conn);
+    let started = Instant::now();
+    let req = hyper::Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(request_json().to_string())))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert!(
+        resp.status().is_success(),
+        "proxy answered {}",
+        resp.status()
+    );
+    let mut body = resp.into_body();
+    let (mut first, mut last, mut chunks) = (None, started, 0u32);
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("stream");
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            let Some(payload) = text.trim().strip_prefix("data: ") else {
+                continue;
+            };
+            if payload == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(payload).expect("chunk");
+            if v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+            {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                chunks += 1;
+            }
+        }
+    }
+    let done = Instant::now();
+    Gen {
+        total: done - started,
+        decode: last - first.unwrap_or(started),
+        tokens: chunks.max(1),
+    }
+}
+
+/// The same request to the engine in-process.
+fn in_process(engine: &LlamaEngine) -> Gen {
+    let mut r = GenerateRequest::chat(vec![ChatMessage::new("user", PROMPT)]);
+    r.params.max_tokens = GEN_TOKENS;
+    r.params.temperature = 0.0;
+    r.params.ignore_eos = true;
+    let started = Instant::now();
+    let mut stream = engine.submit(r).expect("submit");
+    let (mut first, mut last, mut chunks) = (None, started, 0u32);
+    while let Some(event) = stream.blocking_recv() {
+        match event {
+            Event::Text(t) if !t.is_empty() => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                chunks += 1;
+            }
+            Event::Text(_) => {}
+            Event::Done { .. } => break,
+            Event::Error(e) => panic!("generation failed: {e}"),
+        }
+    }
+    let done = Instant::now();
+    Gen {
+        total: done - started,
+        decode: last - first.unwrap_or(started),
+        tokens: chunks.max(1),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let model = PathBuf::from(
+        args.get(1)
+            .map_or("models/SmolLM2-135M-Instruct.Q4_1.gguf", String::as_str),
+    );
+    let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let rounds: usize = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(5);
+    let config = EngineConfig {
+        threads,
+        ..EngineConfig::default()
+    };
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| tmp.path().join(n);
+    let s = |n: &str| p(n).display().to_string();
+    veil(&["mock-platform", "init", &s("platform")]);
+    veil(&[
+        "seal",
+        &model.display().to_string(),
+        "-o",
+        &s("m.veil"),
+        "--key-out",
+        &s("m.key"),
+    ]);
+    let header = veil_sealing::read_header(&std::fs::File::open(p("m.veil")).expect("sealed"))
+        .expect("header");
+    let exe = std::fs::read(bin("veil-server")).expect("server exe");
+    let launch = MockLaunch::server(&exe, "127.0.0.1:0", &header.model_sha256);
+    let root = Certificate::from_pem(&std::fs::read(p("platform/ark.pem")).expect("root"))
+        .expect("pem")
+        .fingerprint();
+    let policy = Policy::mock(&root, &[launch.measurement()]);
+    std::fs::write(p("policy.toml"), policy.to_toml()).expect("policy");
+    println!(
+        "model {} ({} bytes), {threads} thread(s), {rounds} rounds, {GEN_TOKENS} tokens per generation",
+        model.display(),
+        header.plaintext_len
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // Provisioning to Ready (fresh server each round) against a plain load.
+    let (mut provision, mut plain) = (Vec::new(), Vec::new());
+    let mut server = None;
+    for _ in 0..rounds.min(5) {
+        drop(server.take());
+        let (srv, url) = start_server(&p("m.veil"), &p("platform"), threads);
+        let took = rt.block_on(async {
+            let mut a = attest(&Target::parse(&url).expect("url"), &policy)
+                .await
+                .expect("attest");
+            assert!(a.result.is_ok(), "the server's evidence was rejected");
+            let key = ModelKey::read_key_file(&p("m.key")).expect("key");
+            release_key(&mut a, key, Duration::from_secs(600))
+                .await
+                .map_err(|_| "provisioning failed")
+                .expect("ready")
+        });
+        provision.push(took.as_secs_f64());
+        server = Some((srv, url));
+        let t = Instant::now();
+        let bytes = std::fs::read(&model).expect("model");
+        let engine = LlamaEngine::load(&bytes, config.clone()).expect("load");
+        plain.push(t.elapsed().as_secs_f64());
+        drop(engine);
+    }
+    let (_server, url) = server.expect("a server");
+
+    // `veil verify` as a user runs it, and the verification alone.
+    let (mut verify_cmd, mut verify_lib) = (Vec::new(), Vec::new());
+    for _ in 0..21 {
+        let t = Instant::now();
+        let o = Command::new(bin("veil"))
+            .args(["verify", &url, "--policy", &s("policy.toml")])
+            .output()
+            .expect("veil verify");
+        verify_cmd.push(t.elapsed().as_secs_f64());
+        assert!(o.status.success(), "veil verify failed");
+        let t = Instant::now();
+        let a = rt
+            .block_on(attest(&Target::parse(&url).expect("url"), &policy))
+            .expect("attest");
+        verify_lib.push(t.elapsed().as_secs_f64());
+        assert!(a.result.is_ok());
+    }
+
+    // Generation: through the proxy and attested TLS, against in-process; interleaved.
+    let proxy = Arc::new(Proxy::new(&url, policy.clone()).expect("proxy"));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    rt.spawn(serve(listener, Arc::clone(&proxy), std::future::pending()));
+    let bytes = std::fs::read(&model).expect("model");
+    let engine = LlamaEngine::load(&bytes, config).expect("load");
+    drop(bytes);
+    rt.block_on(through_proxy(addr)); // warm-up: the proxy verifies the server here
+    in_process(&engine);
+    let (mut via_total, mut via_decode, mut local_total, mut local_decode) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut pair_total, mut pair_decode) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Back to back, alternating which side goes first: each pair sees the same
+        // machine, and neither side always runs on a warmer cache. The ratio is taken per
+        // pair, so that drift on a shared machine cancels.
+        let (mut via, mut local) = (None, None);
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                via = Some(rt.block_on(through_proxy(addr)));
+            } else {
+                local = Some(in_process(&engine));
+            }
+        }
+        let (via, local) = (via.expect("measured"), local.expect("measured"));
+        via_total.push(via.total_rate());
+        via_decode.push(via.decode_rate());
+        local_total.push(local.total_rate());
+        local_decode.push(local.decode_rate());
+        pair_total.push(via.total_rate() / local.total_rate());
+        pair_decode.push(via.decode_rate() / local.decode_rate());
+    }
+
+    let ms = |v: Vec<f64>| median(v) * 1e3;
+    let (prov, load) = (median(provision), median(plain));
+    let (vc, vl) = (ms(verify_cmd), ms(verify_lib));
+    let (vt, vd, lt, ld) = (
+        median(via_total),
+        median(via_decode),
+        median(local_total),
+        median(local_decode),
+    );
+    println!("\n== generation ({GEN_TOKENS} tokens, greedy, medians)");
+    println!(
+        "  through veil proxy + attested TLS  {vt:7.1} tok/s end to end, {vd:7.1} tok/s decoding"
+    );
+    println!(
+        "  engine in-process                  {lt:7.1} tok/s end to end, {ld:7.1} tok/s decoding"
+    );
+    let (pt, pd) = (median(pair_total), median(pair_decode));
+    println!(
+        "  ratio (median of {rounds} paired runs)  {pt:.3}x end to end, {pd:.3}x decoding   (goal >= 0.97x)"
+    );
+    println!("\n== verification (median of 21)");
+    println!("  `veil verify` command, wall time   {vc:7.2} ms   (goal <= 10 ms)");
+    println!("  attest + appraise in-process       {vl:7.2} ms");
+    println!("\n== provisioning to Ready (median of {})", rounds.min(5));
+    println!("  provision -> Ready                 {:7.0} ms", prov * 1e3);
+    println!("  plain load (read + load GGUF)      {:7.0} ms", load * 1e3);
+    println!("  ratio  {:.3}x   (goal <= 1.2x)", prov / load);
+    println!(
+        "{}",
+        json!({
+            "proxy_tok_s": vt, "proxy_decode_tok_s": vd, "inprocess_tok_s": lt,
+            "inprocess_decode_tok_s": ld, "proxy_ratio": pt, "decode_ratio": pd,
+            "verify_cmd_ms": vc, "verify_lib_ms": vl,
+            "provision_to_ready_ms": prov * 1e3, "plain_load_ms": load * 1e3,
+            "provision_ratio": prov / load,
+            "at": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        })
+    );
+}
