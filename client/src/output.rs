@@ -51,6 +51,33 @@ pub fn print_verdict(result: &Result<Appraisal, Rejection>, mock: bool) {
     }
 }
 
+/// What the report claims, as JSON (the same fields `veil verify` prints).
+pub fn claims(r: &Report) -> serde_json::Value {
+    json!({
+        "measurement": hex::encode(r.measurement()),
+        "report_data": hex::encode(r.report_data()),
+        "host_data": hex::encode(r.host_data()),
+        "chip_id": hex::encode(r.chip_id()),
+        "vmpl": r.vmpl(),
+        "guest_svn": r.guest_svn(),
+        "policy": format!("{:#x}", r.policy()),
+        "version": r.version(),
+    })
+}
+
+/// Prints the report's claims, one per line.
+pub fn print_claims(r: &Report) {
+    println!("claims:");
+    if let serde_json::Value::Object(map) = claims(r) {
+        for (name, value) in map {
+            match value {
+                serde_json::Value::String(s) => println!("  {name:12} {s}"),
+                other => println!("  {name:12} {other}"),
+            }
+        }
+    }
+}
+
 /// The verdict as JSON: `verified`, `mock`, every check, the failed ones, and the claims.
 pub fn verdict_json(
     result: &Result<Appraisal, Rejection>,
@@ -66,18 +93,7 @@ pub fn verdict_json(
         .filter(|o| o.failed())
         .map(|o| o.check.name())
         .collect();
-    let claims = report.map(|r| {
-        json!({
-            "measurement": hex::encode(r.measurement()),
-            "report_data": hex::encode(r.report_data()),
-            "host_data": hex::encode(r.host_data()),
-            "chip_id": hex::encode(r.chip_id()),
-            "vmpl": r.vmpl(),
-            "guest_svn": r.guest_svn(),
-            "policy": format!("{:#x}", r.policy()),
-            "version": r.version(),
-        })
-    });
+    let claims = report.map(claims);
     json!({
         "verified": verified,
         "mock": mock,

@@ -13,7 +13,7 @@ use tokio::io::AsyncBufReadExt;
 use veil_attestation::{KeyRelease, Policy};
 use veil_sealing::ModelKey;
 
-use crate::output::{print_verdict, verdict_json};
+use crate::output::{print_claims, print_verdict, verdict_json};
 use crate::remote::{attest, Attested, Connection, Session, Target, Upstream, UpstreamError};
 use crate::report_cmd::load_policy;
 use crate::{CmdResult, Failure};
@@ -150,8 +150,11 @@ pub fn verify(args: VerifyArgs) -> CmdResult {
                 hex::encode(a.session.spki_sha256)
             );
             print_verdict(&a.result, mock);
-            if let (Ok(_), Some(b)) = (&a.result, &a.evidence.binding) {
-                println!("model sha256 {}", hex::encode(b.model_sha256));
+            if let Some(r) = &report {
+                print_claims(r);
+            }
+            if let Some(b) = &a.evidence.binding {
+                println!("  {:12} {}", "model_sha256", hex::encode(b.model_sha256));
             }
         }
         a.result.map(|_| ()).map_err(|_| Failure::Rejected)
