@@ -118,7 +118,7 @@ pub fn load_platform(dir: &Path) -> anyhow::Result<MockPlatform> {
 /// Runs a `veil mock-platform` command.
 ///
 /// # Errors
-/// [`Failure::Error`] naming what failed.
+/// [`Failure::Error`](crate::Failure::Error) naming what failed.
 pub fn run(cmd: MockCommand) -> CmdResult {
     match cmd {
         MockCommand::Init { dir, force } => {
