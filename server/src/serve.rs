@@ -6,13 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::api::ChannelBinding;
+
+/// How long a client may take to send a request's header (also while a kept-alive
+/// connection waits for the next request).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then drains in-flight
 /// connections for up to `drain`.
@@ -75,7 +79,11 @@ pub async fn serve(
                     app.clone().oneshot(req)
                 },
             );
+            // A client that opens a connection and then sends nothing, or a header a byte at
+            // a time, is cut off rather than holding the connection forever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -83,7 +91,6 @@ pub async fn serve(
         });
     }
     tracing::info!("shutting down: draining connections");
-    let _ = TokioExecutor::new();
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

@@ -59,6 +59,14 @@ fn assert_provision_rejected(o: &Output, checks: &[&str]) {
     assert_eq!(failed_checks(o), checks, "provision: {}", text(o));
 }
 
+/// Asserts that `veil verify` and `veil provision` both refuse `server` under `policy`,
+/// naming exactly `checks`, and that the key never reached it.
+fn assert_refused(server: &Server, policy: &Path, f: &Fixture, checks: &[&str]) {
+    assert_verify_rejects(server.url(), policy, checks);
+    assert_provision_rejected(&provision(server.url(), policy, f), checks);
+    server.assert_never_provisioned();
+}
+
 /// Asserts that `veil verify` with the owner's policy passes against `server`: the attack
 /// is what makes the difference.
 fn assert_genuine(server: &Server, policy: &Path) {
@@ -360,10 +368,7 @@ fn a_server_launched_with_another_configuration_fails_measurement() {
             false,
         )],
     );
-    assert_verify_rejects(server.url(), &other, &["measurement"]);
-    let o = provision(server.url(), &other, &f);
-    assert_provision_rejected(&o, &["measurement"]);
-    server.assert_never_provisioned();
+    assert_refused(&server, &other, &f, &["measurement"]);
     assert_genuine(&server, &f.good_policy());
 }
 
@@ -383,10 +388,7 @@ fn a_different_server_executable_fails_measurement() {
     let server = f.start_with(&modified, &f.model, &[]);
 
     let policy = f.good_policy();
-    assert_verify_rejects(server.url(), &policy, &["measurement"]);
-    let o = provision(server.url(), &policy, &f);
-    assert_provision_rejected(&o, &["measurement"]);
-    server.assert_never_provisioned();
+    assert_refused(&server, &policy, &f, &["measurement"]);
 
     // A policy naming the modified executable accepts it: the executable is the difference.
     let m = f.measurement_of(&modified, false);
@@ -405,10 +407,7 @@ fn a_mock_root_the_policy_does_not_name_fails_trust_anchor() {
         &[&other_root],
         &[f.measurement_of(&binary("veil-server"), false)],
     );
-    assert_verify_rejects(server.url(), &policy, &["trust_anchor"]);
-    let o = provision(server.url(), &policy, &f);
-    assert_provision_rejected(&o, &["trust_anchor"]);
-    server.assert_never_provisioned();
+    assert_refused(&server, &policy, &f, &["trust_anchor"]);
 }
 
 #[test]
@@ -420,10 +419,7 @@ fn a_debug_launch_fails_debug_even_when_its_measurement_is_accepted() {
         "debug-measurement.toml",
         &[f.measurement_of(&binary("veil-server"), true)],
     );
-    assert_verify_rejects(server.url(), &policy, &["debug"]);
-    let o = provision(server.url(), &policy, &f);
-    assert_provision_rejected(&o, &["debug"]);
-    server.assert_never_provisioned();
+    assert_refused(&server, &policy, &f, &["debug"]);
 }
 
 #[test]
