@@ -78,3 +78,61 @@ fn seal_start_verify_provision_ask_and_a_refused_provision_sends_nothing() {
         .expect("veil_tokens_out_total");
     assert!(tokens_out > 0, "{metrics}");
 }
+
+/// `veil_tokens_in_total` of a server.
+fn tokens_in(server: &harness::Server) -> u64 {
+    server
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("veil_tokens_in_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("veil_tokens_in_total")
+}
+
+#[test]
+fn chat_sends_the_whole_conversation_each_turn() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let f = Fixture::new();
+    let server = f.start(&[]);
+    let good = f.good_policy().display().to_string();
+    let url = server.url();
+    let o = veil(&["provision", url, "--policy", &good, "--key", &f.key_arg()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // One turn alone: the prompt tokens of "hello" with no history.
+    let o = veil(&["ask", url, "--policy", &good, "--max-tokens", "4", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let single = tokens_in(&server);
+    assert!(single > 0);
+
+    // The same message twice in a chat: the second turn carries the first exchange.
+    let mut child = Command::new(binary("veil"))
+        .args(["chat", url, "--policy", &good, "--max-tokens", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("veil chat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\nhello\n/quit\n")
+        .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "veil chat did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().expect("output");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let chat = tokens_in(&server) - single;
+    assert!(
+        chat > 2 * single,
+        "two turns of {single} prompt tokens each would be {}, the chat sent {chat}: no history",
+        2 * single
+    );
+}
