@@ -172,6 +172,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted.context("accepting a connection")?,
             () = &mut shutdown => return Ok(()),
         };
+        // Streamed tokens are small writes: pass each on at once (no Nagle delay).
+        let _ = tcp.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {

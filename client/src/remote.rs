@@ -78,6 +78,7 @@ impl Session {
         let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
             .await
             .with_context(|| format!("cannot connect to {}:{}", target.host, target.port))?;
+        let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(target.host.clone())
             .map_err(|_| anyhow!("{:?} is not a valid server name", target.host))?;
         let tls = tokio_rustls::TlsConnector::from(client_config(mode))

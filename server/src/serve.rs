@@ -45,6 +45,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Streamed tokens are small writes: send each at once (no Nagle delay).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
