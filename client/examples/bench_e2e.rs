@@ -82,13 +82,13 @@ fn veil(args: &[&str]) {
     );
 }
 
-fn start_server(sealed: &Path, platform: &Path, threads: usize) -> (Server, String) {
+fn start_server(sealed: &Path, platform: &Path, listen: &str, threads: usize) -> (Server, String) {
     let mut child = Command::new(bin("veil-server"))
         .arg("--model")
         .arg(sealed)
         .args(["--tee", "mock", "--mock-platform"])
         .arg(platform)
-        .args(["--listen", "127.0.0.1:0", "--threads", &threads.to_string()])
+        .args(["--listen", listen, "--threads", &threads.to_string()])
         .env("VEIL_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -173,6 +173,49 @@ async fn through_proxy(addr: std::net::SocketAddr) -> Gen {
     }
 }
 
+/// Notes when text arrives (for the direct series).
+struct Stamps {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    writes: u32,
+}
+
+impl std::io::Write for Stamps {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            let now = Instant::now();
+            self.first.get_or_insert(now);
+            self.last = Some(now);
+            self.writes += 1;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The same request straight to the server on a pinned, attested TLS connection (what
+/// `veil ask` does), without the proxy.
+async fn direct(upstream: &veil_client::remote::Upstream) -> Gen {
+    let mut session = upstream.connect().await.expect("connect").into_session();
+    let started = Instant::now();
+    let mut stamps = Stamps {
+        first: None,
+        last: None,
+        writes: 0,
+    };
+    veil_client::remote_cmd::stream_chat(&mut session, &request_json(), &mut stamps)
+        .await
+        .expect("stream");
+    let done = Instant::now();
+    Gen {
+        total: done - started,
+        decode: stamps.last.unwrap_or(done) - stamps.first.unwrap_or(started),
+        tokens: stamps.writes.max(1),
+    }
+}
+
 /// The same request to the engine in-process.
 fn in_process(engine: &LlamaEngine) -> Gen {
     let mut r = GenerateRequest::chat(vec![ChatMessage::new("user", PROMPT)]);
@@ -231,7 +274,14 @@ fn main() {
     let header = veil_sealing::read_header(&std::fs::File::open(p("m.veil")).expect("sealed"))
         .expect("header");
     let exe = std::fs::read(bin("veil-server")).expect("server exe");
-    let launch = MockLaunch::server(&exe, "127.0.0.1:0", &header.model_sha256);
+    // One address for every server of the run, so that the proxy's upstream stays put
+    // while servers are replaced.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let launch = MockLaunch::server(&exe, &listen, &header.model_sha256);
     let root = Certificate::from_pem(&std::fs::read(p("platform/ark.pem")).expect("root"))
         .expect("pem")
         .fingerprint();
@@ -249,12 +299,9 @@ fn main() {
         .build()
         .expect("runtime");
 
-    // Provisioning to Ready (fresh server each round) against a plain load.
-    let (mut provision, mut plain) = (Vec::new(), Vec::new());
-    let mut server = None;
-    for _ in 0..rounds.min(5) {
-        drop(server.take());
-        let (srv, url) = start_server(&p("m.veil"), &p("platform"), threads);
+    // A fresh server, provisioned; returns it and the time from provisioning to Ready.
+    let fresh_server = || {
+        let (srv, url) = start_server(&p("m.veil"), &p("platform"), &listen, threads);
         let took = rt.block_on(async {
             let mut a = attest(&Target::parse(&url).expect("url"), &policy)
                 .await
@@ -266,15 +313,26 @@ fn main() {
                 .map_err(|_| "provisioning failed")
                 .expect("ready")
         });
-        provision.push(took.as_secs_f64());
-        server = Some((srv, url));
+        (srv, url, took)
+    };
+    let plain_load = || {
         let t = Instant::now();
         let bytes = std::fs::read(&model).expect("model");
         let engine = LlamaEngine::load(&bytes, config.clone()).expect("load");
-        plain.push(t.elapsed().as_secs_f64());
-        drop(engine);
+        (engine, t.elapsed())
+    };
+
+    // Provisioning to Ready (a fresh server each round) against a plain load.
+    let (mut provision, mut plain) = (Vec::new(), Vec::new());
+    let mut server = None;
+    for _ in 0..rounds.min(5) {
+        drop(server.take());
+        let (srv, url, took) = fresh_server();
+        provision.push(took.as_secs_f64());
+        server = Some((srv, url));
+        plain.push(plain_load().1.as_secs_f64());
     }
-    let (_server, url) = server.expect("a server");
+    let (srv, url) = server.expect("a server");
 
     // `veil verify` as a user runs it, and the verification alone.
     let (mut verify_cmd, mut verify_lib) = (Vec::new(), Vec::new());
@@ -293,26 +351,31 @@ fn main() {
         verify_lib.push(t.elapsed().as_secs_f64());
         assert!(a.result.is_ok());
     }
+    drop(srv);
 
-    // Generation: through the proxy and attested TLS, against in-process; interleaved.
+    // Generation: through the proxy and attested TLS, against in-process. Each round has a
+    // fresh server and a fresh in-process engine (a model instance's memory layout moves
+    // its speed by several per cent, for the whole life of the instance), one warm-up on
+    // each side (the proxy verifies the new server then), and then the two back to back,
+    // alternating which goes first. The ratio is taken per round.
     let proxy = Arc::new(Proxy::new(&url, policy.clone()).expect("proxy"));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     rt.spawn(serve(listener, Arc::clone(&proxy), std::future::pending()));
-    let bytes = std::fs::read(&model).expect("model");
-    let engine = LlamaEngine::load(&bytes, config).expect("load");
-    drop(bytes);
-    rt.block_on(through_proxy(addr)); // warm-up: the proxy verifies the server here
-    in_process(&engine);
+    let upstream =
+        veil_client::remote::Upstream::new(Target::parse(&url).expect("url"), policy.clone());
     let (mut via_total, mut via_decode, mut local_total, mut local_decode) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut pair_total, mut pair_decode) = (Vec::new(), Vec::new());
+    let (mut pair_total, mut pair_decode, mut pair_direct) = (Vec::new(), Vec::new(), Vec::new());
+    let mut direct_total = Vec::new();
     for round in 0..rounds {
-        // Back to back, alternating which side goes first: each pair sees the same
-        // machine, and neither side always runs on a warmer cache. The ratio is taken per
-        // pair, so that drift on a shared machine cancels.
+        let (_srv, _, _) = fresh_server();
+        let (engine, _) = plain_load();
+        rt.block_on(through_proxy(addr));
+        rt.block_on(direct(&upstream));
+        in_process(&engine);
         let (mut via, mut local) = (None, None);
         for side in [round % 2, 1 - round % 2] {
             if side == 0 {
@@ -322,6 +385,9 @@ fn main() {
             }
         }
         let (via, local) = (via.expect("measured"), local.expect("measured"));
+        let d = rt.block_on(direct(&upstream));
+        direct_total.push(d.total_rate());
+        pair_direct.push(d.total_rate() / local.total_rate());
         via_total.push(via.total_rate());
         via_decode.push(via.decode_rate());
         local_total.push(local.total_rate());
@@ -347,6 +413,8 @@ fn main() {
         "  engine in-process                  {lt:7.1} tok/s end to end, {ld:7.1} tok/s decoding"
     );
     let (pt, pd) = (median(pair_total), median(pair_decode));
+    let (dt, pdir) = (median(direct_total), median(pair_direct));
+    println!("  attested TLS without the proxy      {dt:7.1} tok/s end to end ({pdir:.3}x in-process, for where the cost is)");
     println!(
         "  ratio (median of {rounds} paired runs)  {pt:.3}x end to end, {pd:.3}x decoding   (goal >= 0.97x)"
     );
@@ -362,6 +430,7 @@ fn main() {
         json!({
             "proxy_tok_s": vt, "proxy_decode_tok_s": vd, "inprocess_tok_s": lt,
             "inprocess_decode_tok_s": ld, "proxy_ratio": pt, "decode_ratio": pd,
+            "direct_tok_s": dt, "direct_ratio": pdir,
             "verify_cmd_ms": vc, "verify_lib_ms": vl,
             "provision_to_ready_ms": prov * 1e3, "plain_load_ms": load * 1e3,
             "provision_ratio": prov / load,
