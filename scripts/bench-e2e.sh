@@ -7,7 +7,8 @@
 #
 # THREADS (default 1) is the inference threads of both sides. On this 2-core machine the
 # proxy, the client and the server share the cores, so 1 inference thread keeps the
-# comparison about the path rather than about core contention.
+# comparison about the path rather than about core contention (docs/engine.md has figures
+# for both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
