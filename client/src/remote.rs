@@ -329,10 +329,10 @@ impl Upstream {
             match Session::connect(&self.target, PinMode::Pinned(pin)).await {
                 Ok(s) => return Ok(Connection::Pinned(s)),
                 Err(e) if is_key_change(&e) => {
-                    tracing_note(&format!(
-                        "the server's TLS key is no longer {}: verifying the new one",
+                    eprintln!(
+                        "veil: the server's TLS key is no longer {}: verifying the new one",
                         hex::encode(&pin[..8])
-                    ));
+                    );
                 }
                 Err(e) => return Err(UpstreamError::Unreachable(e)),
             }
@@ -352,8 +352,4 @@ impl Upstream {
             }),
         }
     }
-}
-
-fn tracing_note(msg: &str) {
-    eprintln!("veil: {msg}");
 }

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use veil_tests::harness::{binary, measurement, text, veil, Fixture, START_TIMEOUT};
+use veil_tests::harness::{self, binary, measurement, text, veil, Fixture, START_TIMEOUT};
 
 struct Proxy(Child);
 impl Drop for Proxy {
@@ -124,4 +124,69 @@ fn the_proxy_forwards_only_to_verified_servers_and_reverifies_a_new_key() {
     let (status, body) = http(addr, "POST", "/v1/chat/completions", chat);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("data: [DONE]"), "{body}");
+}
+
+/// What the official `openai` Python SDK does through the proxy: list the models, one
+/// completion, one stream. Prints one JSON line.
+const SDK_SCRIPT: &str = r#"
+import json, sys
+from openai import OpenAI
+c = OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=60)
+model = c.models.list().data[0].id
+r = c.chat.completions.create(model=model, max_tokens=4, temperature=0,
+        messages=[{"role": "user", "content": "hello"}])
+chunks = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model=model, max_tokens=4, temperature=0, stream=True,
+        messages=[{"role": "user", "content": "hello"}]) if ch.choices]
+print(json.dumps({"model": model, "text": r.choices[0].message.content,
+                  "completion_tokens": r.usage.completion_tokens, "streamed": "".join(chunks),
+                  "chunks": len(chunks)}))
+"#;
+
+#[test]
+fn the_official_openai_python_sdk_works_through_the_proxy() {
+    let has_sdk = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        assert!(
+            std::env::var_os("VEIL_REQUIRE_OPENAI").is_none(),
+            "VEIL_REQUIRE_OPENAI is set but python3 cannot import openai"
+        );
+        eprintln!("SKIPPED: python3 cannot import openai (python3 -m pip install openai)");
+        return;
+    }
+    let f = Fixture::new();
+    let server = f.start(&[]);
+    let policy = f.good_policy().display().to_string();
+    let o = veil(&[
+        "provision",
+        server.url(),
+        "--policy",
+        &policy,
+        "--key",
+        &f.key_arg(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (_proxy, addr) = start_proxy(server.url(), &policy);
+
+    let o = harness::run(
+        Command::new("python3").args(["-c", SDK_SCRIPT, &format!("http://{addr}/v1")]),
+        harness::COMMAND_TIMEOUT,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the script's JSON");
+    assert_eq!(v["model"], "veil-tiny", "{v}");
+    assert!(
+        v["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| (1..=4).contains(&n)),
+        "{v}"
+    );
+    assert!(v["chunks"].as_u64().is_some_and(|n| n >= 1), "{v}");
+    assert_eq!(
+        v["streamed"], v["text"],
+        "greedy: the stream and the completion agree: {v}"
+    );
 }
