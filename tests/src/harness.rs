@@ -411,6 +411,18 @@ impl Fixture {
         self.policy("good.toml", &[m])
     }
 
+    /// A policy for the workspace's `veil-server` launched with another configuration
+    /// (`--listen 0.0.0.0:8443`) than the test servers: they fail its `measurement`.
+    pub fn other_launch_policy(&self) -> PathBuf {
+        let m = measurement(
+            &binary("veil-server"),
+            "0.0.0.0:8443",
+            &self.model_sha256,
+            false,
+        );
+        self.policy("other-launch.toml", &[m])
+    }
+
     /// The key file as a string argument.
     pub fn key_arg(&self) -> String {
         self.key.display().to_string()

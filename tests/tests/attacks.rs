@@ -359,15 +359,7 @@ fn a_server_launched_with_another_configuration_fails_measurement() {
     let server = f.start(&[]);
     // The owner expects the server to listen on 0.0.0.0:8443; this one was started with
     // --listen 127.0.0.1:0, which the launch measurement covers.
-    let other = f.policy(
-        "other-listen.toml",
-        &[harness::measurement(
-            &binary("veil-server"),
-            "0.0.0.0:8443",
-            &f.model_sha256,
-            false,
-        )],
-    );
+    let other = f.other_launch_policy();
     assert_refused(&server, &other, &f, &["measurement"]);
     assert_genuine(&server, &f.good_policy());
 }
@@ -426,15 +418,7 @@ fn a_debug_launch_fails_debug_even_when_its_measurement_is_accepted() {
 fn a_rejected_server_never_receives_the_key() {
     let f = Fixture::new();
     let server = f.start(&[]);
-    let other = f.policy(
-        "other-listen.toml",
-        &[harness::measurement(
-            &binary("veil-server"),
-            "0.0.0.0:8443",
-            &f.model_sha256,
-            false,
-        )],
-    );
+    let other = f.other_launch_policy();
     let o = provision(server.url(), &other, &f);
     assert_provision_rejected(&o, &["measurement"]);
     assert!(

@@ -9,18 +9,7 @@ fn seal_start_verify_provision_ask_and_a_refused_provision_sends_nothing() {
     let server = f.start(&[]);
     let good = f.good_policy().display().to_string();
     // A policy expecting another launch of the same executable.
-    let other = f
-        .policy(
-            "other.toml",
-            &[harness::measurement(
-                &binary("veil-server"),
-                "0.0.0.0:8443",
-                &f.model_sha256,
-                false,
-            )],
-        )
-        .display()
-        .to_string();
+    let other = f.other_launch_policy().display().to_string();
     let key = f.key_arg();
     let url = server.url();
 
