@@ -39,6 +39,12 @@ async fn call_on(f: &Fixture, exporter: [u8; 32], req: Request<Body>) -> (Status
     )
 }
 
+/// A response body as text.
+async fn body_text(resp: axum::response::Response) -> String {
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8(bytes.to_vec()).expect("utf8")
+}
+
 fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).expect("request")
 }
@@ -182,15 +188,7 @@ async fn provisioning_with_the_right_key_unseals_and_serves() {
     let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .to_vec(),
-    )
-    .expect("utf8");
+    let text = body_text(resp).await;
     let datas: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -205,15 +203,7 @@ async fn provisioning_with_the_right_key_unseals_and_serves() {
         .oneshot(get("/metrics"))
         .await
         .expect("infallible");
-    let m = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .to_vec(),
-    )
-    .expect("utf8");
+    let m = body_text(resp).await;
     assert!(m.contains("veil_state{state=\"ready\"} 1"), "{m}");
     assert!(
         m.contains("route=\"/v1/chat/completions\",status=\"200\""),
