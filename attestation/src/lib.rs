@@ -29,6 +29,7 @@
 
 pub mod attester;
 pub mod binding;
+pub mod broker;
 pub mod chain;
 pub mod check;
 pub mod evidence;

@@ -248,7 +248,7 @@ impl Rejection {
         self.failures().any(|o| o.check == check)
     }
 
-    fn single(check: Check, detail: String) -> Self {
+    pub(crate) fn single(check: Check, detail: String) -> Self {
         Rejection {
             outcomes: vec![Outcome {
                 check,

@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage, 3 evidence rejected.
 
+pub mod broker;
 pub mod demo;
 pub mod files;
 pub mod mock_cmd;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use veil_client::{demo, mock_cmd, proxy, remote_cmd, report_cmd, seal, Failure};
+use veil_client::{broker, demo, mock_cmd, proxy, remote_cmd, report_cmd, seal, Failure};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,8 @@ enum Command {
     Chat(remote_cmd::ChatArgs),
     /// A local OpenAI-compatible endpoint that forwards only to a verified server.
     Proxy(proxy::ProxyArgs),
+    /// The owner's key broker: releases model keys to servers whose evidence passes a policy (pull flow).
+    Broker(broker::BrokerArgs),
     /// Seal a model: encrypt it under a model key (`--inspect` shows a sealed header).
     Seal(seal::SealArgs),
     /// Run the mock TEE end to end on this machine: platform, attestation, verification.
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Ask(args) => remote_cmd::ask(args),
         Command::Chat(args) => remote_cmd::chat(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Broker(args) => broker::run(args),
         Command::Seal(args) => seal::run(args).map_err(Failure::from),
         Command::Demo(args) => demo::run(args),
     };

@@ -25,6 +25,7 @@ use veil_model::{
     SamplingParams,
 };
 use veil_sealing::{ChunkSink, KeyId, ModelKey, UnsealOptions};
+use zeroize::Zeroizing;
 
 use crate::error::{ApiError, Json};
 use crate::state::{AppState, Lifecycle};
@@ -80,6 +81,14 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
             body["total_bytes"] = json!(state.header.plaintext_len);
         }
         _ => {}
+    }
+    if let Some(pull) = state
+        .key_broker
+        .lock()
+        .expect("no panics while holding it")
+        .as_ref()
+    {
+        body["key_broker"] = json!(pull);
     }
     let status = if s == Lifecycle::Ready {
         StatusCode::OK
@@ -281,6 +290,38 @@ async fn provision(
             "the key-release message does not open with this server's wrapping key",
         )
     })?;
+    match accept_key(&state, key_id, secret)? {
+        Accepted::Repeat => Ok((
+            StatusCode::OK,
+            Json(json!({ "status": state.state().name(), "idempotent": true })),
+        )
+            .into_response()),
+        Accepted::Unsealing => {
+            Ok((StatusCode::ACCEPTED, Json(json!({ "status": "unsealing" }))).into_response())
+        }
+    }
+}
+
+/// What became of a model key that came out of a key-release message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// The weights are being unsealed with it.
+    Unsealing,
+    /// The same key had already been accepted; nothing changes.
+    Repeat,
+}
+
+/// Takes a released model key (pushed by the owner or pulled from a key broker): checks
+/// it against the sealed header, accepts it once, and starts unsealing in the background.
+///
+/// # Errors
+/// 403 `wrong_key` if the sealed header does not open with it; 409 `already_provisioned`
+/// if another key was accepted before.
+pub fn accept_key(
+    state: &Arc<AppState>,
+    key_id: KeyId,
+    secret: Zeroizing<[u8; 32]>,
+) -> Result<Accepted, ApiError> {
     let digest = {
         let mut d = [0u8; 32];
         d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, secret.as_ref()).as_ref());
@@ -288,7 +329,7 @@ async fn provision(
     };
     let key = ModelKey::from_parts(key_id, secret);
     if state.header.check_key(&key).is_err() {
-        tracing::warn!(key_id = %key_id, "provisioning refused: the key does not open the sealed header");
+        tracing::warn!(key_id = %key_id, "key refused: it does not open the sealed header");
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "wrong_key",
@@ -301,13 +342,7 @@ async fn provision(
             .lock()
             .expect("no panics while holding it");
         match *provisioned {
-            Some(d) if d == digest => {
-                return Ok((
-                    StatusCode::OK,
-                    Json(json!({ "status": state.state().name(), "idempotent": true })),
-                )
-                    .into_response());
-            }
+            Some(d) if d == digest => return Ok(Accepted::Repeat),
             Some(_) => {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -319,9 +354,9 @@ async fn provision(
         }
     }
     state.set_state(Lifecycle::Unsealing);
-    let worker = Arc::clone(&state);
+    let worker = Arc::clone(state);
     tokio::task::spawn_blocking(move || unseal_and_load(&worker, key));
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "unsealing" }))).into_response())
+    Ok(Accepted::Unsealing)
 }
 
 /// Hands each authenticated chunk straight to the engine's in-memory file.

@@ -53,6 +53,10 @@ pub struct Config {
     #[arg(long)]
     #[serde(default)]
     pub mock_debug: bool,
+    /// A key broker to pull the model key from (`veil broker`), `http://HOST:PORT`.
+    /// Without it the server waits for the owner to push the key (`veil provision`).
+    #[arg(long, env = "VEIL_KEY_BROKER")]
+    pub key_broker: Option<String>,
     /// Address to listen on (default 127.0.0.1:8443; port 0 picks one).
     #[arg(long, env = "VEIL_LISTEN")]
     pub listen: Option<String>,
@@ -96,6 +100,7 @@ impl Config {
             model,
             tee,
             mock_platform,
+            key_broker,
             listen,
             threads,
             parallel,
@@ -166,6 +171,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the sealed model {}", model.display()))?;
     let header = veil_sealing::read_header(&file)
         .with_context(|| format!("{} is not a readable sealed model", model.display()))?;
+    let broker = config
+        .key_broker
+        .as_deref()
+        .map(crate::pull::BrokerUrl::parse)
+        .transpose()?;
     let listen = config.listen();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -193,6 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sealed_path: model,
         issued: Mutex::new(VecDeque::new()),
         provisioned: Mutex::new(None),
+        key_broker: Mutex::new(None),
         engine: OnceLock::new(),
         engine_config,
         metrics: Metrics::default(),
@@ -202,9 +213,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, key_id = %state.header.key_id, model_sha256 = %hex::encode(state.header.model_sha256), "locked: waiting for the model key");
     println!(
-        "veil-server listening on https://{addr} (state: locked, key id {})",
-        state.header.key_id
+        "veil-server listening on https://{addr} (state: locked, key id {}{})",
+        state.header.key_id,
+        broker
+            .as_ref()
+            .map(|b| format!("; pulling it from {b}"))
+            .unwrap_or_default()
     );
+    if let Some(broker) = broker {
+        tokio::spawn(crate::pull::pull_until_unlocked(Arc::clone(&state), broker));
+    }
     let drain = Duration::from_secs(config.drain_seconds.unwrap_or(30));
     crate::serve::serve(
         listener,

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod pull;
 pub mod serve;
 pub mod state;
 pub mod tls;

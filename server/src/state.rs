@@ -109,6 +109,8 @@ pub struct AppState {
     pub issued: Mutex<VecDeque<([u8; 64], [u8; 32])>>,
     /// SHA-256 of the model key that was provisioned (to answer a repeat idempotently).
     pub provisioned: Mutex<Option<[u8; 32]>>,
+    /// With `--key-broker`: what the last request to the broker came to (for `/ready`).
+    pub key_broker: Mutex<Option<String>>,
     /// The engine, once loaded.
     pub engine: OnceLock<Arc<dyn Engine>>,
     /// How to build the engine.

@@ -55,6 +55,7 @@ pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
         sealed_path: path,
         issued: Mutex::new(VecDeque::new()),
         provisioned: Mutex::new(None),
+        key_broker: Mutex::new(None),
         engine: OnceLock::new(),
         engine_config: engine,
         metrics: Metrics::default(),

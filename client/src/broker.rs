@@ -1,0 +1,512 @@
+//! `veil broker`: the model owner's key broker, for the pull flow. A locked `veil-server`
+//! started with `--key-broker URL` asks it for a nonce, attests with that nonce, and
+//! sends the evidence; the broker appraises it against the owner's policy and answers
+//! with the model key sealed to the wrapping key that the evidence binds (the wire
+//! contract is [`veil_attestation::broker`]).
+//!
+//! Each nonce is accepted once, within [`NONCE_TTL`]. Keys are read from `*.key` files
+//! (`veil seal --key-out`) at start and served by their key id. Every decision is logged
+//! on stderr with the key id and the measurement, never a key.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use clap::Args;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde_json::json;
+use tokio::net::TcpListener;
+use veil_attestation::broker::{
+    appraise_pull, Challenge, KeyRequest, CHALLENGE_PATH, KEY_PATH, NONCE_LEN,
+};
+use veil_attestation::{KeyRelease, Policy, Rejection};
+use veil_sealing::{KeyId, ModelKey};
+
+use crate::report_cmd::load_policy;
+use crate::CmdResult;
+
+/// How long an issued nonce may be used.
+pub const NONCE_TTL: Duration = Duration::from_secs(60);
+/// Nonces outstanding at once; the oldest is forgotten beyond this.
+const MAX_OUTSTANDING: usize = 1024;
+/// Largest request body (evidence is a few KiB).
+const MAX_BODY: usize = 256 << 10;
+
+/// `veil broker`
+#[derive(Args)]
+pub struct BrokerArgs {
+    /// Appraisal policy (TOML) that a server's evidence must pass before it gets a key.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Directory of key files (`veil seal --key-out`); every `*.key` in it is served by
+    /// its key id.
+    #[arg(long)]
+    pub keys: PathBuf,
+    /// Where to listen. Plain HTTP: what the broker sends is sealed to the attested
+    /// server's wrapping key.
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub listen: String,
+}
+
+/// Why a key request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The nonce was not issued here, was already used, or has expired.
+    #[error("the nonce was not issued by this broker, was already used or has expired: ask {CHALLENGE_PATH} again")]
+    UnknownNonce,
+    /// The evidence failed the policy.
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// No key with that id.
+    #[error("this broker holds no key with id {0}")]
+    UnknownKey(String),
+}
+
+impl BrokerError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            BrokerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            BrokerError::UnknownNonce => (StatusCode::FORBIDDEN, "unknown_nonce"),
+            BrokerError::Rejected(_) => (StatusCode::FORBIDDEN, "attestation_rejected"),
+            BrokerError::UnknownKey(_) => (StatusCode::NOT_FOUND, "unknown_key"),
+        }
+    }
+}
+
+/// The broker: a policy, the keys it may release, the nonces it issued.
+pub struct Broker {
+    policy: Policy,
+    keys: HashMap<KeyId, ModelKey>,
+    nonces: Mutex<VecDeque<([u8; NONCE_LEN], Instant)>>,
+    rng: SystemRandom,
+    released: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Broker {
+    /// A broker releasing `keys` to evidence that passes `policy`.
+    pub fn new(policy: Policy, keys: Vec<ModelKey>) -> Self {
+        Broker {
+            policy,
+            keys: keys.into_iter().map(|k| (k.key_id(), k)).collect(),
+            nonces: Mutex::new(VecDeque::new()),
+            rng: SystemRandom::new(),
+            released: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Keys released and requests refused so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.released.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Issues a fresh nonce.
+    ///
+    /// # Errors
+    /// If the system has no randomness.
+    pub fn challenge(&self) -> anyhow::Result<Challenge> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| anyhow::anyhow!("no randomness"))?;
+        let mut q = self.nonces.lock().expect("no panics while holding it");
+        let now = Instant::now();
+        while q
+            .front()
+            .is_some_and(|(_, t)| now.duration_since(*t) > NONCE_TTL)
+        {
+            q.pop_front();
+        }
+        if q.len() >= MAX_OUTSTANDING {
+            q.pop_front();
+        }
+        q.push_back((nonce, now));
+        Ok(Challenge {
+            nonce: URL_SAFE_NO_PAD.encode(nonce),
+            expires_in: NONCE_TTL.as_secs(),
+        })
+    }
+
+    /// Takes an issued, unexpired nonce (single use).
+    fn take_nonce(&self, nonce: &[u8]) -> bool {
+        let mut q = self.nonces.lock().expect("no panics while holding it");
+        match q.iter().position(|(n, _)| n.as_slice() == nonce) {
+            Some(i) => q.remove(i).is_some_and(|(_, t)| t.elapsed() <= NONCE_TTL),
+            None => false,
+        }
+    }
+
+    /// Appraises a key request and, if it passes, seals the key to the server.
+    ///
+    /// # Errors
+    /// [`BrokerError`] naming why nothing was released.
+    pub fn release(&self, req: &KeyRequest, now: SystemTime) -> Result<KeyRelease, BrokerError> {
+        let nonce = URL_SAFE_NO_PAD
+            .decode(req.nonce.trim_end_matches('=').as_bytes())
+            .map_err(|_| BrokerError::BadRequest("nonce is not base64url".into()))?;
+        // The nonce is spent whatever the outcome: each attempt needs a fresh one.
+        if !self.take_nonce(&nonce) {
+            return Err(BrokerError::UnknownNonce);
+        }
+        let key_id = KeyId::from_hex(&req.key_id)
+            .map_err(|_| BrokerError::BadRequest("key_id is not 32 hex digits".into()))?;
+        let appraisal = appraise_pull(&self.policy, &req.evidence, &nonce, now)
+            .map_err(BrokerError::Rejected)?;
+        let key = self
+            .keys
+            .get(&key_id)
+            .ok_or_else(|| BrokerError::UnknownKey(key_id.to_string()))?;
+        let binding = req
+            .evidence
+            .binding
+            .as_ref()
+            .ok_or_else(|| BrokerError::BadRequest("the evidence states no binding".into()))?;
+        KeyRelease::seal(
+            &appraisal,
+            &binding.wrap_pk,
+            &key_id.to_string(),
+            key.expose_secret(),
+        )
+        .map_err(|e| BrokerError::BadRequest(e.to_string()))
+    }
+
+    /// Answers one HTTP request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        match (&parts.method, parts.uri.path()) {
+            (&Method::GET, "/health") => reply(StatusCode::OK, &json!({ "status": "ok" })),
+            (&Method::POST, CHALLENGE_PATH) => match self.challenge() {
+                Ok(c) => reply(StatusCode::OK, &json!(c)),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+            },
+            (&Method::POST, KEY_PATH) => {
+                let body = match Limited::new(body, MAX_BODY).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request_too_large",
+                            &format!("the request body is over {MAX_BODY} bytes or broke off"),
+                        )
+                    }
+                };
+                let req: KeyRequest = match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request",
+                            &format!("not a key request: {e}"),
+                        )
+                    }
+                };
+                self.answer(&req, SystemTime::now())
+            }
+            (method, path) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("veil broker serves POST {CHALLENGE_PATH} and POST {KEY_PATH}, not {method} {path}"),
+            ),
+        }
+    }
+
+    fn answer(&self, req: &KeyRequest, now: SystemTime) -> Response<Full<Bytes>> {
+        let measurement = req
+            .evidence
+            .parsed_report()
+            .map(|r| hex::encode(r.measurement()))
+            .unwrap_or_else(|_| "unparsable".into());
+        match self.release(req, now) {
+            Ok(release) => {
+                self.released.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "veil broker: released key {} to a {} launch with measurement {measurement}",
+                    req.key_id,
+                    if req.evidence.tee == veil_attestation::TeeKind::Mock {
+                        "MOCK"
+                    } else {
+                        "SEV-SNP"
+                    }
+                );
+                reply(StatusCode::OK, &json!(release))
+            }
+            Err(e) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "veil broker: refused key {} (measurement {measurement}): {e}",
+                    req.key_id
+                );
+                let (status, code) = e.status_and_code();
+                let mut body = json!({ "error": { "code": code, "message": e.to_string() } });
+                if let BrokerError::Rejected(r) = &e {
+                    body["error"]["checks"] = r
+                        .failures()
+                        .map(|o| json!({ "check": o.check.name(), "detail": o.detail }))
+                        .collect();
+                }
+                reply(status, &body)
+            }
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+/// Reads every `*.key` file in `dir`.
+///
+/// # Errors
+/// If the directory cannot be read, a key file does not parse (named), two files hold the
+/// same key id, or there is no key file at all.
+pub fn load_keys(dir: &Path) -> anyhow::Result<Vec<ModelKey>> {
+    let mut keys: Vec<ModelKey> = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the key directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "key") && p.is_file())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let key = ModelKey::read_key_file(&path)
+            .with_context(|| format!("key file {}", path.display()))?;
+        if keys.iter().any(|k| k.key_id() == key.key_id()) {
+            bail!(
+                "{} holds key id {}, which another key file in {} already holds",
+                path.display(),
+                key.key_id(),
+                dir.display()
+            );
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        bail!(
+            "{} has no key files (*.key, written by `veil seal --key-out`)",
+            dir.display()
+        );
+    }
+    Ok(keys)
+}
+
+/// Serves the broker on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// If accepting fails fatally.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => accepted.context("accepting a connection")?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let broker = Arc::clone(&broker);
+                async move { Ok::<_, Infallible>(broker.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(30))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(tcp), service);
+            let _ = conn.await;
+        });
+    }
+}
+
+/// Runs `veil broker` until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// If the policy or a key file cannot be read, or the address cannot be bound.
+pub fn run(args: BrokerArgs) -> CmdResult {
+    let policy = load_policy(&args.policy)?;
+    let keys = load_keys(&args.keys)?;
+    let ids: Vec<String> = keys.iter().map(|k| k.key_id().to_string()).collect();
+    let broker = Arc::new(Broker::new(policy, keys));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!(
+            "veil broker listening on http://{addr} (keys {}; policy {})",
+            ids.join(", "),
+            args.policy.display()
+        );
+        serve(listener, broker, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use veil_attestation::broker::pull_transcript;
+    use veil_attestation::{MockLaunch, MockPlatform, WrappingKey};
+
+    use super::*;
+
+    struct Setup {
+        broker: Broker,
+        platform: MockPlatform,
+        launch: MockLaunch,
+        key: [u8; 32],
+        key_id: String,
+        wrapping: WrappingKey,
+    }
+
+    fn setup() -> Setup {
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("platform");
+        let launch = MockLaunch::server(b"server", "127.0.0.1:0", &[7; 32]);
+        let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let model_key = ModelKey::generate();
+        let key = *model_key.expose_secret();
+        let key_id = model_key.key_id().to_string();
+        Setup {
+            broker: Broker::new(policy, vec![model_key]),
+            platform,
+            launch,
+            key,
+            key_id,
+            wrapping: WrappingKey::generate(),
+        }
+    }
+
+    /// A pull request as a server makes it, for `nonce` (base64url) and `launch`.
+    fn request(s: &Setup, nonce: &str, launch: &MockLaunch) -> (KeyRequest, [u8; 64]) {
+        let raw = URL_SAFE_NO_PAD.decode(nonce).expect("base64url");
+        let t = pull_transcript(&raw, s.wrapping.public(), [7; 32]);
+        let rd = t.report_data().expect("nonce length");
+        let mut evidence = s.platform.attest(launch, rd);
+        evidence.binding = Some(t.binding());
+        let req = KeyRequest {
+            nonce: nonce.to_owned(),
+            key_id: s.key_id.clone(),
+            evidence,
+        };
+        (req, rd)
+    }
+
+    #[test]
+    fn a_good_launch_gets_the_key_once_per_nonce() {
+        let s = setup();
+        let nonce = s.broker.challenge().expect("nonce").nonce;
+        let (req, rd) = request(&s, &nonce, &s.launch);
+        let release = s.broker.release(&req, SystemTime::now()).expect("released");
+        assert_eq!(*s.wrapping.open(&release, &rd).expect("opens"), s.key);
+        // The same request again: the nonce is spent.
+        assert!(matches!(
+            s.broker.release(&req, SystemTime::now()),
+            Err(BrokerError::UnknownNonce)
+        ));
+    }
+
+    #[test]
+    fn a_nonce_the_broker_never_issued_is_refused() {
+        let s = setup();
+        let (req, _) = request(&s, &URL_SAFE_NO_PAD.encode([5u8; NONCE_LEN]), &s.launch);
+        assert!(matches!(
+            s.broker.release(&req, SystemTime::now()),
+            Err(BrokerError::UnknownNonce)
+        ));
+    }
+
+    #[test]
+    fn another_launch_is_refused_naming_the_measurement() {
+        let s = setup();
+        let nonce = s.broker.challenge().expect("nonce").nonce;
+        let other = MockLaunch::server(b"another server", "127.0.0.1:0", &[7; 32]);
+        let (req, _) = request(&s, &nonce, &other);
+        match s.broker.release(&req, SystemTime::now()) {
+            Err(BrokerError::Rejected(r)) => {
+                let failed: Vec<&str> = r.failures().map(|o| o.check.name()).collect();
+                assert_eq!(failed, vec!["measurement"]);
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_id_is_refused_after_appraisal() {
+        let s = setup();
+        let nonce = s.broker.challenge().expect("nonce").nonce;
+        let (mut req, _) = request(&s, &nonce, &s.launch);
+        req.key_id = ModelKey::generate().key_id().to_string();
+        assert!(matches!(
+            s.broker.release(&req, SystemTime::now()),
+            Err(BrokerError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn key_files_are_loaded_by_id_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = ModelKey::generate();
+        key.write_key_file(&dir.path().join("a.key"), false)
+            .expect("written");
+        std::fs::write(dir.path().join("notes.txt"), "not a key").expect("written");
+        let keys = load_keys(dir.path()).expect("loaded");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].key_id(), key.key_id());
+
+        std::fs::write(dir.path().join("b.key"), "garbage").expect("written");
+        let e = load_keys(dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("b.key"), "{e:#}");
+
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(load_keys(empty.path()).is_err());
+    }
+}

@@ -1,0 +1,299 @@
+//! The pull flow: started with `--key-broker URL`, the locked server asks a key broker
+//! (`veil broker`) for its model key. It fetches a nonce, attests with report data for
+//! purpose "broker pull" (that nonce, its wrapping key, the sealed model's digest), sends
+//! the evidence with the sealed model's key id, and opens the answer with its wrapping
+//! key. The wire contract is [`veil_attestation::broker`].
+//!
+//! A broker that cannot be reached is asked again with a growing delay (up to
+//! [`MAX_DELAY`]); one that refuses is asked again every [`REFUSED_DELAY`], since its
+//! owner may change the policy. Each outcome is logged and shown by `/ready` as `key_broker`.
+//! Pushing a key (`veil provision`) still works meanwhile; the first key that opens the
+//! sealed header wins.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use veil_attestation::binding::{MAX_NONCE, MIN_NONCE};
+use veil_attestation::broker::{pull_transcript, Challenge, KeyRequest, CHALLENGE_PATH, KEY_PATH};
+use veil_attestation::KeyRelease;
+use veil_sealing::KeyId;
+
+use crate::api::{accept_key, Accepted};
+use crate::state::{AppState, Lifecycle};
+
+/// The longest wait between two requests to the broker.
+pub const MAX_DELAY: Duration = Duration::from_secs(30);
+/// The wait after a broker refused (its owner may change the policy meanwhile).
+pub const REFUSED_DELAY: Duration = Duration::from_secs(10);
+/// The first wait after a broker could not be reached.
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest one request to the broker may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer read from the broker.
+const MAX_ANSWER: usize = 64 << 10;
+
+/// A key broker's address: `http://HOST[:PORT][/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    authority: String,
+    addr: String,
+    prefix: String,
+}
+
+impl BrokerUrl {
+    /// Parses a broker URL.
+    ///
+    /// # Errors
+    /// If it is not an `http://` URL with a host. (The answer is sealed to the attested
+    /// wrapping key, so the transport carries nothing secret.)
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("--key-broker {url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("--key-broker {url}: expected http://HOST:PORT (what the broker answers is sealed to this server's attested wrapping key)");
+        }
+        let authority = uri
+            .authority()
+            .with_context(|| format!("--key-broker {url}: no host"))?;
+        if uri.query().is_some() {
+            bail!("--key-broker {url}: no query string expected");
+        }
+        let addr = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        Ok(BrokerUrl {
+            authority: authority.as_str().to_owned(),
+            addr,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.prefix)
+    }
+}
+
+/// Why a pull brought no key.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// Connecting or reading failed, or timed out.
+    #[error("the key broker at {url} could not be reached: {reason}")]
+    Unreachable {
+        /// The broker.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The broker said no (its answer is quoted).
+    #[error("the key broker refused: {0}")]
+    Refused(String),
+    /// The broker answered something this server cannot use.
+    #[error("the key broker's answer is unusable: {0}")]
+    Unusable(String),
+}
+
+/// Asks the broker until the server is no longer locked (a key arrived, by pull or push).
+pub async fn pull_until_unlocked(state: Arc<AppState>, broker: BrokerUrl) {
+    let mut backoff = FIRST_DELAY;
+    loop {
+        if state.state() != Lifecycle::Locked {
+            return;
+        }
+        set_status(&state, format!("asking {broker}"));
+        let wait = match pull_once(&state, &broker).await {
+            Ok(Accepted::Unsealing | Accepted::Repeat) => {
+                tracing::info!(%broker, "key broker released the model key");
+                set_status(&state, format!("{broker} released the key"));
+                return;
+            }
+            Err(e) => {
+                let wait = match e {
+                    PullError::Unreachable { .. } => {
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(MAX_DELAY);
+                        wait
+                    }
+                    _ => REFUSED_DELAY,
+                };
+                tracing::warn!(%broker, error = %e, retry_in_s = wait.as_secs_f64(), "no key from the key broker");
+                set_status(&state, e.to_string());
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn set_status(state: &AppState, status: String) {
+    *state.key_broker.lock().expect("no panics while holding it") = Some(status);
+}
+
+/// One round: a nonce, evidence for it, the key.
+///
+/// # Errors
+/// [`PullError`].
+pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Accepted, PullError> {
+    let body = post(broker, CHALLENGE_PATH, Vec::new()).await?;
+    let challenge: Challenge = serde_json::from_slice(&body)
+        .map_err(|e| PullError::Unusable(format!("{CHALLENGE_PATH}: {e}")))?;
+    let nonce = URL_SAFE_NO_PAD
+        .decode(challenge.nonce.trim_end_matches('=').as_bytes())
+        .map_err(|_| PullError::Unusable("the nonce is not base64url".into()))?;
+    if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
+        return Err(PullError::Unusable(format!(
+            "the nonce has {} bytes, not {MIN_NONCE} to {MAX_NONCE}",
+            nonce.len()
+        )));
+    }
+    let transcript = pull_transcript(&nonce, state.wrapping.public(), state.header.model_sha256);
+    let report_data = transcript
+        .report_data()
+        .map_err(|e| PullError::Unusable(e.to_string()))?;
+    let attesting = Arc::clone(state);
+    let mut evidence = tokio::task::spawn_blocking(move || attesting.attester.attest(report_data))
+        .await
+        .map_err(|_| PullError::Unusable("attestation failed".into()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "attestation failed");
+            PullError::Unusable("the platform could not produce evidence".into())
+        })?;
+    evidence.binding = Some(transcript.binding());
+    state.metrics.attestations.fetch_add(1, Ordering::Relaxed);
+
+    let request = KeyRequest {
+        nonce: challenge.nonce,
+        key_id: state.header.key_id.to_string(),
+        evidence,
+    };
+    let json = serde_json::to_vec(&request).map_err(|e| PullError::Unusable(e.to_string()))?;
+    let body = post(broker, KEY_PATH, json).await?;
+    let release: KeyRelease = serde_json::from_slice(&body)
+        .map_err(|e| PullError::Unusable(format!("{KEY_PATH}: {e}")))?;
+    if release.report_data().ok() != Some(report_data) {
+        return Err(PullError::Unusable(
+            "the released key names other report data than this server's evidence".into(),
+        ));
+    }
+    let key_id = KeyId::from_hex(&release.key_id)
+        .map_err(|_| PullError::Unusable("the key id is not 32 hex digits".into()))?;
+    if key_id != state.header.key_id {
+        return Err(PullError::Unusable(format!(
+            "the broker released key {key_id}; the sealed model needs {}",
+            state.header.key_id
+        )));
+    }
+    let secret = state.wrapping.open(&release, &report_data).map_err(|_| {
+        PullError::Unusable("the released key does not open with this server's wrapping key".into())
+    })?;
+    accept_key(state, key_id, secret).map_err(|e| PullError::Unusable(e.message))
+}
+
+/// POSTs `body` (JSON) to `path` under the broker's prefix; the answer's body if 200.
+async fn post(broker: &BrokerUrl, path: &str, body: Vec<u8>) -> Result<Bytes, PullError> {
+    let unreachable = |reason: String| PullError::Unreachable {
+        url: broker.to_string(),
+        reason,
+    };
+    let exchange = async {
+        let tcp = TcpStream::connect(&broker.addr)
+            .await
+            .map_err(|e| unreachable(format!("connect {}: {e}", broker.addr)))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let request = Request::post(format!("{}{path}", broker.prefix))
+            .header(HOST, &broker.authority)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| PullError::Unusable(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| unreachable(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok::<_, PullError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
+    if status == StatusCode::OK {
+        return Ok(body);
+    }
+    Err(PullError::Refused(describe(path, status, &body)))
+}
+
+/// `POST /v1/key: 403 attestation_rejected: evidence rejected: measurement: …`
+fn describe(path: &str, status: StatusCode, body: &[u8]) -> String {
+    let parsed: Option<(String, String)> = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some((
+                e.get("code")?.as_str()?.to_owned(),
+                e.get("message")?.as_str()?.to_owned(),
+            ))
+        });
+    match parsed {
+        Some((code, message)) => format!("POST {path}: {} {code}: {message}", status.as_u16()),
+        None => format!("POST {path}: {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_are_plain_http_with_a_host() {
+        let u = BrokerUrl::parse("http://127.0.0.1:8444").expect("valid");
+        assert_eq!(u.addr, "127.0.0.1:8444");
+        assert_eq!(u.prefix, "");
+        assert_eq!(u.to_string(), "http://127.0.0.1:8444");
+        let u = BrokerUrl::parse("http://broker.example/keys/").expect("valid");
+        assert_eq!(u.addr, "broker.example:80");
+        assert_eq!(u.prefix, "/keys");
+        for bad in [
+            "https://127.0.0.1:8444",
+            "127.0.0.1:8444",
+            "http://",
+            "http://h/?q=1",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn a_refusal_quotes_the_brokers_code_and_message() {
+        let body = br#"{"error":{"code":"attestation_rejected","message":"evidence rejected: measurement: 00"}}"#;
+        assert_eq!(
+            describe(KEY_PATH, StatusCode::FORBIDDEN, body),
+            "POST /v1/key: 403 attestation_rejected: evidence rejected: measurement: 00"
+        );
+        assert_eq!(
+            describe(KEY_PATH, StatusCode::BAD_GATEWAY, b"<html>"),
+            "POST /v1/key: 502 Bad Gateway"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The pull flow with the real binaries on 127.0.0.1: `veil broker` holds the model key,
+//! `veil-server --key-broker URL` asks it for the key with fresh evidence, and the broker
+//! releases the key only to a launch that its policy accepts.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use veil_sealing::ModelKey;
+use veil_tests::harness::{binary, fetch, text, veil, Fixture, Server, START_TIMEOUT};
+
+/// How long a server may take to get its key from the broker and load the model.
+const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `veil broker`, killed when dropped.
+struct Broker {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// `veil broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
+    fn start(policy: &Path, keys: &Path, log: &Path) -> Broker {
+        let mut child = Command::new(binary("veil"))
+            .arg("broker")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--keys")
+            .arg(keys)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("the log is created"))
+            .spawn()
+            .expect("veil broker starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let banner = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let url = banner
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(str::to_owned);
+        let mut broker = Broker {
+            child,
+            url: String::new(),
+            log: log.to_owned(),
+        };
+        match url {
+            Some(u) => broker.url = u,
+            None => panic!(
+                "veil broker printed no URL (banner {banner:?}); log:\n{}",
+                broker.log()
+            ),
+        }
+        broker
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One plain HTTP/1.1 request; the status and body.
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let addr = self.url.trim_start_matches("http://");
+        let mut tcp = TcpStream::connect(addr).expect("the broker accepts");
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout set");
+        write!(
+            tcp,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("the request is sent");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).expect("an answer");
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let json = answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory holding `key` as `NAME.key`.
+fn keys_dir(f: &Fixture, name: &str, key: &Path) -> PathBuf {
+    let dir = f.path(&format!("{name}-keys"));
+    std::fs::create_dir(&dir).expect("the key directory is created");
+    std::fs::copy(key, dir.join(format!("{name}.key"))).expect("the key file is copied");
+    dir
+}
+
+/// Polls `/ready` until `done` holds for its body, or fails after [`PULL_TIMEOUT`].
+fn wait_ready(
+    server: &Server,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + PULL_TIMEOUT;
+    loop {
+        let ready = server.ready();
+        if done(&ready) {
+            return ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /ready is still {ready} after {PULL_TIMEOUT:?}; server log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_server_pulls_its_key_from_a_broker_that_accepts_its_evidence() {
+    let f = Fixture::new();
+    let policy = f.good_policy();
+    let broker = Broker::start(
+        &policy,
+        &keys_dir(&f, "owner", &f.key),
+        &f.path("broker.log"),
+    );
+    let server = f.start(&["--key-broker", &broker.url]);
+    wait_ready(&server, "pull", |r| r["state"] == "ready");
+
+    // The key came by pull: nobody pushed it.
+    assert!(server.provision_requests().is_empty());
+    let key_id = ModelKey::read_key_file(&f.key)
+        .expect("the key file reads")
+        .key_id()
+        .to_string();
+    assert!(
+        broker.log().contains(&format!("released key {key_id}")),
+        "broker log:\n{}",
+        broker.log()
+    );
+
+    // And the model answers a verified user.
+    let o = veil(&[
+        "ask",
+        server.url(),
+        "--policy",
+        &policy.display().to_string(),
+        "--max-tokens",
+        "4",
+        "Hello",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_broker_refuses_another_launch_and_the_owner_can_still_push() {
+    let f = Fixture::new();
+    let broker = Broker::start(
+        &f.other_launch_policy(),
+        &keys_dir(&f, "owner", &f.key),
+        &f.path("broker.log"),
+    );
+    let server = f.start(&["--key-broker", &broker.url]);
+    let ready = wait_ready(&server, "refusal", |r| {
+        r["key_broker"]
+            .as_str()
+            .is_some_and(|s| s.contains("attestation_rejected"))
+    });
+    assert_eq!(ready["state"], "locked", "{ready}");
+    let status = ready["key_broker"].as_str().unwrap_or_default();
+    assert!(status.contains("measurement"), "{status}");
+    assert!(
+        broker.log().contains("refused key"),
+        "broker log:\n{}",
+        broker.log()
+    );
+
+    // The push flow is unaffected.
+    let o = veil(&[
+        "provision",
+        server.url(),
+        "--policy",
+        &f.good_policy().display().to_string(),
+        "--key",
+        &f.key_arg(),
+        "--wait",
+        "60",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(server.ready()["state"], "ready");
+}
+
+#[test]
+fn a_broker_without_the_models_key_releases_nothing() {
+    let f = Fixture::new();
+    let other = f.path("other.key");
+    ModelKey::generate()
+        .write_key_file(&other, false)
+        .expect("a key file is written");
+    let broker = Broker::start(
+        &f.good_policy(),
+        &keys_dir(&f, "other", &other),
+        &f.path("broker.log"),
+    );
+    let server = f.start(&["--key-broker", &broker.url]);
+    let ready = wait_ready(&server, "unknown key", |r| {
+        r["key_broker"]
+            .as_str()
+            .is_some_and(|s| s.contains("unknown_key"))
+    });
+    assert_eq!(ready["state"], "locked", "{ready}");
+}
+
+#[test]
+fn evidence_a_server_gave_a_user_does_not_buy_the_key() {
+    // An attacker fetches the genuine server's evidence (anyone may) and offers it to the
+    // broker: with a nonce the broker never issued it is refused outright; with a fresh
+    // nonce its report data does not match (another purpose, another nonce).
+    let f = Fixture::new();
+    let broker = Broker::start(
+        &f.good_policy(),
+        &keys_dir(&f, "owner", &f.key),
+        &f.path("broker.log"),
+    );
+    let server = f.start(&[]);
+    let (status, evidence) = fetch(
+        server.url(),
+        "GET",
+        "/v1/attestation?nonce=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    );
+    assert_eq!(status, 200);
+    let evidence: serde_json::Value = serde_json::from_slice(&evidence).expect("evidence");
+    let key_id = ModelKey::read_key_file(&f.key)
+        .expect("the key file reads")
+        .key_id()
+        .to_string();
+    let offer = |nonce: &str| {
+        serde_json::json!({ "nonce": nonce, "key_id": key_id, "evidence": evidence }).to_string()
+    };
+
+    let (status, body) = broker.request(
+        "POST",
+        "/v1/key",
+        &offer("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("unknown_nonce")),
+        "{body}"
+    );
+
+    let (status, challenge) = broker.request("POST", "/v1/challenge", "");
+    assert_eq!(status, 200, "{challenge}");
+    let nonce = challenge["nonce"].as_str().expect("a nonce");
+    let (status, body) = broker.request("POST", "/v1/key", &offer(nonce));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "attestation_rejected", "{body}");
+    let failed: Vec<&str> = body["error"]["checks"]
+        .as_array()
+        .expect("the failed checks")
+        .iter()
+        .filter_map(|c| c["check"].as_str())
+        .collect();
+    assert_eq!(failed, vec!["report_data"], "{body}");
+    // The nonce was spent by that attempt.
+    let (status, body) = broker.request("POST", "/v1/key", &offer(nonce));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("unknown_nonce")),
+        "{body}"
+    );
+    assert!(!broker.log().contains("released"), "{}", broker.log());
+}
