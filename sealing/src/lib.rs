@@ -97,7 +97,8 @@ pub enum SealError {
     /// Options out of range.
     #[error("invalid seal options: {0}")]
     InvalidOptions(&'static str),
-    /// Reading or writing failed.
-    #[error("I/O: {0}")]
+    /// Reading or writing failed (the OS error, as it is: no second copy of it in an
+    /// error chain).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
