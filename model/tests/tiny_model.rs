@@ -221,31 +221,33 @@ fn many_threads_submitting_at_once_each_get_their_own_stream() {
 
 #[test]
 fn a_full_queue_says_busy_and_a_dropped_stream_frees_its_sequence() {
+    // A long-context model, so that the first request holds the only sequence (tens of
+    // thousands of tokens) until it is dropped, however fast the machine is.
+    const CONTEXT: u32 = 32_768;
     let e = LlamaEngine::load(
-        &tiny::gguf(2),
+        &tiny::gguf_with_context_length(2, CONTEXT),
         EngineConfig {
             parallel: 1,
             queue: 1,
+            context_per_sequence: CONTEXT,
             ..EngineConfig::small()
         },
     )
     .expect("loads");
-    // Occupy the one sequence with a long request, then fill the queue.
-    let running = e.submit(long("one", 200)).expect("first");
-    std::thread::sleep(Duration::from_millis(50));
-    let waiting = e.submit(long("two", 200)).expect("queued");
-    let mut busy = None;
-    for _ in 0..50 {
-        match e.submit(long("three", 1)) {
-            Err(err @ EngineError::Busy { .. }) => {
-                busy = Some(err);
-                break;
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
-            Err(other) => panic!("{other}"),
-        }
+    let running = e.submit(long("one", CONTEXT - 64)).expect("first");
+    // Wait until the worker has taken it from the queue into the sequence.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while e.queue_depth() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request is never admitted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let busy = busy.expect("a full queue answers Busy");
+    let waiting = e.submit(long("two", CONTEXT - 64)).expect("queued");
+    let busy = e
+        .submit(long("three", 1))
+        .expect_err("a full queue answers Busy");
     assert_eq!(busy, EngineError::Busy { queued: 1 });
     drop(running);
     drop(waiting);
