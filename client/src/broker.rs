@@ -229,6 +229,9 @@ impl Broker {
     }
 
     fn answer(&self, req: &KeyRequest, now: SystemTime) -> Response<Full<Bytes>> {
+        // Only validated values reach the log: the request comes from anyone.
+        let key_id = KeyId::from_hex(&req.key_id)
+            .map_or_else(|_| "(not a key id)".to_owned(), |k| k.to_string());
         let measurement = req
             .evidence
             .parsed_report()
@@ -238,8 +241,7 @@ impl Broker {
             Ok(release) => {
                 self.released.fetch_add(1, Ordering::Relaxed);
                 eprintln!(
-                    "veil broker: released key {} to a {} launch with measurement {measurement}",
-                    req.key_id,
+                    "veil broker: released key {key_id} to a {} launch with measurement {measurement}",
                     if req.evidence.tee == veil_attestation::TeeKind::Mock {
                         "MOCK"
                     } else {
@@ -250,10 +252,7 @@ impl Broker {
             }
             Err(e) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "veil broker: refused key {} (measurement {measurement}): {e}",
-                    req.key_id
-                );
+                eprintln!("veil broker: refused key {key_id} (measurement {measurement}): {e}");
                 let (status, code) = e.status_and_code();
                 let mut body = json!({ "error": { "code": code, "message": e.to_string() } });
                 if let BrokerError::Rejected(r) = &e {
