@@ -9,7 +9,7 @@
 //! on stderr with the key id and the measurement, never a key.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,9 +21,7 @@ use base64::Engine as _;
 use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -33,6 +31,7 @@ use veil_attestation::broker::{
 use veil_attestation::{KeyRelease, Policy, Rejection};
 use veil_sealing::{KeyId, ModelKey};
 
+use crate::http::{json_response, serve, shutdown_signal, Handler};
 use crate::report_cmd::load_policy;
 use crate::CmdResult;
 
@@ -192,9 +191,9 @@ impl Broker {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         match (&parts.method, parts.uri.path()) {
-            (&Method::GET, "/health") => reply(StatusCode::OK, &json!({ "status": "ok" })),
+            (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
             (&Method::POST, CHALLENGE_PATH) => match self.challenge() {
-                Ok(c) => reply(StatusCode::OK, &json!(c)),
+                Ok(c) => json_response(StatusCode::OK, &json!(c)),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
             },
             (&Method::POST, KEY_PATH) => {
@@ -248,7 +247,7 @@ impl Broker {
                         "SEV-SNP"
                     }
                 );
-                reply(StatusCode::OK, &json!(release))
+                json_response(StatusCode::OK, &json!(release))
             }
             Err(e) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
@@ -261,25 +260,25 @@ impl Broker {
                         .map(|o| json!({ "check": o.check.name(), "detail": o.detail }))
                         .collect();
                 }
-                reply(status, &body)
+                json_response(status, &body)
             }
         }
     }
 }
 
-fn reply(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    reply(
+    json_response(
         status,
         &json!({ "error": { "code": code, "message": message } }),
     )
+}
+
+impl Handler for Broker {
+    type Body = Full<Bytes>;
+
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send {
+        Broker::handle(self, req)
+    }
 }
 
 /// Reads every `*.key` file in `dir`.
@@ -317,36 +316,6 @@ pub fn load_keys(dir: &Path) -> anyhow::Result<Vec<ModelKey>> {
     Ok(keys)
 }
 
-/// Serves the broker on `listener` until `shutdown` resolves.
-///
-/// # Errors
-/// If accepting fails fatally.
-pub async fn serve(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => accepted.context("accepting a connection")?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let broker = Arc::clone(&broker);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let broker = Arc::clone(&broker);
-                async move { Ok::<_, Infallible>(broker.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(Duration::from_secs(30))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(tcp), service);
-            let _ = conn.await;
-        });
-    }
-}
-
 /// Runs `veil broker` until Ctrl-C or SIGTERM.
 ///
 /// # Errors
@@ -374,20 +343,6 @@ pub fn run(args: BrokerArgs) -> CmdResult {
         serve(listener, broker, shutdown_signal()).await?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
 }
 
 #[cfg(test)]

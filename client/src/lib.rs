@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod demo;
 pub mod files;
+pub mod http;
 pub mod mock_cmd;
 pub mod output;
 pub mod pin;

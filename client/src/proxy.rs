@@ -8,7 +8,7 @@
 //! Responses are streamed through as they arrive, so server-sent events keep their pace.
 //! The endpoint speaks plain HTTP, so it listens on loopback addresses only.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +17,11 @@ use anyhow::{bail, Context};
 use clap::Args;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use veil_attestation::Policy;
 
+use crate::http::{json_response, serve, shutdown_signal, Handler};
 use crate::output::print_verdict;
 use crate::remote::{Connection, Target, Upstream, UpstreamError};
 use crate::report_cmd::load_policy;
@@ -150,40 +149,14 @@ fn local_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyB
     let body = serde_json::json!({
         "error": { "message": message, "type": "veil_proxy_error", "param": null, "code": code }
     });
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    json_response(status, &body).map(Either::Right)
 }
 
-/// Serves the proxy on `listener` until `shutdown` resolves.
-///
-/// # Errors
-/// If accepting fails fatally.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => accepted.context("accepting a connection")?,
-            () = &mut shutdown => return Ok(()),
-        };
-        // Streamed tokens are small writes: pass each on at once (no Nagle delay).
-        let _ = tcp.set_nodelay(true);
-        let proxy = Arc::clone(&proxy);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
+impl Handler for Proxy {
+    type Body = ProxyBody;
+
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send {
+        Proxy::handle(self, req)
     }
 }
 
@@ -235,10 +208,7 @@ pub fn run(args: ProxyArgs) -> CmdResult {
             "veil proxy listening on http://{addr}/v1 -> {} (verified; re-verified whenever its key changes)",
             args.upstream
         );
-        serve(listener, proxy, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+        serve(listener, proxy, shutdown_signal()).await?;
         Ok(())
     })
 }

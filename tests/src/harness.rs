@@ -177,6 +177,43 @@ pub fn fetch(url: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
     })
 }
 
+/// Starts `command` with its stderr in `log` and waits for the first line it prints on
+/// stdout to name a URL starting with `scheme` (`https://`, `http://`); returns the child
+/// and that URL. Stdout is read on to the end, so the child never writes into a closed pipe.
+///
+/// # Panics
+/// If it cannot be started, or names no such URL within [`START_TIMEOUT`] (it is then
+/// killed, and its log is in the message).
+pub fn spawn_announced(command: &mut Command, scheme: &str, log: &Path) -> (Child, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("the log file is created"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let banner = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+    match banner.split_whitespace().find(|w| w.starts_with(scheme)) {
+        Some(url) => (child, url.to_owned()),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} printed no {scheme} URL within {START_TIMEOUT:?} (banner {banner:?}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        }
+    }
+}
+
 /// A running `veil-server`, killed (and waited for) when dropped.
 #[derive(Debug)]
 pub struct Server {
@@ -208,47 +245,20 @@ impl Server {
         extra: &[&str],
         log: &Path,
     ) -> Server {
-        let log_file = std::fs::File::create(log).expect("the log file is created");
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("--model")
             .arg(model)
             .args(["--tee", "mock", "--mock-platform"])
             .arg(platform)
             .args(["--listen", listen, "--parallel", "2", "--context", "256"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep reading so that the server never writes into a closed pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let mut server = Server {
+            .args(extra);
+        let (child, url) = spawn_announced(&mut command, "https://", log);
+        Server {
             child,
-            url: String::new(),
+            url,
             log: log.to_owned(),
-        };
-        let banner = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-        match banner
-            .split_whitespace()
-            .find(|w| w.starts_with("https://"))
-        {
-            Some(url) => server.url = url.to_owned(),
-            None => panic!(
-                "{} printed no URL within {START_TIMEOUT:?} (banner {banner:?}); log:\n{}",
-                exe.display(),
-                server.log()
-            ),
         }
-        server
     }
 
     /// `https://127.0.0.1:PORT`.

@@ -2,15 +2,14 @@
 //! `veil-server --key-broker URL` asks it for the key with fresh evidence, and the broker
 //! releases the key only to a launch that its policy accepts.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use veil_sealing::ModelKey;
-use veil_tests::harness::{binary, fetch, text, veil, Fixture, Server, START_TIMEOUT};
+use veil_tests::harness::{binary, fetch, spawn_announced, text, veil, Fixture, Server};
 
 /// How long a server may take to get its key from the broker and load the model.
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,45 +24,20 @@ struct Broker {
 impl Broker {
     /// `veil broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
     fn start(policy: &Path, keys: &Path, log: &Path) -> Broker {
-        let mut child = Command::new(binary("veil"))
+        let mut command = Command::new(binary("veil"));
+        command
             .arg("broker")
             .arg("--policy")
             .arg(policy)
             .arg("--keys")
             .arg(keys)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).expect("the log is created"))
-            .spawn()
-            .expect("veil broker starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let banner = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-        let url = banner
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .map(str::to_owned);
-        let mut broker = Broker {
+            .args(["--listen", "127.0.0.1:0"]);
+        let (child, url) = spawn_announced(&mut command, "http://", log);
+        Broker {
             child,
-            url: String::new(),
+            url,
             log: log.to_owned(),
-        };
-        match url {
-            Some(u) => broker.url = u,
-            None => panic!(
-                "veil broker printed no URL (banner {banner:?}); log:\n{}",
-                broker.log()
-            ),
         }
-        broker
     }
 
     fn log(&self) -> String {
