@@ -4,11 +4,14 @@
 //! started locked, the owner's policy is written for exactly that executable and launch,
 //! the server's evidence is verified on a fresh TLS connection (table of checks), the key
 //! is released to it, a question is asked and the answer streamed, and everything is shut
-//! down. With `--keep DIR` the files stay in DIR and the server keeps running until Ctrl-C.
+//! down. With `--pull` the owner runs a key broker instead and the server pulls the key
+//! from it. With `--keep DIR` the files stay in DIR and the server keeps running until
+//! Ctrl-C.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -18,11 +21,13 @@ use veil_attestation::mock::MockLaunch;
 use veil_attestation::Policy;
 use veil_sealing::ModelKey;
 
+use crate::broker::Broker;
 use crate::files::write_new;
+use crate::http::serve;
 use crate::mock_cmd::init_platform;
 use crate::output::print_verdict;
 use crate::remote::{attest, Target};
-use crate::remote_cmd::{release_key, runtime, stream_chat};
+use crate::remote_cmd::{release_key, runtime, stream_chat, wait_ready};
 use crate::{seal, CmdResult, Failure};
 
 /// Where the fetch script puts the default model, relative to the working directory.
@@ -47,6 +52,10 @@ pub struct DemoArgs {
     /// The question to ask.
     #[arg(long, default_value = "What is the capital of France?")]
     pub prompt: String,
+    /// Release the key by pull: the owner runs a key broker (as `veil broker` does) and the
+    /// server asks it with fresh evidence, instead of the owner pushing the key.
+    #[arg(long)]
+    pub pull: bool,
 }
 
 /// A running `veil-server`, stopped (SIGTERM, then kill) when dropped.
@@ -148,10 +157,30 @@ pub fn run(args: DemoArgs) -> CmdResult {
         policy_path.display(),
         hex::encode(launch.measurement())
     );
-    let (server, url) = start_server(&server_exe, &sealed, &dir.join("platform"), listen)?;
+    let rt = runtime()?;
+    let broker_url = if args.pull {
+        let key = ModelKey::read_key_file(&key_path)?;
+        let key_id = key.key_id();
+        let broker = Arc::new(Broker::new(policy.clone(), vec![key]));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .context("cannot listen for the key broker")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        rt.spawn(serve(listener, broker, std::future::pending()));
+        println!("the owner's key broker is at {url}: key {key_id}, the policy above");
+        Some(url)
+    } else {
+        None
+    };
+    let (server, url) = start_server(
+        &server_exe,
+        &sealed,
+        &dir.join("platform"),
+        listen,
+        broker_url.as_deref(),
+    )?;
     println!("{url} is up and locked (it holds no key)");
 
-    let rt = runtime()?;
     rt.block_on(async {
         step(
             4,
@@ -164,10 +193,18 @@ pub fn run(args: DemoArgs) -> CmdResult {
             return Err(Failure::Rejected);
         }
 
-        step(5, "The owner releases the key to the verified server");
-        let key = ModelKey::read_key_file(&key_path)?;
-        let took = release_key(&mut attested, key, Duration::from_secs(600)).await?;
-        println!("ready {took:.2?} after the key was released");
+        if args.pull {
+            step(5, "The server pulls the key from the owner's key broker");
+            let took =
+                wait_ready(&mut attested.session, Instant::now(), Duration::from_secs(600))
+                    .await?;
+            println!("ready {took:.2?} later: the broker appraised the server's evidence and released the key");
+        } else {
+            step(5, "The owner releases the key to the verified server");
+            let key = ModelKey::read_key_file(&key_path)?;
+            let took = release_key(&mut attested, key, Duration::from_secs(600)).await?;
+            println!("ready {took:.2?} after the key was released");
+        }
 
         step(6, "A user verifies the server the same way, then asks");
         let mut user = attest(&target, &policy).await?;
@@ -220,19 +257,26 @@ pub fn run(args: DemoArgs) -> CmdResult {
     Ok(())
 }
 
-/// Starts `veil-server` and waits (bounded) for the URL in its banner.
+/// Starts `veil-server` (pulling its key from `key_broker`, if given) and waits (bounded)
+/// for the URL in its banner.
 fn start_server(
     exe: &Path,
     sealed: &Path,
     platform: &Path,
     listen: &str,
+    key_broker: Option<&str>,
 ) -> anyhow::Result<(ServerProcess, String)> {
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("--model")
         .arg(sealed)
         .args(["--tee", "mock", "--mock-platform"])
         .arg(platform)
-        .args(["--listen", listen])
+        .args(["--listen", listen]);
+    if let Some(url) = key_broker {
+        command.args(["--key-broker", url]);
+    }
+    let mut child = command
         .env("VEIL_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

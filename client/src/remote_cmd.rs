@@ -217,6 +217,20 @@ pub async fn release_key(
         .into());
     }
     eprintln!("key released to the verified server; waiting for it to unseal");
+    wait_ready(session, started, wait).await
+}
+
+/// Polls `/ready` on `session` every 5 ms until the server is ready (the time since
+/// `started`), showing the unsealing progress on a terminal.
+///
+/// # Errors
+/// If the server failed, a key broker it pulls from refused it, or it is not ready
+/// `wait` after `started`.
+pub async fn wait_ready(
+    session: &mut Session,
+    started: Instant,
+    wait: Duration,
+) -> Result<Duration, Failure> {
     let progress = std::io::stderr().is_terminal();
     let mut shown = None;
     loop {
@@ -235,6 +249,11 @@ pub async fn release_key(
                     v["reason"].as_str().unwrap_or("unknown")
                 )
                 .into());
+            }
+            Some("locked") => {
+                if let Some(refused) = v["key_broker"].as_str().filter(|s| s.contains("refused")) {
+                    return Err(anyhow!("the server is still locked: {refused}").into());
+                }
             }
             Some("unsealing") if progress => {
                 if let (Some(done), Some(total)) =

@@ -44,6 +44,35 @@ fn the_demo_verifies_provisions_asks_and_stops_the_server() {
 }
 
 #[test]
+fn the_demo_with_pull_gets_the_key_from_the_owners_broker() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "demo",
+            "--model",
+            &tiny_model(tmp.path()),
+            "--prompt",
+            "hi",
+            "--pull",
+        ])
+        .output()
+        .expect("veil demo");
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    for expected in [
+        "the owner's key broker is at http://127.0.0.1:",
+        "The server pulls the key from the owner's key broker",
+        "the broker appraised the server's evidence and released the key",
+        "> hi",
+        "server stopped",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(!out.contains("after the key was released"), "{out}");
+    assert!(!out.contains('✗'), "{out}");
+}
+
+#[test]
 fn demo_keep_leaves_the_files_and_a_running_server_until_interrupted() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("kept");
