@@ -386,7 +386,10 @@ impl MockPlatform {
         put(offset::COMMITTED_TCB, &tcb);
         put(offset::CURRENT_VERSION, &[build, minor, major]);
         put(offset::COMMITTED_VERSION, &[build, minor, major]);
-        put(offset::LAUNCH_TCB, &tcb);
+        let launch_tcb = launch
+            .launch_tcb
+            .map_or(tcb, |t| t.to_raw(Product::Mock).to_le_bytes());
+        put(offset::LAUNCH_TCB, &launch_tcb);
         use signature::Signer;
         let sig: p384::ecdsa::Signature = self.vcek_key.sign(&raw[..SIGNED_LEN]);
         let (r, s) = sig.split_bytes();
@@ -430,6 +433,9 @@ pub struct MockLaunch {
     pub vmpl: u32,
     /// GUEST_SVN.
     pub guest_svn: u32,
+    /// The TCB the guest was launched at, when the platform's firmware has been updated
+    /// since (LAUNCH_TCB); `None`: launched at the current TCB.
+    pub launch_tcb: Option<Tcb>,
 }
 
 impl MockLaunch {
@@ -443,6 +449,7 @@ impl MockLaunch {
             debug: false,
             vmpl: 0,
             guest_svn: 0,
+            launch_tcb: None,
         }
     }
 
@@ -653,6 +660,50 @@ mod tests {
             .appraise(&evidence, &Expected::new([7; 64], now))
             .expect_err("all applies");
         assert!(rejection.failed(Check::MinimumTcb), "{rejection}");
+    }
+
+    #[test]
+    fn a_guest_launched_below_the_minimum_tcb_is_rejected_after_an_update() {
+        // The platform now runs the minimum, but the guest was launched before the update.
+        let now = SystemTime::now();
+        let platform = MockPlatform::generate(now).expect("generate");
+        let mut launch = launch();
+        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        policy.min_tcb.entry("all".into()).or_default().snp = MOCK_TCB.snp;
+        policy
+            .appraise(
+                &platform.attest(&launch, [7; 64]),
+                &Expected::new([7; 64], now),
+            )
+            .expect("launched at the current TCB");
+        launch.launch_tcb = Some(Tcb {
+            snp: MOCK_TCB.snp - 1,
+            ..MOCK_TCB
+        });
+        let rejection = policy
+            .appraise(
+                &platform.attest(&launch, [7; 64]),
+                &Expected::new([7; 64], now),
+            )
+            .expect_err("launched below the minimum");
+        let failed: Vec<String> = rejection
+            .failures()
+            .map(|o| format!("{}: {}", o.check, o.detail))
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(
+            failed[0].starts_with("minimum_tcb: LAUNCH_TCB")
+                && failed[0].ends_with("launched below the minimum in snp"),
+            "{failed:?}"
+        );
+        // Without a minimum, the launch TCB is not constrained.
+        policy.min_tcb.clear();
+        policy
+            .appraise(
+                &platform.attest(&launch, [7; 64]),
+                &Expected::new([7; 64], now),
+            )
+            .expect("no minimum");
     }
 
     #[test]

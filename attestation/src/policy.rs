@@ -563,13 +563,30 @@ impl Policy {
                 .map(|(_, m)| *m)
                 .unwrap_or_default();
             let below = reported.components_below(&minimum.as_tcb());
+            // LAUNCH_TCB too: a guest launched on firmware below the minimum ran (and may
+            // have been attacked) there before the platform was updated.
+            let launch = Tcb::from_raw(report.launch_tcb_raw(), product);
+            let launch_below = launch.components_below(&minimum.as_tcb());
+            let mut problems = Vec::new();
+            if !below.is_empty() {
+                problems.push(format!(
+                    "{reported}: below the minimum in {}",
+                    below.join(", ")
+                ));
+            }
+            if !launch_below.is_empty() {
+                problems.push(format!(
+                    "LAUNCH_TCB {launch}: the guest was launched below the minimum in {}",
+                    launch_below.join(", ")
+                ));
+            }
             out.record(
                 Check::MinimumTcb,
-                below.is_empty(),
-                if below.is_empty() {
+                problems.is_empty(),
+                if problems.is_empty() {
                     format!("{reported}")
                 } else {
-                    format!("{reported}: below the minimum in {}", below.join(", "))
+                    problems.join("; ")
                 },
             );
             if self.require_committed_tcb {
