@@ -20,15 +20,23 @@ fn tiny_model(dir: &std::path::Path) -> String {
     path.display().to_string()
 }
 
-#[test]
-fn the_demo_verifies_provisions_asks_and_stops_the_server() {
+/// Runs `veil demo` on the tiny model with the prompt "hi" and `extra` arguments, asserts
+/// that it exits 0, and returns its output.
+fn demo_succeeds(extra: &[&str]) -> String {
     let tmp = tempfile::tempdir().expect("tempdir");
     let o = Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["demo", "--model", &tiny_model(tmp.path()), "--prompt", "hi"])
+        .args(extra)
         .output()
         .expect("veil demo");
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
+    out
+}
+
+#[test]
+fn the_demo_verifies_provisions_asks_and_stops_the_server() {
+    let out = demo_succeeds(&[]);
     for expected in [
         "✓ measurement",
         "✓ model",
@@ -45,20 +53,7 @@ fn the_demo_verifies_provisions_asks_and_stops_the_server() {
 
 #[test]
 fn the_demo_with_pull_gets_the_key_from_the_owners_broker() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let o = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args([
-            "demo",
-            "--model",
-            &tiny_model(tmp.path()),
-            "--prompt",
-            "hi",
-            "--pull",
-        ])
-        .output()
-        .expect("veil demo");
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}");
+    let out = demo_succeeds(&["--pull"]);
     for expected in [
         "the owner's key broker is at http://127.0.0.1:",
         "The server pulls the key from the owner's key broker",

@@ -107,6 +107,13 @@ fn wait_ready(
     }
 }
 
+/// Polls `/ready` until its `key_broker` status names `code`; returns the body.
+fn wait_broker_status(server: &Server, code: &str) -> serde_json::Value {
+    wait_ready(server, code, |r| {
+        r["key_broker"].as_str().is_some_and(|s| s.contains(code))
+    })
+}
+
 #[test]
 fn a_server_pulls_its_key_from_a_broker_that_accepts_its_evidence() {
     let f = Fixture::new();
@@ -153,11 +160,7 @@ fn a_broker_refuses_another_launch_and_the_owner_can_still_push() {
         &f.path("broker.log"),
     );
     let server = f.start(&["--key-broker", &broker.url]);
-    let ready = wait_ready(&server, "refusal", |r| {
-        r["key_broker"]
-            .as_str()
-            .is_some_and(|s| s.contains("attestation_rejected"))
-    });
+    let ready = wait_broker_status(&server, "attestation_rejected");
     assert_eq!(ready["state"], "locked", "{ready}");
     let status = ready["key_broker"].as_str().unwrap_or_default();
     assert!(status.contains("measurement"), "{status}");
@@ -195,11 +198,7 @@ fn a_broker_without_the_models_key_releases_nothing() {
         &f.path("broker.log"),
     );
     let server = f.start(&["--key-broker", &broker.url]);
-    let ready = wait_ready(&server, "unknown key", |r| {
-        r["key_broker"]
-            .as_str()
-            .is_some_and(|s| s.contains("unknown_key"))
-    });
+    let ready = wait_broker_status(&server, "unknown_key");
     assert_eq!(ready["state"], "locked", "{ready}");
 }
 
