@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use veil_attestation::{Attester, MockAttester, MockLaunch, MockPlatform, WrappingKey};
@@ -148,7 +148,7 @@ fn snp_attester() -> anyhow::Result<Box<dyn Attester>> {
 
 #[cfg(not(feature = "sev"))]
 fn snp_attester() -> anyhow::Result<Box<dyn Attester>> {
-    bail!("--tee snp needs a build with the `sev` feature (cargo build -p veil-server --features sev)")
+    anyhow::bail!("--tee snp needs a build with the `sev` feature (cargo build -p veil-server --features sev)")
 }
 
 fn load_platform(dir: &Path) -> anyhow::Result<MockPlatform> {
