@@ -153,6 +153,16 @@ impl Certificate {
         common_name(&self.cert.tbs_certificate.issuer)
     }
 
+    /// The subject's whole name.
+    pub(crate) fn subject_name(&self) -> &x509_cert::name::Name {
+        &self.cert.tbs_certificate.subject
+    }
+
+    /// The serial number's bytes (big-endian, as encoded).
+    pub fn serial(&self) -> &[u8] {
+        self.cert.tbs_certificate.serial_number.as_bytes()
+    }
+
     /// Whether `at` lies within the certificate's validity period.
     pub fn valid_at(&self, at: SystemTime) -> bool {
         let v = &self.cert.tbs_certificate.validity;
@@ -256,6 +266,24 @@ impl Certificate {
             .is_ok()
     }
 
+    /// Verifies an RSASSA-PSS signature (SHA-384, MGF1-SHA-384, 48-byte salt: how AMD's
+    /// ARK signs) by this certificate's RSA key.
+    pub(crate) fn verify_rsa_pss_sha384(&self, message: &[u8], signature: &[u8]) -> bool {
+        use ring::signature::{UnparsedPublicKey, RSA_PSS_2048_8192_SHA384};
+        const RSA_ENCRYPTION: der::asn1::ObjectIdentifier =
+            der::asn1::ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+        let spki = &self.cert.tbs_certificate.subject_public_key_info;
+        if spki.algorithm.oid != RSA_ENCRYPTION && spki.algorithm.oid != oid::RSASSA_PSS {
+            return false;
+        }
+        let Some(key) = spki.subject_public_key.as_bytes() else {
+            return false;
+        };
+        UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA384, key)
+            .verify(message, signature)
+            .is_ok()
+    }
+
     /// Whether `self` carries a valid signature by `issuer`'s key (RSA-PSS/SHA-384 as
     /// AMD signs, or ECDSA P-384/SHA-384 as the mock platform signs).
     pub fn is_signed_by(&self, issuer: &Certificate) -> bool {
@@ -281,7 +309,7 @@ impl Certificate {
     }
 }
 
-fn common_name(name: &x509_cert::name::Name) -> Option<String> {
+pub(crate) fn common_name(name: &x509_cert::name::Name) -> Option<String> {
     name.0
         .iter()
         .flat_map(|rdn| rdn.0.iter())
@@ -381,6 +409,10 @@ pub(crate) struct VerifiedVek {
     pub(crate) product: Product,
     pub(crate) kind: SigningKey,
     pub(crate) vek: Certificate,
+    /// The root the chain ends at.
+    pub(crate) root: Certificate,
+    /// The ASK or ASVK (or the mock intermediate).
+    pub(crate) intermediate: Certificate,
 }
 
 /// Verifies VEK ← intermediate ← root and records the outcomes of the chain checks.
@@ -580,6 +612,8 @@ pub(crate) fn verify_chain(
         product,
         kind,
         vek: vek.clone(),
+        root,
+        intermediate,
     })
 }
 

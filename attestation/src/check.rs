@@ -25,6 +25,8 @@ pub enum Check {
     CertificateChain,
     /// Every certificate is valid at the appraisal time.
     CertificateValidity,
+    /// No certificate of the chain is revoked by a CRL the policy names.
+    Revocation,
     /// The product is known, consistent across the chain and the report, and accepted.
     Product,
     /// The VEK signs the report bytes `0x000..0x2A0`.
@@ -85,6 +87,7 @@ impl Check {
             Check::TrustAnchor => "trust_anchor",
             Check::CertificateChain => "certificate_chain",
             Check::CertificateValidity => "certificate_validity",
+            Check::Revocation => "revocation",
             Check::Product => "product",
             Check::ReportSignature => "report_signature",
             Check::ReportedTcbMatchesVek => "reported_tcb_matches_vek",

@@ -37,6 +37,7 @@ pub mod mock;
 pub mod policy;
 pub mod release;
 pub mod report;
+pub mod revocation;
 
 pub use attester::{AttestError, Attester, MockAttester};
 pub use binding::{Binding, Purpose, Transcript};
@@ -47,3 +48,4 @@ pub use mock::{MockLaunch, MockPlatform};
 pub use policy::{Appraisal, Expected, Policy, PolicyError, Rejection};
 pub use release::{KeyRelease, ReleaseError, WrappingKey};
 pub use report::{Product, Report, ReportError, SigningKey, Tcb};
+pub use revocation::{Crl, CrlError};

@@ -77,6 +77,15 @@ pub mod files {
     pub const VCEK_KEY: &str = "vcek.key";
 }
 
+/// Who signs a mock CRL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlSigner {
+    /// The root (`ARK-Mock`): its CRL lists revoked intermediates, like AMD's.
+    Root,
+    /// The intermediate (`SEV-Mock`): its CRL lists revoked VCEKs.
+    Intermediate,
+}
+
 /// The TCB the mock platform reports.
 pub const MOCK_TCB: Tcb = Tcb {
     fmc: None,
@@ -262,6 +271,69 @@ impl MockPlatform {
     /// The root certificate: what a verifier must name to trust this platform.
     pub fn root(&self) -> &Certificate {
         &self.root
+    }
+
+    /// The intermediate certificate (`SEV-Mock`).
+    pub fn intermediate(&self) -> &Certificate {
+        &self.intermediate
+    }
+
+    /// The signing certificate (`SEV-VCEK`).
+    pub fn vcek(&self) -> &Certificate {
+        &self.vcek
+    }
+
+    /// A certificate revocation list (DER), as AMD's KDS serves one per product: signed by
+    /// the root ([`CrlSigner::Root`], listing intermediates) or by the intermediate
+    /// ([`CrlSigner::Intermediate`], listing VCEKs); issued at `now`, next update due
+    /// `valid_for` later; `revoked` are listed as revoked at `now`.
+    ///
+    /// # Errors
+    /// [`MockError::Build`] if encoding fails.
+    pub fn crl(
+        &self,
+        signer: CrlSigner,
+        revoked: &[&Certificate],
+        now: SystemTime,
+        valid_for: Duration,
+    ) -> Result<Vec<u8>, MockError> {
+        use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+        let build = |e: der::Error| MockError::Build(e.to_string());
+        let (issuer, key) = match signer {
+            CrlSigner::Root => (&self.root, &self.root_key),
+            CrlSigner::Intermediate => (&self.intermediate, &self.intermediate_key),
+        };
+        let alg = AlgorithmIdentifierOwned {
+            oid: oid::ECDSA_SHA384,
+            parameters: None,
+        };
+        let at = Time::try_from(now).map_err(build)?;
+        let revoked = revoked
+            .iter()
+            .map(|c| {
+                Ok(RevokedCert {
+                    serial_number: SerialNumber::new(c.serial()).map_err(build)?,
+                    revocation_date: at,
+                    crl_entry_extensions: None,
+                })
+            })
+            .collect::<Result<Vec<_>, MockError>>()?;
+        let tbs = TbsCertList {
+            version: Version::V2,
+            signature: alg.clone(),
+            issuer: issuer.subject_name().clone(),
+            this_update: at,
+            next_update: Some(Time::try_from(now + valid_for).map_err(build)?),
+            revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+            crl_extensions: None,
+        };
+        use signature::Signer;
+        let sig: p384::ecdsa::Signature = key.sign(&der_of(&tbs)?);
+        der_of(&CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: alg,
+            signature: BitString::from_bytes(sig.to_der().as_bytes()).map_err(build)?,
+        })
     }
 
     /// The files that make up the platform directory.

@@ -15,6 +15,7 @@ use crate::chain::{verify_chain, AnchorKind, Certificate};
 use crate::check::{Check, Outcome, Outcomes, Status};
 use crate::evidence::{Evidence, TeeKind};
 use crate::report::{guest_policy, FirmwareVersion, Product, Report, SigningKey, Tcb};
+use crate::revocation::{check_revocation, Crl};
 
 /// Why a policy file is not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +136,15 @@ pub struct Policy {
     /// `model_sha256` of the binding, covered by REPORT_DATA). Empty: any.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Certificate revocation lists (DER or PEM files, relative to the policy file): one
+    /// per accepted product, from its ARK (AMD's KDS serves them), and optionally from an
+    /// intermediate. Empty: no revocation check. Whoever loads the policy file loads them
+    /// ([`Policy::add_crl`]); appraisal fails closed if fewer were loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<String>,
+    /// The CRLs loaded for `crls` (or added by a caller without files).
+    #[serde(skip)]
+    loaded_crls: Vec<Crl>,
 }
 
 fn default_tee() -> Vec<TeeKind> {
@@ -336,6 +346,17 @@ impl Policy {
         }
     }
 
+    /// Adds a revocation list: one that `crls` names, read by whoever loads the policy
+    /// file, or one a caller holds without a file.
+    pub fn add_crl(&mut self, crl: Crl) {
+        self.loaded_crls.push(crl);
+    }
+
+    /// The revocation lists loaded so far.
+    pub fn loaded_crls(&self) -> &[Crl] {
+        &self.loaded_crls
+    }
+
     /// Encodes the policy as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a policy serializes")
@@ -455,6 +476,16 @@ impl Policy {
             expected.now,
             &mut out,
         );
+
+        if let Some(v) = &verified {
+            check_revocation(
+                &self.loaded_crls,
+                self.crls.len(),
+                [&v.root, &v.intermediate, &v.vek],
+                expected.now,
+                &mut out,
+            );
+        }
 
         let signing_key = report.signing_key();
         let key_ok = self.signing_keys.contains(&signing_key)

@@ -1,12 +1,12 @@
-//! `veil mock-platform init|measure|attest`.
+//! `veil mock-platform init|measure|policy|attest|crl`.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use veil_attestation::mock::files;
-use veil_attestation::{MockLaunch, MockPlatform, Policy};
+use veil_attestation::mock::{files, CrlSigner};
+use veil_attestation::{Certificate, MockLaunch, MockPlatform, Policy};
 use zeroize::Zeroizing;
 
 use crate::files::{read_small, write_new};
@@ -61,6 +61,37 @@ pub enum MockCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a certificate revocation list (DER), as AMD's KDS serves one per product:
+    /// name it in a policy's `crls` to make verifiers check revocation.
+    Crl {
+        /// The mock platform directory.
+        dir: PathBuf,
+        /// Who signs it: the root (its CRL covers the intermediate, like AMD's) or the
+        /// intermediate (its CRL covers the VCEK).
+        #[arg(long, value_enum, default_value = "root")]
+        by: CrlBy,
+        /// List the certificate the signer issued (the intermediate or the VCEK) as revoked.
+        #[arg(long)]
+        revoke: bool,
+        /// Days until the next update is due (after that, verifiers refuse the CRL).
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// The CRL file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The signer of a mock CRL.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CrlBy {
+    /// `ARK-Mock`.
+    Root,
+    /// `SEV-Mock`.
+    Intermediate,
 }
 
 /// What the mock platform launches.
@@ -178,6 +209,38 @@ pub fn run(cmd: MockCommand) -> CmdResult {
             }
             println!("MOCK report written to {}", output.display());
             println!("  measurement {}", hex::encode(launch.measurement()));
+        }
+        MockCommand::Crl {
+            dir,
+            by,
+            revoke,
+            days,
+            output,
+            force,
+        } => {
+            let platform = load_platform(&dir)?;
+            let (signer, issued) = match by {
+                CrlBy::Root => (CrlSigner::Root, platform.intermediate()),
+                CrlBy::Intermediate => (CrlSigner::Intermediate, platform.vcek()),
+            };
+            let revoked: Vec<&Certificate> = if revoke { vec![issued] } else { Vec::new() };
+            // Issued an hour ago, so that a verifier whose clock is a little behind does
+            // not see a CRL from the future; the next update is still `days` from now.
+            let skew = Duration::from_secs(3600);
+            let valid_for = Duration::from_secs(u64::from(days) * 24 * 3600) + skew;
+            let der = platform.crl(signer, &revoked, SystemTime::now() - skew, valid_for)?;
+            write_new(&output, &der, false, force)?;
+            let signer = match by {
+                CrlBy::Root => platform.root(),
+                CrlBy::Intermediate => platform.intermediate(),
+            };
+            println!(
+                "MOCK CRL by {} written to {}: {} {}, next update in {days} days",
+                signer.subject_cn().unwrap_or_default(),
+                output.display(),
+                issued.subject_cn().unwrap_or_default(),
+                if revoke { "revoked" } else { "not revoked" }
+            );
         }
     }
     Ok(())

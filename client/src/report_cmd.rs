@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use veil_attestation::{Certificate, Evidence, Expected, Policy, Product, Report, TeeKind};
+use veil_attestation::{Certificate, Crl, Evidence, Expected, Policy, Product, Report, TeeKind};
 
 use crate::files::read_small;
 use crate::output::{print_verdict, verdict_json};
@@ -174,14 +174,27 @@ fn appraisal_time(at: Option<&str>) -> anyhow::Result<SystemTime> {
     }
 }
 
-/// Loads a policy file, naming it in errors.
+/// Loads a policy file, and the CRL files it names (relative to its directory), naming
+/// the file at fault in errors.
 ///
 /// # Errors
-/// If the file cannot be read or is not a valid policy.
+/// If a file cannot be read, the policy is not valid, or a CRL does not parse.
 pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
     let text = String::from_utf8(read_small(path)?)
         .with_context(|| format!("{} is not UTF-8", path.display()))?;
-    Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))
+    let mut policy =
+        Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    for name in policy.crls.clone() {
+        let file = base.join(&name);
+        let crl = Crl::from_pem_or_der(
+            &read_small(&file)
+                .with_context(|| format!("policy {}: crls entry {name:?}", path.display()))?,
+        )
+        .with_context(|| format!("policy {}: CRL {}", path.display(), file.display()))?;
+        policy.add_crl(crl);
+    }
+    Ok(policy)
 }
 
 fn verify(args: VerifyArgs) -> CmdResult {

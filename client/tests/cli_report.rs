@@ -380,3 +380,77 @@ fn mock_reports_verify_only_with_the_mock_root_named() {
         assert!(text(&o).contains("✗ measurement"), "{}", text(&o));
     }
 }
+
+#[test]
+fn a_policy_that_names_a_crl_refuses_a_revoked_mock_intermediate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| tmp.path().join(name).to_str().expect("utf8").to_owned();
+    let (d, e, r) = (path("platform"), path("server.bin"), path("report.json"));
+    assert_eq!(veil(&["mock-platform", "init", &d]).status.code(), Some(0));
+    std::fs::write(&e, b"pretend server executable").expect("write");
+    let launch = [
+        "--executable",
+        e.as_str(),
+        "--config",
+        "listen=127.0.0.1:8443",
+    ];
+    let o = veil(
+        &[
+            &["mock-platform", "attest", &d][..],
+            &launch,
+            &["-o", &path("report.bin"), "--evidence", &r],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let p = path("policy.toml");
+    let o = veil(&[&["mock-platform", "policy", &d][..], &launch, &["-o", &p]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The CRL is named relative to the policy file.
+    let policy = std::fs::read_to_string(&p).expect("policy");
+    std::fs::write(&p, format!("crls = [\"root.crl\"]\n{policy}")).expect("write");
+
+    // Named but missing: the policy does not load, and the error names the entry.
+    let o = veil(&["report", "verify", &r, "--policy", &p]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("crls entry \"root.crl\""), "{}", text(&o));
+
+    // A certificate is not a CRL.
+    std::fs::copy(
+        tmp.path().join("platform/ark.pem"),
+        tmp.path().join("root.crl"),
+    )
+    .expect("copy");
+    let o = veil(&["report", "verify", &r, "--policy", &p]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not an X.509 CRL"), "{}", text(&o));
+
+    // A current CRL from the root that does not list the intermediate: verified.
+    let crl = path("root.crl");
+    let o = veil(&["mock-platform", "crl", &d, "-o", &crl, "--force"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("SEV-Mock not revoked"), "{}", text(&o));
+    let o = veil(&["report", "verify", &r, "--policy", &p]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("✓ revocation"), "{}", text(&o));
+
+    // The root revokes the intermediate: refused, and the check named.
+    let o = veil(&[
+        "mock-platform",
+        "crl",
+        &d,
+        "--revoke",
+        "-o",
+        &crl,
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = veil(&["report", "verify", &r, "--policy", &p]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("✗ revocation"), "{}", text(&o));
+    assert!(
+        text(&o).contains("SEV-Mock (serial 02) was revoked"),
+        "{}",
+        text(&o)
+    );
+}

@@ -267,6 +267,36 @@ fn certificates_outside_their_validity_are_rejected() {
 }
 
 #[test]
+fn with_crls_in_the_policy_a_real_chain_needs_a_crl_signed_by_its_own_ark() {
+    use veil_attestation::Crl;
+    let crl = |bytes: &[u8]| Crl::from_der(bytes).expect("fixture CRL");
+    // A CRL from another issuer: no CRL from the vector's ARK.
+    let other = crl(include_bytes!(
+        "../../attestation/tests/data/crl/crl-test.der"
+    ));
+    // A CRL in ARK-Milan's exact name, signed by another key.
+    let forged = crl(include_bytes!(
+        "../../attestation/tests/data/crl/crl-forged-milan.der"
+    ));
+    for v in vectors::all() {
+        let mut policy = permissive();
+        policy.crls = vec!["other.crl".to_owned(), "forged.crl".to_owned()];
+        policy.add_crl(other.clone());
+        policy.add_crl(forged.clone());
+        let r = reject(&policy, &v, &v.evidence());
+        let failed: Vec<Check> = r.failures().map(|o| o.check).collect();
+        assert_eq!(failed, [Check::Revocation], "{}: {r}", v.set.name);
+        let ark = format!("ARK-{}", v.set.product);
+        let why = if v.set.product == "Milan" {
+            "a CRL that names ARK-Milan as issuer is not signed by it".to_owned()
+        } else {
+            format!("no CRL from {ark}")
+        };
+        assert!(r.to_string().contains(&why), "{}: {r}", v.set.name);
+    }
+}
+
+#[test]
 fn a_report_claiming_vlek_but_signed_by_a_vcek_is_rejected() {
     for v in vectors::all()
         .into_iter()
