@@ -242,39 +242,28 @@ pub(crate) fn check_revocation(
             issuers.join(", ")
         ));
     }
+    let from_intermediate = current_from(crls, intermediate, now, &mut problems);
     let mut passed = Vec::new();
-    for crl in &from_root {
-        match crl.revocation_of(intermediate) {
-            Some(date) => problems.push(format!(
-                "{} (serial {}) was revoked on {date} by the {} {}",
-                cn(intermediate),
-                hex::encode(intermediate.serial()),
-                cn(root),
-                crl.summary()
-            )),
-            None => passed.push(format!(
-                "{} not revoked by the {} {}",
-                cn(intermediate),
-                cn(root),
-                crl.summary()
-            )),
-        }
-    }
-    for crl in current_from(crls, intermediate, now, &mut problems) {
-        match crl.revocation_of(vek) {
-            Some(date) => problems.push(format!(
-                "{} (serial {}) was revoked on {date} by the {} {}",
-                cn(vek),
-                hex::encode(vek.serial()),
-                cn(intermediate),
-                crl.summary()
-            )),
-            None => passed.push(format!(
-                "{} not revoked by the {} {}",
-                cn(vek),
-                cn(intermediate),
-                crl.summary()
-            )),
+    for (issuer, subject, lists) in [
+        (root, intermediate, from_root),
+        (intermediate, vek, from_intermediate),
+    ] {
+        for crl in lists {
+            match crl.revocation_of(subject) {
+                Some(date) => problems.push(format!(
+                    "{} (serial {}) was revoked on {date} by the {} {}",
+                    cn(subject),
+                    hex::encode(subject.serial()),
+                    cn(issuer),
+                    crl.summary()
+                )),
+                None => passed.push(format!(
+                    "{} not revoked by the {} {}",
+                    cn(subject),
+                    cn(issuer),
+                    crl.summary()
+                )),
+            }
         }
     }
     if problems.is_empty() {
