@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
@@ -31,7 +31,7 @@ use veil_attestation::broker::{
 use veil_attestation::{KeyRelease, Policy, Rejection};
 use veil_sealing::{KeyId, ModelKey};
 
-use crate::http::{json_response, serve, shutdown_signal, Handler};
+use crate::http::{json_response, reload_policy_on_sighup, serve, shutdown_signal, Handler};
 use crate::report_cmd::load_policy;
 use crate::CmdResult;
 
@@ -88,7 +88,7 @@ impl BrokerError {
 
 /// The broker: a policy, the keys it may release, the nonces it issued.
 pub struct Broker {
-    policy: Policy,
+    policy: RwLock<Arc<Policy>>,
     keys: HashMap<KeyId, ModelKey>,
     nonces: Mutex<VecDeque<([u8; NONCE_LEN], Instant)>>,
     rng: SystemRandom,
@@ -100,13 +100,18 @@ impl Broker {
     /// A broker releasing `keys` to evidence that passes `policy`.
     pub fn new(policy: Policy, keys: Vec<ModelKey>) -> Self {
         Broker {
-            policy,
+            policy: RwLock::new(Arc::new(policy)),
             keys: keys.into_iter().map(|k| (k.key_id(), k)).collect(),
             nonces: Mutex::new(VecDeque::new()),
             rng: SystemRandom::new(),
             released: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
+    }
+
+    /// Replaces the policy: requests from now on are appraised against it.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
     /// Keys released and requests refused so far.
@@ -167,8 +172,9 @@ impl Broker {
         }
         let key_id = KeyId::from_hex(&req.key_id)
             .map_err(|_| BrokerError::BadRequest("key_id is not 32 hex digits".into()))?;
-        let appraisal = appraise_pull(&self.policy, &req.evidence, &nonce, now)
-            .map_err(BrokerError::Rejected)?;
+        let policy = Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()));
+        let appraisal =
+            appraise_pull(&policy, &req.evidence, &nonce, now).map_err(BrokerError::Rejected)?;
         let key = self
             .keys
             .get(&key_id)
@@ -334,6 +340,8 @@ pub fn run(args: BrokerArgs) -> CmdResult {
         let listener = TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let reloaded = Arc::clone(&broker);
+        reload_policy_on_sighup(args.policy.clone(), move |p| reloaded.set_policy(p))?;
         let addr = listener.local_addr()?;
         println!(
             "veil broker listening on http://{addr} (keys {}; policy {})",
@@ -431,6 +439,28 @@ mod tests {
             }
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_replaced_policy_applies_to_the_next_request() {
+        let s = setup();
+        let attempt = || {
+            let nonce = s.broker.challenge().expect("nonce").nonce;
+            let (req, _) = request(&s, &nonce, &s.launch);
+            s.broker.release(&req, SystemTime::now())
+        };
+        assert!(attempt().is_ok());
+        let other = MockLaunch::server(b"another server", "127.0.0.1:0", &[7; 32]);
+        s.broker.set_policy(Policy::mock(
+            &s.platform.root().fingerprint(),
+            &[other.measurement()],
+        ));
+        assert!(matches!(attempt(), Err(BrokerError::Rejected(_))));
+        s.broker.set_policy(Policy::mock(
+            &s.platform.root().fingerprint(),
+            &[s.launch.measurement()],
+        ));
+        assert!(attempt().is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What the local HTTP services of `veil` (`proxy`, `broker`) share: the HTTP/1.1 accept
-//! loop, JSON answers, and shutdown on Ctrl-C or SIGTERM.
+//! loop, JSON answers, shutdown on Ctrl-C or SIGTERM, and reloading the policy on SIGHUP.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -84,4 +84,35 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
+}
+
+/// Reloads the policy file at `path` (and the CRLs it names) on every SIGHUP, and hands
+/// each new policy to `apply`. A policy that no longer loads is reported on stderr and
+/// the previous one stays in force. Call it before announcing the service: until it has
+/// run, SIGHUP ends the process.
+///
+/// # Errors
+/// If the signal handler cannot be installed (it must run inside the Tokio runtime).
+pub fn reload_policy_on_sighup(
+    path: std::path::PathBuf,
+    apply: impl Fn(veil_attestation::Policy) + Send + 'static,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match crate::report_cmd::load_policy(&path) {
+                Ok(policy) => {
+                    let crls = policy.loaded_crls().len();
+                    apply(policy);
+                    eprintln!("veil: policy {} reloaded ({crls} CRLs)", path.display());
+                }
+                Err(e) => eprintln!(
+                    "veil: policy {} not reloaded, the previous one stays in force: {e:#}",
+                    path.display()
+                ),
+            }
+        }
+    });
+    Ok(())
 }

@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use veil_attestation::Policy;
 
-use crate::http::{json_response, serve, shutdown_signal, Handler};
+use crate::http::{json_response, reload_policy_on_sighup, serve, shutdown_signal, Handler};
 use crate::output::print_verdict;
 use crate::remote::{Connection, Target, Upstream, UpstreamError};
 use crate::report_cmd::load_policy;
@@ -191,6 +191,10 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = bind_loopback(&args.listen).await?;
+        let reloaded = Arc::clone(&proxy);
+        reload_policy_on_sighup(args.policy.clone(), move |p| {
+            reloaded.upstream.set_policy(p);
+        })?;
         match proxy.verify().await {
             Ok(c) => {
                 if let Connection::Verified(a) = &c {
@@ -205,7 +209,7 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         }
         let addr = listener.local_addr()?;
         println!(
-            "veil proxy listening on http://{addr}/v1 -> {} (verified; re-verified whenever its key changes)",
+            "veil proxy listening on http://{addr}/v1 -> {} (verified; re-verified whenever its key changes, or on SIGHUP with the policy reloaded)",
             args.upstream
         );
         serve(listener, proxy, shutdown_signal()).await?;

@@ -2,7 +2,7 @@
 //! captured), the RFC 9266 exporter, a fresh nonce, `GET /v1/attestation` on that same
 //! connection, and appraisal with the binding recomputed from what this client saw.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
@@ -299,8 +299,8 @@ impl Connection {
 /// if that verification passes. A rejected key is never used.
 pub struct Upstream {
     target: Target,
-    policy: Policy,
-    pin: Mutex<Option<[u8; 32]>>,
+    /// The policy, and the key verified under exactly that policy.
+    state: Mutex<(Arc<Policy>, Option<[u8; 32]>)>,
 }
 
 impl Upstream {
@@ -308,14 +308,23 @@ impl Upstream {
     pub fn new(target: Target, policy: Policy) -> Self {
         Upstream {
             target,
-            policy,
-            pin: Mutex::new(None),
+            state: Mutex::new((Arc::new(policy), None)),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (Arc<Policy>, Option<[u8; 32]>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The pinned key, if one has been verified.
     pub fn pinned(&self) -> Option<[u8; 32]> {
-        *self.pin.lock().unwrap_or_else(|p| p.into_inner())
+        self.state().1
+    }
+
+    /// Replaces the policy and forgets the pinned key: the next connection verifies the
+    /// server again, under the new policy (fresh CRLs, a changed allowlist).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.state() = (Arc::new(policy), None);
     }
 
     /// A connection on which requests may be sent: pinned to the verified key, or
@@ -337,13 +346,17 @@ impl Upstream {
                 Err(e) => return Err(UpstreamError::Unreachable(e)),
             }
         }
-        let attested = attest(&self.target, &self.policy)
+        let policy = Arc::clone(&self.state().0);
+        let attested = attest(&self.target, &policy)
             .await
             .map_err(UpstreamError::Unreachable)?;
         match &attested.result {
             Ok(_) => {
-                *self.pin.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(attested.session.spki_sha256);
+                let mut state = self.state();
+                // Pin only if the policy was not replaced meanwhile.
+                if Arc::ptr_eq(&state.0, &policy) {
+                    state.1 = Some(attested.session.spki_sha256);
+                }
                 Ok(Connection::Verified(Box::new(attested)))
             }
             Err(rejection) => Err(UpstreamError::Rejected {

@@ -21,14 +21,30 @@ impl Drop for Proxy {
 
 /// Starts `veil proxy` on an ephemeral loopback port; returns it and its address.
 fn start_proxy(upstream: &str, policy: &str) -> (Proxy, SocketAddr) {
+    let (proxy, addr, _) = start_proxy_with_stderr(upstream, policy);
+    (proxy, addr)
+}
+
+/// [`start_proxy`], with the proxy's stderr lines as they come.
+fn start_proxy_with_stderr(
+    upstream: &str,
+    policy: &str,
+) -> (Proxy, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new(binary("veil"))
         .args(["proxy", "--upstream", upstream, "--policy", policy])
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("veil proxy starts");
     let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(line);
+        }
+    });
     let proxy = Proxy(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -46,7 +62,28 @@ fn start_proxy(upstream: &str, policy: &str) -> (Proxy, SocketAddr) {
         .find_map(|w| w.strip_prefix("http://"))
         .and_then(|a| a.trim_end_matches("/v1").parse().ok())
         .expect("the proxy's address in its banner");
-    (proxy, addr)
+    (proxy, addr, err_rx)
+}
+
+/// Waits (bounded) for a stderr line of the proxy that contains `needle`.
+fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {needle:?} from the proxy: {e}"),
+        }
+    }
+}
+
+fn sighup(proxy: &Proxy) {
+    let o = harness::run(
+        Command::new("kill").args(["-HUP", &proxy.0.id().to_string()]),
+        harness::COMMAND_TIMEOUT,
+    );
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 /// One plain HTTP/1.1 request, as an OpenAI client sends it; the status and the raw
@@ -124,6 +161,67 @@ fn the_proxy_forwards_only_to_verified_servers_and_reverifies_a_new_key() {
     let (status, body) = http(addr, "POST", "/v1/chat/completions", chat);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("data: [DONE]"), "{body}");
+}
+
+#[test]
+fn on_sighup_the_proxy_reloads_its_policy_and_crls_and_verifies_again() {
+    let f = Fixture::new();
+    let server = f.start(&[]);
+    let policy = f.good_policy();
+    let o = veil(&[
+        "provision",
+        server.url(),
+        "--policy",
+        &policy.display().to_string(),
+        "--key",
+        &f.key_arg(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The policy names a CRL from the mock root; at first it revokes nothing.
+    let crl = f.path("root.crl").display().to_string();
+    let platform = f.platform.display().to_string();
+    let issue = |revoke: bool| {
+        let mut args = vec!["mock-platform", "crl", &platform, "-o", &crl, "--force"];
+        if revoke {
+            args.push("--revoke");
+        }
+        let o = veil(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    };
+    issue(false);
+    let text_of = std::fs::read_to_string(&policy).expect("policy");
+    std::fs::write(&policy, format!("crls = [\"root.crl\"]\n{text_of}")).expect("write");
+    let (proxy, addr, stderr) =
+        start_proxy_with_stderr(server.url(), &policy.display().to_string());
+    let (status, body) = http(addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
+
+    // The owner's new CRL revokes the platform's intermediate: after SIGHUP the proxy
+    // verifies the same server again, and now refuses it.
+    issue(true);
+    sighup(&proxy);
+    wait_for_line(&stderr, "reloaded (1 CRLs)");
+    let (status, body) = http(addr, "GET", "/v1/models", "");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("revocation"),
+        "the failed check is named: {body}"
+    );
+
+    // A policy that no longer loads: the previous one (with the revoking CRL) stays.
+    std::fs::write(f.path("root.crl"), b"not a CRL").expect("write");
+    sighup(&proxy);
+    let line = wait_for_line(&stderr, "not reloaded");
+    assert!(line.contains("not an X.509 CRL"), "{line}");
+    let (status, body) = http(addr, "GET", "/v1/models", "");
+    assert_eq!(status, 502, "{body}");
+
+    // A clean CRL again: served.
+    issue(false);
+    sighup(&proxy);
+    wait_for_line(&stderr, "reloaded (1 CRLs)");
+    let (status, body) = http(addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
 }
 
 /// What the official `openai` Python SDK does through the proxy: list the models, one
