@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,8 +38,11 @@ use crate::CmdResult;
 
 /// How long an issued nonce may be used.
 pub const NONCE_TTL: Duration = Duration::from_secs(60);
-/// Nonces outstanding at once; the oldest is forgotten beyond this.
+/// Nonces outstanding at once; beyond this, the client holding the most loses its oldest.
 const MAX_OUTSTANDING: usize = 1024;
+/// Nonces outstanding for one client address; beyond this, its own oldest is forgotten,
+/// so that one flooding address cannot push out other servers' nonces.
+const MAX_PER_CLIENT: usize = 16;
 /// Largest request body (evidence is a few KiB).
 const MAX_BODY: usize = 256 << 10;
 
@@ -86,11 +90,73 @@ impl BrokerError {
     }
 }
 
+/// A nonce the broker issued: when, and to which client address.
+struct Issued {
+    nonce: [u8; NONCE_LEN],
+    at: Instant,
+    client: IpAddr,
+}
+
+/// The outstanding nonces, in issue order, and how many each client address holds.
+#[derive(Default)]
+struct Nonces {
+    queue: VecDeque<Issued>,
+    held: HashMap<IpAddr, usize>,
+}
+
+impl Nonces {
+    fn remove(&mut self, at: usize) -> Option<Issued> {
+        let issued = self.queue.remove(at)?;
+        if let Some(n) = self.held.get_mut(&issued.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&issued.client);
+            }
+        }
+        Some(issued)
+    }
+
+    /// Forgets expired nonces, makes room for one more from `client`, and records it.
+    fn issue(&mut self, issued: Issued) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|i| issued.at.duration_since(i.at) > NONCE_TTL)
+        {
+            self.remove(0);
+        }
+        // Make room: first from this client's own nonces, then from the client that holds
+        // the most (the queue is in issue order, so the first found is the oldest).
+        let evict = if self.held.get(&issued.client).copied().unwrap_or(0) >= MAX_PER_CLIENT {
+            Some(issued.client)
+        } else if self.queue.len() >= MAX_OUTSTANDING {
+            self.held.iter().max_by_key(|(_, n)| **n).map(|(c, _)| *c)
+        } else {
+            None
+        };
+        if let Some(c) = evict {
+            if let Some(at) = self.queue.iter().position(|i| i.client == c) {
+                self.remove(at);
+            }
+        }
+        *self.held.entry(issued.client).or_default() += 1;
+        self.queue.push_back(issued);
+    }
+
+    /// Takes an issued, unexpired nonce (single use).
+    fn take(&mut self, nonce: &[u8]) -> bool {
+        match self.queue.iter().position(|i| i.nonce.as_slice() == nonce) {
+            Some(at) => self.remove(at).is_some_and(|i| i.at.elapsed() <= NONCE_TTL),
+            None => false,
+        }
+    }
+}
+
 /// The broker: a policy, the keys it may release, the nonces it issued.
 pub struct Broker {
     policy: RwLock<Arc<Policy>>,
     keys: HashMap<KeyId, ModelKey>,
-    nonces: Mutex<VecDeque<([u8; NONCE_LEN], Instant)>>,
+    nonces: Mutex<Nonces>,
     rng: SystemRandom,
     released: AtomicU64,
     refused: AtomicU64,
@@ -102,7 +168,7 @@ impl Broker {
         Broker {
             policy: RwLock::new(Arc::new(policy)),
             keys: keys.into_iter().map(|k| (k.key_id(), k)).collect(),
-            nonces: Mutex::new(VecDeque::new()),
+            nonces: Mutex::new(Nonces::default()),
             rng: SystemRandom::new(),
             released: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -122,27 +188,23 @@ impl Broker {
         )
     }
 
-    /// Issues a fresh nonce.
+    /// Issues a fresh nonce to `client`.
     ///
     /// # Errors
     /// If the system has no randomness.
-    pub fn challenge(&self) -> anyhow::Result<Challenge> {
+    pub fn challenge(&self, client: IpAddr) -> anyhow::Result<Challenge> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
             .map_err(|_| anyhow::anyhow!("no randomness"))?;
-        let mut q = self.nonces.lock().expect("no panics while holding it");
-        let now = Instant::now();
-        while q
-            .front()
-            .is_some_and(|(_, t)| now.duration_since(*t) > NONCE_TTL)
-        {
-            q.pop_front();
-        }
-        if q.len() >= MAX_OUTSTANDING {
-            q.pop_front();
-        }
-        q.push_back((nonce, now));
+        self.nonces
+            .lock()
+            .expect("no panics while holding it")
+            .issue(Issued {
+                nonce,
+                at: Instant::now(),
+                client,
+            });
         Ok(Challenge {
             nonce: URL_SAFE_NO_PAD.encode(nonce),
             expires_in: NONCE_TTL.as_secs(),
@@ -151,11 +213,10 @@ impl Broker {
 
     /// Takes an issued, unexpired nonce (single use).
     fn take_nonce(&self, nonce: &[u8]) -> bool {
-        let mut q = self.nonces.lock().expect("no panics while holding it");
-        match q.iter().position(|(n, _)| n.as_slice() == nonce) {
-            Some(i) => q.remove(i).is_some_and(|(_, t)| t.elapsed() <= NONCE_TTL),
-            None => false,
-        }
+        self.nonces
+            .lock()
+            .expect("no panics while holding it")
+            .take(nonce)
     }
 
     /// Appraises a key request and, if it passes, seals the key to the server.
@@ -194,11 +255,11 @@ impl Broker {
     }
 
     /// Answers one HTTP request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
-            (&Method::POST, CHALLENGE_PATH) => match self.challenge() {
+            (&Method::POST, CHALLENGE_PATH) => match self.challenge(peer.ip()) {
                 Ok(c) => json_response(StatusCode::OK, &json!(c)),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
             },
@@ -282,8 +343,12 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
 impl Handler for Broker {
     type Body = Full<Bytes>;
 
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send {
-        Broker::handle(self, req)
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send {
+        Broker::handle(self, req, peer)
     }
 }
 
@@ -360,6 +425,8 @@ mod tests {
 
     use super::*;
 
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     struct Setup {
         broker: Broker,
         platform: MockPlatform,
@@ -405,7 +472,7 @@ mod tests {
     #[test]
     fn a_good_launch_gets_the_key_once_per_nonce() {
         let s = setup();
-        let nonce = s.broker.challenge().expect("nonce").nonce;
+        let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
         let (req, rd) = request(&s, &nonce, &s.launch);
         let release = s.broker.release(&req, SystemTime::now()).expect("released");
         assert_eq!(*s.wrapping.open(&release, &rd).expect("opens"), s.key);
@@ -414,6 +481,35 @@ mod tests {
             s.broker.release(&req, SystemTime::now()),
             Err(BrokerError::UnknownNonce)
         ));
+    }
+
+    #[test]
+    fn flooding_addresses_push_out_their_own_nonces_not_an_honest_servers() {
+        let s = setup();
+        let at = |n: u16| IpAddr::from([127, 0, (n >> 8) as u8, n as u8]);
+        let honest = s.broker.challenge(at(2)).expect("nonce").nonce;
+        // One address asks for many: only its own oldest are forgotten.
+        let first = s.broker.challenge(at(3)).expect("nonce").nonce;
+        for _ in 0..MAX_PER_CLIENT {
+            s.broker.challenge(at(3)).expect("nonce");
+        }
+        let (req, _) = request(&s, &first, &s.launch);
+        assert!(matches!(
+            s.broker.release(&req, SystemTime::now()),
+            Err(BrokerError::UnknownNonce)
+        ));
+        // Many addresses fill the whole table: those holding the most lose theirs.
+        for n in 0..(2 * MAX_OUTSTANDING / MAX_PER_CLIENT) as u16 {
+            for _ in 0..MAX_PER_CLIENT {
+                s.broker.challenge(at(256 + n)).expect("nonce");
+            }
+        }
+        let nonces = s.broker.nonces.lock().expect("lock");
+        assert_eq!(nonces.queue.len(), MAX_OUTSTANDING);
+        assert_eq!(nonces.held.values().sum::<usize>(), MAX_OUTSTANDING);
+        drop(nonces);
+        let (req, _) = request(&s, &honest, &s.launch);
+        assert!(s.broker.release(&req, SystemTime::now()).is_ok());
     }
 
     #[test]
@@ -429,7 +525,7 @@ mod tests {
     #[test]
     fn another_launch_is_refused_naming_the_measurement() {
         let s = setup();
-        let nonce = s.broker.challenge().expect("nonce").nonce;
+        let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
         let other = MockLaunch::server(b"another server", "127.0.0.1:0", &[7; 32]);
         let (req, _) = request(&s, &nonce, &other);
         match s.broker.release(&req, SystemTime::now()) {
@@ -445,7 +541,7 @@ mod tests {
     fn a_replaced_policy_applies_to_the_next_request() {
         let s = setup();
         let attempt = || {
-            let nonce = s.broker.challenge().expect("nonce").nonce;
+            let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
             let (req, _) = request(&s, &nonce, &s.launch);
             s.broker.release(&req, SystemTime::now())
         };
@@ -466,7 +562,7 @@ mod tests {
     #[test]
     fn an_unknown_key_id_is_refused_after_appraisal() {
         let s = setup();
-        let nonce = s.broker.challenge().expect("nonce").nonce;
+        let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
         let (mut req, _) = request(&s, &nonce, &s.launch);
         req.key_id = ModelKey::generate().key_id().to_string();
         assert!(matches!(

@@ -22,8 +22,12 @@ pub trait Handler: Send + Sync + 'static {
     /// The body of its responses.
     type Body: Body<Data = Bytes> + Send + 'static;
 
-    /// Answers one request.
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Self::Body>> + Send;
+    /// Answers one request from `peer`.
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
 /// Serves `handler` on `listener` until `shutdown` resolves: HTTP/1.1, one task per
@@ -42,7 +46,7 @@ where
 {
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => accepted.context("accepting a connection")?,
             () = &mut shutdown => return Ok(()),
         };
@@ -51,7 +55,7 @@ where
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(handler.handle(req).await) }
+                async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

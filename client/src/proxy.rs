@@ -155,7 +155,11 @@ fn local_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyB
 impl Handler for Proxy {
     type Body = ProxyBody;
 
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        _peer: std::net::SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send {
         Proxy::handle(self, req)
     }
 }
