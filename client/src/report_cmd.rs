@@ -45,6 +45,10 @@ pub struct VerifyArgs {
     /// Trust this mock platform root certificate (MOCK evidence only).
     #[arg(long)]
     pub mock_root: Option<PathBuf>,
+    /// Check revocation against this CRL (DER or PEM; repeatable), besides any the policy
+    /// names: AMD's KDS serves one per product.
+    #[arg(long = "crl")]
+    pub crls: Vec<PathBuf>,
     /// Expected REPORT_DATA (128 hex digits). Without it, report data is not checked.
     #[arg(long)]
     pub report_data: Option<String>,
@@ -250,6 +254,12 @@ fn verify(args: VerifyArgs) -> CmdResult {
         if !evidence.certificates.iter().any(|d| d == root.as_der()) {
             evidence.certificates.push(root.as_der().to_vec());
         }
+    }
+    for path in &args.crls {
+        let crl = Crl::from_pem_or_der(&read_small(path)?)
+            .with_context(|| format!("--crl {}", path.display()))?;
+        policy.crls.push(path.display().to_string());
+        policy.add_crl(crl);
     }
     let now = appraisal_time(args.at.as_deref())?;
     let expected = match &args.report_data {

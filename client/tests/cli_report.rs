@@ -453,4 +453,21 @@ fn a_policy_that_names_a_crl_refuses_a_revoked_mock_intermediate() {
         "{}",
         text(&o)
     );
+
+    // The same CRL given on the command line, to a policy that names none.
+    let o = veil(
+        &[
+            &["mock-platform", "policy", &d][..],
+            &launch,
+            &["-o", &p, "--force"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = veil(&["report", "verify", &r, "--policy", &p]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("– revocation"), "{}", text(&o));
+    let o = veil(&["report", "verify", &r, "--policy", &p, "--crl", &crl]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("✗ revocation"), "{}", text(&o));
 }
