@@ -645,6 +645,46 @@ mod tests {
         }
     }
 
+    /// The TBS bytes and the signature of a certificate, as sent.
+    fn signed_parts(cert: &Certificate) -> (Vec<u8>, Vec<u8>) {
+        use der::Reader as _;
+        let mut reader = der::SliceReader::new(cert.as_der()).expect("DER");
+        let tbs = reader
+            .sequence(|r| {
+                let tbs = r.tlv_bytes()?.to_vec();
+                r.tlv_bytes()?;
+                r.tlv_bytes()?;
+                Ok(tbs)
+            })
+            .expect("a certificate is three elements");
+        let sig = cert.cert.signature.as_bytes().expect("octets").to_vec();
+        (tbs, sig)
+    }
+
+    #[test]
+    fn the_rsa_pss_check_that_crls_use_verifies_amds_own_signatures() {
+        // AMD signs its CRLs as it signs its certificates: RSA-PSS, SHA-384, salt 48, by
+        // the ARK. The check used for CRLs must accept what the ARKs signed, and nothing
+        // signed by another product's ARK.
+        let genoa = amd_roots(Product::Genoa).expect("roots");
+        for product in [Product::Milan, Product::Genoa, Product::Turin] {
+            let roots = amd_roots(product).expect("roots");
+            for signed in [&roots.ark, &roots.ask, &roots.asvk] {
+                let (tbs, sig) = signed_parts(signed);
+                assert!(roots.ark.verify_rsa_pss_sha384(&tbs, &sig), "{product}");
+                if product != Product::Genoa {
+                    assert!(!genoa.ark.verify_rsa_pss_sha384(&tbs, &sig), "{product}");
+                }
+                let mut changed = tbs.clone();
+                changed[tbs.len() / 2] ^= 1;
+                assert!(
+                    !roots.ark.verify_rsa_pss_sha384(&changed, &sig),
+                    "{product}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn roots_of_one_product_do_not_sign_another() {
         let milan = amd_roots(Product::Milan).expect("roots");
