@@ -13,6 +13,8 @@ use std::fmt;
 use std::time::SystemTime;
 
 use der::{Decode, Reader as _};
+use x509_cert::spki::AlgorithmIdentifierOwned;
+use x509_cert::time::Time;
 
 use crate::chain::{oid, Certificate};
 use crate::check::{Check, Outcomes};
@@ -29,11 +31,33 @@ pub enum CrlError {
     },
 }
 
-/// An X.509 certificate revocation list, with the exact bytes its issuer signed.
+/// `TBSCertList` (RFC 5280 §5.1). `x509-cert`'s own type requires the version field,
+/// which a v1 CRL leaves out; this one does not.
+#[derive(Clone, Debug, PartialEq, Eq, der::Sequence)]
+struct TbsCertList {
+    version: Option<x509_cert::Version>,
+    signature: AlgorithmIdentifierOwned,
+    issuer: x509_cert::name::Name,
+    this_update: Time,
+    next_update: Option<Time>,
+    revoked_certificates: Option<Vec<x509_cert::crl::RevokedCert>>,
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    crl_extensions: Option<x509_cert::ext::Extensions>,
+}
+
+/// `CertificateList` (RFC 5280 §5.1).
+#[derive(Clone, Debug, PartialEq, Eq, der::Sequence)]
+struct CertificateList {
+    tbs_cert_list: TbsCertList,
+    signature_algorithm: AlgorithmIdentifierOwned,
+    signature: der::asn1::BitString,
+}
+
+/// An X.509 certificate revocation list (v1 or v2), with the exact bytes its issuer signed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Crl {
     tbs: Vec<u8>,
-    list: x509_cert::crl::CertificateList,
+    list: CertificateList,
 }
 
 impl fmt::Debug for Crl {
@@ -60,7 +84,7 @@ impl Crl {
     /// # Errors
     /// [`CrlError::Malformed`].
     pub fn from_der(der: &[u8]) -> Result<Self, CrlError> {
-        let list = x509_cert::crl::CertificateList::from_der(der).map_err(malformed)?;
+        let list = CertificateList::from_der(der).map_err(malformed)?;
         // The signature covers the TBS bytes as they were sent, not a re-encoding.
         let mut reader = der::SliceReader::new(der).map_err(malformed)?;
         let tbs = reader
@@ -328,6 +352,16 @@ mod tests {
         assert!(!forged.is_signed_by(&milan.ark));
         let genoa = crate::chain::amd_roots(crate::Product::Genoa).expect("roots");
         assert!(!forged.issued_by_name_of(&genoa.ark));
+    }
+
+    #[test]
+    fn a_version_1_crl_without_a_version_field_parses_and_verifies() {
+        let crl = Crl::from_der(include_bytes!("../tests/data/crl/crl-test-v1.der"))
+            .expect("a v1 CRL parses");
+        assert_eq!(crl.list.tbs_cert_list.version, None);
+        assert!(crl.is_signed_by(&ark()));
+        let ask = Certificate::from_pem(TEST_ASK).expect("fixture ASK");
+        assert!(crl.revocation_of(&ask).is_some());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 # Makes the CRL test fixtures with OpenSSL, an implementation independent of Veil's:
 # a self-signed RSA-2048 "ARK-Test" (RSA-PSS, SHA-384, salt 48: how AMD signs), a
 # certificate "SEV-Test" with serial 0x2A under it, and a CRL by ARK-Test that revokes
-# it; and a forged CRL that names AMD's ARK-Milan (its exact name) as issuer but is signed
+# it (a version 2 CRL, and the same as version 1); and a forged CRL that names AMD's ARK-Milan (its exact name) as issuer but is signed
 # by another RSA key, which a verifier must refuse. The private keys stay in a temporary directory and are deleted: the fixtures can
 # only be verified, never extended. Run from anywhere; it writes next to itself.
 set -euo pipefail
@@ -34,6 +34,12 @@ CNF
 openssl ca -config ca.cnf -revoke ask.pem -crl_reason keyCompromise 2>/dev/null
 openssl ca -config ca.cnf -gencrl -md sha384 "${pss[@]}" -out crl.pem 2>/dev/null
 openssl crl -in crl.pem -outform DER -out crl.der
+# The same revocation in a version 1 CRL (no CRL number, no extensions, no version field).
+touch index1.txt
+sed -e 's|= index.txt|= index1.txt|' -e '/^crlnumber/d' ca.cnf >ca1.cnf
+openssl ca -config ca1.cnf -revoke ask.pem 2>/dev/null
+openssl ca -config ca1.cnf -gencrl -md sha384 "${pss[@]}" -out crl1.pem 2>/dev/null
+openssl crl -in crl1.pem -outform DER -out "$here/crl-test-v1.der"
 # The forgery: a self-signed certificate with ARK-Milan's name, and its (empty) CRL.
 mkdir forged
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out forged/ark.key 2>/dev/null
