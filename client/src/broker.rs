@@ -32,7 +32,7 @@ use veil_attestation::broker::{
 use veil_attestation::{KeyRelease, Policy, Rejection};
 use veil_sealing::{KeyId, ModelKey};
 
-use crate::http::{json_response, reload_policy_on_sighup, serve, shutdown_signal, Handler};
+use crate::http::{json_response, reload_on_sighup, serve, shutdown_signal, Handler};
 use crate::report_cmd::load_policy;
 use crate::CmdResult;
 
@@ -152,10 +152,14 @@ impl Nonces {
     }
 }
 
+fn by_id(keys: Vec<ModelKey>) -> HashMap<KeyId, ModelKey> {
+    keys.into_iter().map(|k| (k.key_id(), k)).collect()
+}
+
 /// The broker: a policy, the keys it may release, the nonces it issued.
 pub struct Broker {
     policy: RwLock<Arc<Policy>>,
-    keys: HashMap<KeyId, ModelKey>,
+    keys: RwLock<Arc<HashMap<KeyId, ModelKey>>>,
     nonces: Mutex<Nonces>,
     rng: SystemRandom,
     released: AtomicU64,
@@ -167,7 +171,7 @@ impl Broker {
     pub fn new(policy: Policy, keys: Vec<ModelKey>) -> Self {
         Broker {
             policy: RwLock::new(Arc::new(policy)),
-            keys: keys.into_iter().map(|k| (k.key_id(), k)).collect(),
+            keys: RwLock::new(Arc::new(by_id(keys))),
             nonces: Mutex::new(Nonces::default()),
             rng: SystemRandom::new(),
             released: AtomicU64::new(0),
@@ -178,6 +182,11 @@ impl Broker {
     /// Replaces the policy: requests from now on are appraised against it.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// Replaces the keys the broker may release.
+    pub fn set_keys(&self, keys: Vec<ModelKey>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(by_id(keys));
     }
 
     /// Keys released and requests refused so far.
@@ -236,8 +245,8 @@ impl Broker {
         let policy = Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()));
         let appraisal =
             appraise_pull(&policy, &req.evidence, &nonce, now).map_err(BrokerError::Rejected)?;
-        let key = self
-            .keys
+        let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
+        let key = keys
             .get(&key_id)
             .ok_or_else(|| BrokerError::UnknownKey(key_id.to_string()))?;
         let binding = req
@@ -406,7 +415,22 @@ pub fn run(args: BrokerArgs) -> CmdResult {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let reloaded = Arc::clone(&broker);
-        reload_policy_on_sighup(args.policy.clone(), move |p| reloaded.set_policy(p))?;
+        let (policy, keys) = (args.policy.clone(), args.keys.clone());
+        let what = format!("policy {} and keys {}", policy.display(), keys.display());
+        reload_on_sighup(what, move || {
+            // Both load before either is put in force.
+            let (p, k) = (load_policy(&policy)?, load_keys(&keys)?);
+            let ids: Vec<String> = k.iter().map(|k| k.key_id().to_string()).collect();
+            let done = format!(
+                "policy {} reloaded ({} CRLs), keys {}",
+                policy.display(),
+                p.loaded_crls().len(),
+                ids.join(", ")
+            );
+            reloaded.set_keys(k);
+            reloaded.set_policy(p);
+            Ok(done)
+        })?;
         let addr = listener.local_addr()?;
         println!(
             "veil broker listening on http://{addr} (keys {}; policy {})",
@@ -557,6 +581,19 @@ mod tests {
             &[s.launch.measurement()],
         ));
         assert!(attempt().is_ok());
+    }
+
+    #[test]
+    fn replaced_keys_apply_to_the_next_request() {
+        let s = setup();
+        let attempt = || {
+            let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
+            let (req, _) = request(&s, &nonce, &s.launch);
+            s.broker.release(&req, SystemTime::now())
+        };
+        assert!(attempt().is_ok());
+        s.broker.set_keys(vec![ModelKey::generate()]);
+        assert!(matches!(attempt(), Err(BrokerError::UnknownKey(_))));
     }
 
     #[test]

@@ -90,31 +90,25 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Reloads the policy file at `path` (and the CRLs it names) on every SIGHUP, and hands
-/// each new policy to `apply`. A policy that no longer loads is reported on stderr and
-/// the previous one stays in force. Call it before announcing the service: until it has
-/// run, SIGHUP ends the process.
+/// Calls `reload` on every SIGHUP; it loads what `what` names, puts it in force and
+/// says what it did. An error is reported on stderr and what was in force stays so. Call
+/// it before announcing the service: until it has run, SIGHUP ends the process.
 ///
 /// # Errors
 /// If the signal handler cannot be installed (it must run inside the Tokio runtime).
-pub fn reload_policy_on_sighup(
-    path: std::path::PathBuf,
-    apply: impl Fn(veil_attestation::Policy) + Send + 'static,
+pub fn reload_on_sighup(
+    what: String,
+    reload: impl Fn() -> anyhow::Result<String> + Send + 'static,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match crate::report_cmd::load_policy(&path) {
-                Ok(policy) => {
-                    let crls = policy.loaded_crls().len();
-                    apply(policy);
-                    eprintln!("veil: policy {} reloaded ({crls} CRLs)", path.display());
+            match reload() {
+                Ok(done) => eprintln!("veil: {done}"),
+                Err(e) => {
+                    eprintln!("veil: {what} not reloaded, the previous one stays in force: {e:#}")
                 }
-                Err(e) => eprintln!(
-                    "veil: policy {} not reloaded, the previous one stays in force: {e:#}",
-                    path.display()
-                ),
             }
         }
     });

@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use veil_attestation::Policy;
 
-use crate::http::{json_response, reload_policy_on_sighup, serve, shutdown_signal, Handler};
+use crate::http::{json_response, reload_on_sighup, serve, shutdown_signal, Handler};
 use crate::output::print_verdict;
 use crate::remote::{Connection, Target, Upstream, UpstreamError};
 use crate::report_cmd::load_policy;
@@ -195,9 +195,12 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = bind_loopback(&args.listen).await?;
-        let reloaded = Arc::clone(&proxy);
-        reload_policy_on_sighup(args.policy.clone(), move |p| {
-            reloaded.upstream.set_policy(p);
+        let (reloaded, path) = (Arc::clone(&proxy), args.policy.clone());
+        reload_on_sighup(format!("policy {}", path.display()), move || {
+            let policy = load_policy(&path)?;
+            let crls = policy.loaded_crls().len();
+            reloaded.upstream.set_policy(policy);
+            Ok(format!("policy {} reloaded ({crls} CRLs)", path.display()))
         })?;
         match proxy.verify().await {
             Ok(c) => {

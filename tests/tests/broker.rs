@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use veil_sealing::ModelKey;
-use veil_tests::harness::{binary, fetch, spawn_announced, text, veil, Fixture, Server};
+use veil_tests::harness::{self, binary, fetch, spawn_announced, text, veil, Fixture, Server};
 
 /// How long a server may take to get its key from the broker and load the model.
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -186,20 +186,35 @@ fn a_broker_refuses_another_launch_and_the_owner_can_still_push() {
 }
 
 #[test]
-fn a_broker_without_the_models_key_releases_nothing() {
+fn a_broker_without_the_models_key_releases_nothing_until_the_owner_adds_it() {
     let f = Fixture::new();
     let other = f.path("other.key");
     ModelKey::generate()
         .write_key_file(&other, false)
         .expect("a key file is written");
-    let broker = Broker::start(
-        &f.good_policy(),
-        &keys_dir(&f, "other", &other),
-        &f.path("broker.log"),
-    );
+    let keys = keys_dir(&f, "other", &other);
+    let broker = Broker::start(&f.good_policy(), &keys, &f.path("broker.log"));
     let server = f.start(&["--key-broker", &broker.url]);
     let ready = wait_broker_status(&server, "unknown_key");
     assert_eq!(ready["state"], "locked", "{ready}");
+
+    // The owner adds the model's key and signals the broker: the server's next attempt
+    // (it asks again every 10 s after a refusal) gets the key, without any restart.
+    std::fs::copy(&f.key, keys.join("model.key")).expect("the key file is copied");
+    let o = harness::run(
+        Command::new("kill").args(["-HUP", &broker.child.id().to_string()]),
+        harness::COMMAND_TIMEOUT,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let ready = wait_ready(&server, "ready after the reload", |r| r["state"] == "ready");
+    assert!(
+        ready["key_broker"]
+            .as_str()
+            .is_some_and(|s| s.contains("released the key")),
+        "{ready}"
+    );
+    let log = broker.log();
+    assert!(log.contains("reloaded (0 CRLs), keys "), "{log}");
 }
 
 #[test]
