@@ -561,14 +561,17 @@ mod tests {
         }
     }
 
+    /// A fresh nonce, and the request the good launch makes with it.
+    fn attempt(s: &Setup) -> Result<KeyRelease, BrokerError> {
+        let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
+        let (req, _) = request(s, &nonce, &s.launch);
+        s.broker.release(&req, SystemTime::now())
+    }
+
     #[test]
     fn a_replaced_policy_applies_to_the_next_request() {
         let s = setup();
-        let attempt = || {
-            let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
-            let (req, _) = request(&s, &nonce, &s.launch);
-            s.broker.release(&req, SystemTime::now())
-        };
+        let attempt = || attempt(&s);
         assert!(attempt().is_ok());
         let other = MockLaunch::server(b"another server", "127.0.0.1:0", &[7; 32]);
         s.broker.set_policy(Policy::mock(
@@ -586,11 +589,7 @@ mod tests {
     #[test]
     fn replaced_keys_apply_to_the_next_request() {
         let s = setup();
-        let attempt = || {
-            let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
-            let (req, _) = request(&s, &nonce, &s.launch);
-            s.broker.release(&req, SystemTime::now())
-        };
+        let attempt = || attempt(&s);
         assert!(attempt().is_ok());
         s.broker.set_keys(vec![ModelKey::generate()]);
         assert!(matches!(attempt(), Err(BrokerError::UnknownKey(_))));
