@@ -12,6 +12,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
-[ -f "$model" ] || scripts/fetch-model.sh
+scripts/setup.sh   # the build's packages and the default model, decided from dpkg
 cargo build --quiet --release --locked -p veil-client -p veil-server --bins --example bench_e2e
 exec "${CARGO_TARGET_DIR:-target}/release/examples/bench_e2e" "$model" "${2:-1}" "${3:-5}"

