@@ -84,9 +84,16 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
   echo "setup: installing ${need[*]} with apt-get (once; the first build then takes a few minutes):"
   printf '%s\n' "${why[@]}"
-  "${sudo[@]}" apt-get update -qq >/dev/null
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  log="$(mktemp)"
+  if ! { "${sudo[@]}" apt-get update -qq \
+      && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "setup: apt-get could not install ${need[*]}" >&2
+    exit 1
+  fi
+  rm -f "$log"
   for pkg in "${need[@]}"; do
     if ! installed "$pkg"; then
       echo "setup: apt-get reported success but $pkg is not installed" >&2
