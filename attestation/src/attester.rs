@@ -1,5 +1,6 @@
 //! Attesters: what produces evidence, written once for the mock platform and for SNP.
 
+use crate::binding::Transcript;
 use crate::evidence::{Evidence, TeeKind};
 use crate::mock::{MockLaunch, MockPlatform};
 
@@ -17,16 +18,41 @@ pub enum AttestError {
     NoCertificates,
 }
 
-/// Produces evidence over 64 bytes of report data.
+/// Produces evidence.
+///
+/// [`Attester::attest`] is the one way to issue evidence for a [`Transcript`]: the
+/// REPORT_DATA it asks the platform for and the binding it states in the evidence come
+/// from that same transcript, so the two cannot disagree. An implementation provides only
+/// [`Attester::report`], the platform's raw report over 64 bytes.
 pub trait Attester: Send + Sync {
     /// The TEE kind this attester speaks for.
     fn tee(&self) -> TeeKind;
 
-    /// Evidence whose report carries `report_data`.
+    /// Evidence whose report carries exactly `report_data`, with no stated binding (for
+    /// raw uses such as `veil mock-platform attest`; servers use [`Attester::attest`]).
     ///
     /// # Errors
     /// [`AttestError`] if the platform cannot produce a report.
-    fn attest(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError>;
+    fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError>;
+
+    /// Evidence for `transcript`: REPORT_DATA = SHA-512 of it, and its binding stated.
+    ///
+    /// # Errors
+    /// [`AttestError`] if the platform cannot produce a report.
+    fn attest(&self, transcript: &Transcript) -> Result<Evidence, AttestError> {
+        bind(transcript, |rd| self.report(rd))
+    }
+}
+
+/// Evidence for `transcript` from a raw `report` function: the report over its
+/// REPORT_DATA, with its binding stated. The one place the two are put together.
+pub(crate) fn bind<E>(
+    transcript: &Transcript,
+    report: impl FnOnce([u8; 64]) -> Result<Evidence, E>,
+) -> Result<Evidence, E> {
+    let mut evidence = report(transcript.report_data())?;
+    evidence.binding = Some(transcript.binding());
+    Ok(evidence)
 }
 
 /// The mock platform attesting a launch.
@@ -53,7 +79,7 @@ impl Attester for MockAttester {
         TeeKind::Mock
     }
 
-    fn attest(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
+    fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
         Ok(self.platform.attest(&self.launch, report_data))
     }
 }
@@ -80,7 +106,7 @@ impl Attester for SnpAttester {
         TeeKind::Snp
     }
 
-    fn attest(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
+    fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
         use sev::firmware::guest::Firmware;
         use sev::firmware::host::CertType;
         let mut fw = Firmware::open().map_err(|e| AttestError::Device(e.to_string()))?;

@@ -50,7 +50,7 @@ impl Purpose {
     }
 }
 
-/// Why a transcript cannot be built.
+/// Why a nonce is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BindingError {
@@ -60,6 +60,91 @@ pub enum BindingError {
         /// Bytes given.
         found: usize,
     },
+    /// The nonce is not base64url.
+    #[error("nonce is not base64url")]
+    NonceEncoding,
+}
+
+/// A verifier's nonce: 16 to 64 bytes, checked once when it is made or decoded, so every
+/// [`Transcript`] holds a valid one. On the wire it is base64url without padding (padding
+/// is tolerated on input).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Nonce {
+    bytes: [u8; MAX_NONCE],
+    len: u8,
+}
+
+impl Nonce {
+    /// A nonce of these bytes.
+    ///
+    /// # Errors
+    /// [`BindingError::NonceLength`] unless 16..=64 bytes.
+    pub fn new(bytes: &[u8]) -> Result<Self, BindingError> {
+        let n = bytes.len();
+        if !(MIN_NONCE..=MAX_NONCE).contains(&n) {
+            return Err(BindingError::NonceLength { found: n });
+        }
+        let mut out = [0u8; MAX_NONCE];
+        out[..n].copy_from_slice(bytes);
+        Ok(Nonce {
+            bytes: out,
+            len: n as u8,
+        })
+    }
+
+    /// `LEN` fresh bytes from the system CSPRNG (`LEN` in 16..=64).
+    ///
+    /// # Panics
+    /// If `LEN` is out of range (a constant, so a programming error) or the system
+    /// CSPRNG fails.
+    pub fn random<const LEN: usize>() -> Self {
+        let mut b = [0u8; LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .expect("the system CSPRNG works");
+        Nonce::new(&b).expect("a nonce length in 16..=64")
+    }
+
+    /// Decodes base64url (padding tolerated).
+    ///
+    /// # Errors
+    /// [`BindingError::NonceEncoding`] or [`BindingError::NonceLength`].
+    pub fn from_base64url(text: &str) -> Result<Self, BindingError> {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('=').as_bytes())
+            .map_err(|_| BindingError::NonceEncoding)?;
+        Nonce::new(&raw)
+    }
+
+    /// base64url without padding.
+    pub fn to_base64url(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.as_bytes())
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Nonce({})", hex::encode(self.as_bytes()))
+    }
+}
+
+impl Serialize for Nonce {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_base64url())
+    }
+}
+
+impl<'de> Deserialize<'de> for Nonce {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Nonce::from_base64url(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The server-side values of the binding, sent inside the evidence so the verifier can
@@ -72,20 +157,20 @@ pub struct Binding {
     /// Purpose.
     pub purpose: Purpose,
     /// X25519 key-wrapping public key, hex.
-    #[serde(with = "hex32")]
+    #[serde(with = "crate::wire::hex_bytes")]
     pub wrap_pk: [u8; 32],
     /// SHA-256 of the sealed model's plaintext (from its authenticated header), hex.
-    #[serde(with = "hex32")]
+    #[serde(with = "crate::wire::hex_bytes")]
     pub model_sha256: [u8; 32],
 }
 
 /// Everything REPORT_DATA binds.
 #[derive(Debug, Clone, Copy)]
-pub struct Transcript<'a> {
+pub struct Transcript {
     /// Purpose of the evidence.
     pub purpose: Purpose,
     /// The verifier's fresh nonce.
-    pub nonce: &'a [u8],
+    pub nonce: Nonce,
     /// SHA-256 of the server's TLS leaf SubjectPublicKeyInfo (DER).
     pub spki_sha256: [u8; 32],
     /// RFC 9266 exporter of the connection, if bound.
@@ -96,7 +181,7 @@ pub struct Transcript<'a> {
     pub model_sha256: [u8; 32],
 }
 
-impl Transcript<'_> {
+impl Transcript {
     /// The flags byte this transcript implies.
     pub fn flags(&self) -> u8 {
         if self.exporter.is_some() {
@@ -117,36 +202,27 @@ impl Transcript<'_> {
     }
 
     /// The transcript bytes `T` (never sent; hashed).
-    ///
-    /// # Errors
-    /// [`BindingError::NonceLength`].
-    pub fn to_bytes(&self) -> Result<Vec<u8>, BindingError> {
-        let n = self.nonce.len();
-        if !(MIN_NONCE..=MAX_NONCE).contains(&n) {
-            return Err(BindingError::NonceLength { found: n });
-        }
-        let mut t = Vec::with_capacity(20 + 3 + n + 4 * 32);
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let nonce = self.nonce.as_bytes();
+        let mut t = Vec::with_capacity(20 + 3 + nonce.len() + 4 * 32);
         t.extend_from_slice(DOMAIN);
         t.push(self.flags());
         t.push(self.purpose.byte());
-        t.push(n as u8);
-        t.extend_from_slice(self.nonce);
+        t.push(nonce.len() as u8);
+        t.extend_from_slice(nonce);
         t.extend_from_slice(&self.spki_sha256);
         t.extend_from_slice(&self.exporter.unwrap_or([0; 32]));
         t.extend_from_slice(&self.wrap_pk);
         t.extend_from_slice(&self.model_sha256);
-        Ok(t)
+        t
     }
 
     /// REPORT_DATA = SHA-512(T).
-    ///
-    /// # Errors
-    /// [`BindingError::NonceLength`].
-    pub fn report_data(&self) -> Result<[u8; 64], BindingError> {
-        let d = digest::digest(&digest::SHA512, &self.to_bytes()?);
+    pub fn report_data(&self) -> [u8; 64] {
+        let d = digest::digest(&digest::SHA512, &self.to_bytes());
         let mut out = [0u8; 64];
         out.copy_from_slice(d.as_ref());
-        Ok(out)
+        out
     }
 }
 
@@ -157,28 +233,14 @@ pub fn spki_sha256(spki_der: &[u8]) -> [u8; 32] {
     out
 }
 
-mod hex32 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
-    }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample(nonce: &[u8]) -> Transcript<'_> {
+    fn sample(nonce: &[u8]) -> Transcript {
         Transcript {
             purpose: Purpose::ClientSession,
-            nonce,
+            nonce: Nonce::new(nonce).expect("valid nonce"),
             spki_sha256: [1; 32],
             exporter: Some([2; 32]),
             wrap_pk: [3; 32],
@@ -189,7 +251,7 @@ mod tests {
     #[test]
     fn transcript_layout_is_as_documented() {
         let nonce = [9u8; 32];
-        let t = sample(&nonce).to_bytes().expect("valid nonce");
+        let t = sample(&nonce).to_bytes();
         assert_eq!(t.len(), 20 + 1 + 1 + 1 + 32 + 4 * 32);
         assert_eq!(&t[..20], DOMAIN);
         assert_eq!(t[20], FLAG_EXPORTER);
@@ -203,11 +265,10 @@ mod tests {
     #[test]
     fn every_field_changes_the_digest() {
         let nonce = [9u8; 32];
-        let base = sample(&nonce).report_data().expect("ok");
-        let other_nonce = [8u8; 32];
+        let base = sample(&nonce).report_data();
         let variants = [
             Transcript {
-                nonce: &other_nonce,
+                nonce: Nonce::new(&[8u8; 32]).expect("valid"),
                 ..sample(&nonce)
             },
             Transcript {
@@ -236,21 +297,35 @@ mod tests {
             },
         ];
         for v in variants {
-            assert_ne!(v.report_data().expect("ok"), base, "{v:?}");
+            assert_ne!(v.report_data(), base, "{v:?}");
         }
     }
 
     #[test]
     fn rejects_short_and_long_nonces() {
         assert_eq!(
-            sample(&[0; 15]).report_data(),
+            Nonce::new(&[0; 15]),
             Err(BindingError::NonceLength { found: 15 })
         );
         assert_eq!(
-            sample(&[0; 65]).report_data(),
+            Nonce::new(&[0; 65]),
             Err(BindingError::NonceLength { found: 65 })
         );
-        assert!(sample(&[0; 16]).report_data().is_ok());
-        assert!(sample(&[0; 64]).report_data().is_ok());
+        assert!(Nonce::new(&[0; 16]).is_ok());
+        assert!(Nonce::new(&[0; 64]).is_ok());
+    }
+
+    #[test]
+    fn nonces_travel_as_base64url_and_are_checked_when_decoded() {
+        let n = Nonce::new(&[0xfb; 32]).expect("valid");
+        let json = serde_json::to_string(&n).expect("serializes");
+        assert!(!json.contains('+') && !json.contains('/') && !json.contains('='), "{json}");
+        assert_eq!(serde_json::from_str::<Nonce>(&json).expect("decodes"), n);
+        assert_eq!(
+            Nonce::from_base64url(&format!("{}==", n.to_base64url())),
+            Ok(n)
+        );
+        assert_eq!(Nonce::from_base64url("!!"), Err(BindingError::NonceEncoding));
+        assert!(serde_json::from_str::<Nonce>("\"AAAA\"").is_err());
     }
 }

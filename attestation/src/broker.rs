@@ -27,10 +27,12 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::binding::{Binding, BindingError, Purpose, Transcript};
+use crate::appraisal::{Appraisal, Expected, Rejection};
+use crate::binding::{Binding, Nonce, Purpose, Transcript};
 use crate::check::Check;
 use crate::evidence::Evidence;
-use crate::policy::{Appraisal, Expected, Policy, Rejection};
+use crate::policy::Policy;
+use crate::release::KEY_ID_LEN;
 
 /// `POST`: a fresh nonce.
 pub const CHALLENGE_PATH: &str = "/v1/challenge";
@@ -44,7 +46,7 @@ pub const NONCE_LEN: usize = 32;
 #[serde(deny_unknown_fields)]
 pub struct Challenge {
     /// The nonce, base64url without padding.
-    pub nonce: String,
+    pub nonce: Nonce,
     /// Seconds the nonce stays valid.
     pub expires_in: u64,
 }
@@ -54,16 +56,17 @@ pub struct Challenge {
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
     /// The nonce from [`Challenge`], as issued.
-    pub nonce: String,
+    pub nonce: Nonce,
     /// The key id the sealed model names (32 hex digits).
-    pub key_id: String,
+    #[serde(with = "crate::wire::hex_bytes")]
+    pub key_id: [u8; KEY_ID_LEN],
     /// Evidence whose REPORT_DATA is [`pull_report_data`] of that nonce and its binding.
     pub evidence: Evidence,
 }
 
 /// The transcript of a pull: purpose 2, the broker's nonce, no TLS values (the server
 /// is the client of that connection, and the key is sealed to the wrapping key instead).
-pub fn pull_transcript(nonce: &[u8], wrap_pk: [u8; 32], model_sha256: [u8; 32]) -> Transcript<'_> {
+pub fn pull_transcript(nonce: Nonce, wrap_pk: [u8; 32], model_sha256: [u8; 32]) -> Transcript {
     Transcript {
         purpose: Purpose::BrokerPull,
         nonce,
@@ -78,16 +81,14 @@ pub fn pull_transcript(nonce: &[u8], wrap_pk: [u8; 32], model_sha256: [u8; 32]) 
 /// issued and the wrapping key and model digest that the evidence's binding states. Any
 /// other purpose, or a bound exporter, gives other report data, so such evidence fails the
 /// `report_data` check.
-///
-/// # Errors
-/// [`BindingError::NonceLength`].
-pub fn pull_report_data(nonce: &[u8], binding: &Binding) -> Result<[u8; 64], BindingError> {
+pub fn pull_report_data(nonce: Nonce, binding: &Binding) -> [u8; 64] {
     pull_transcript(nonce, binding.wrap_pk, binding.model_sha256).report_data()
 }
 
 /// Appraises a pull request's evidence against `policy`, for the nonce the broker issued:
 /// the report data must be [`pull_report_data`] of that nonce and the evidence's binding,
-/// and the evidence must bind a wrapping key (a key-release needs one).
+/// and the evidence must bind a wrapping key (a key-release needs one). The appraisal
+/// then carries that binding, so the key goes to the wrapping key it names.
 ///
 /// # Errors
 /// A [`Rejection`] naming every failed check (`report_data` when the evidence carries no
@@ -95,7 +96,7 @@ pub fn pull_report_data(nonce: &[u8], binding: &Binding) -> Result<[u8; 64], Bin
 pub fn appraise_pull(
     policy: &Policy,
     evidence: &Evidence,
-    nonce: &[u8],
+    nonce: Nonce,
     now: SystemTime,
 ) -> Result<Appraisal, Rejection> {
     let Some(binding) = &evidence.binding else {
@@ -104,9 +105,8 @@ pub fn appraise_pull(
             "the evidence states no binding (wrapping key, model digest)".to_owned(),
         ));
     };
-    let expected = pull_report_data(nonce, binding)
-        .map_err(|e| Rejection::single(Check::ReportData, e.to_string()))?;
-    policy.appraise(evidence, &Expected::new(expected, now))
+    let transcript = pull_transcript(nonce, binding.wrap_pk, binding.model_sha256);
+    policy.appraise(evidence, &Expected::new(&transcript, now))
 }
 
 #[cfg(test)]
@@ -114,11 +114,10 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::{MockLaunch, MockPlatform, Policy, WrappingKey};
+    use crate::{Attester, MockAttester, MockLaunch, MockPlatform, Policy, WrappingKey};
 
     struct Setup {
-        platform: MockPlatform,
-        launch: MockLaunch,
+        attester: MockAttester,
         policy: Policy,
         wrapping: WrappingKey,
         now: SystemTime,
@@ -128,45 +127,40 @@ mod tests {
         let now = SystemTime::now();
         let platform = MockPlatform::generate(now).expect("platform");
         let launch = MockLaunch::server(b"server", "127.0.0.1:0", &[7; 32]);
-        let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let policy = Policy::mock(platform.root(), &[launch.measurement()]);
         Setup {
-            platform,
-            launch,
+            attester: MockAttester::new(platform, launch),
             policy,
             wrapping: WrappingKey::generate(),
             now,
         }
     }
 
-    fn pull_evidence(s: &Setup, transcript: &Transcript<'_>) -> Evidence {
-        let mut evidence = s
-            .platform
-            .attest(&s.launch, transcript.report_data().expect("nonce length"));
-        evidence.binding = Some(transcript.binding());
-        evidence
+    fn pull_evidence(s: &Setup, transcript: &Transcript) -> Evidence {
+        s.attester.attest(transcript).expect("attests")
+    }
+
+    fn nonce(b: u8) -> Nonce {
+        Nonce::new(&[b; NONCE_LEN]).expect("nonce length")
     }
 
     #[test]
     fn evidence_for_the_issued_nonce_is_accepted_and_a_released_key_opens() {
         let s = setup();
-        let nonce = [1u8; NONCE_LEN];
-        let evidence = pull_evidence(&s, &pull_transcript(&nonce, s.wrapping.public(), [7; 32]));
-        let appraisal = appraise_pull(&s.policy, &evidence, &nonce, s.now).expect("accepted");
+        let nonce = nonce(1);
+        let evidence = pull_evidence(&s, &pull_transcript(nonce, s.wrapping.public(), [7; 32]));
+        let appraisal = appraise_pull(&s.policy, &evidence, nonce, s.now).expect("accepted");
         let binding = evidence.binding.as_ref().expect("bound");
-        let release =
-            crate::KeyRelease::seal(&appraisal, &binding.wrap_pk, "k", &[9; 32]).expect("sealed");
-        let rd = pull_report_data(&nonce, binding).expect("nonce length");
-        assert_eq!(*s.wrapping.open(&release, &rd).expect("opens"), [9; 32]);
+        let release = crate::KeyRelease::seal(&appraisal, &[1; 16], &[9; 32]).expect("sealed");
+        let rd = pull_report_data(nonce, binding);
+        assert_eq!(**s.wrapping.open(&release, &rd).expect("opens"), [9; 32]);
     }
 
     #[test]
     fn another_nonce_fails_report_data_only() {
         let s = setup();
-        let evidence = pull_evidence(
-            &s,
-            &pull_transcript(&[1; NONCE_LEN], s.wrapping.public(), [7; 32]),
-        );
-        let rejection = appraise_pull(&s.policy, &evidence, &[2; NONCE_LEN], s.now).unwrap_err();
+        let evidence = pull_evidence(&s, &pull_transcript(nonce(1), s.wrapping.public(), [7; 32]));
+        let rejection = appraise_pull(&s.policy, &evidence, nonce(2), s.now).unwrap_err();
         let failed: Vec<Check> = rejection.failures().map(|o| o.check).collect();
         assert_eq!(failed, vec![Check::ReportData]);
     }
@@ -175,42 +169,42 @@ mod tests {
     fn session_evidence_cannot_be_used_for_a_pull() {
         // Evidence a server gave a client (purpose 1, TLS values bound) for the same nonce.
         let s = setup();
-        let nonce = [1u8; NONCE_LEN];
+        let nonce = nonce(1);
         let session = Transcript {
             purpose: Purpose::ClientSession,
-            nonce: &nonce,
+            nonce,
             spki_sha256: [3; 32],
             exporter: Some([4; 32]),
             wrap_pk: s.wrapping.public(),
             model_sha256: [7; 32],
         };
         let evidence = pull_evidence(&s, &session);
-        let rejection = appraise_pull(&s.policy, &evidence, &nonce, s.now).unwrap_err();
+        let rejection = appraise_pull(&s.policy, &evidence, nonce, s.now).unwrap_err();
         assert!(rejection.failed(Check::ReportData), "{rejection}");
     }
 
     #[test]
     fn a_swapped_wrapping_key_fails_report_data() {
         let s = setup();
-        let nonce = [1u8; NONCE_LEN];
+        let nonce = nonce(1);
         let mut evidence =
-            pull_evidence(&s, &pull_transcript(&nonce, s.wrapping.public(), [7; 32]));
+            pull_evidence(&s, &pull_transcript(nonce, s.wrapping.public(), [7; 32]));
         // Someone in the middle substitutes its own wrapping key in the stated binding.
         if let Some(b) = evidence.binding.as_mut() {
             b.wrap_pk = WrappingKey::generate().public();
         }
-        let rejection = appraise_pull(&s.policy, &evidence, &nonce, s.now).unwrap_err();
+        let rejection = appraise_pull(&s.policy, &evidence, nonce, s.now).unwrap_err();
         assert!(rejection.failed(Check::ReportData), "{rejection}");
     }
 
     #[test]
     fn evidence_without_a_binding_is_refused() {
         let s = setup();
-        let nonce = [1u8; NONCE_LEN];
+        let nonce = nonce(1);
         let mut evidence =
-            pull_evidence(&s, &pull_transcript(&nonce, s.wrapping.public(), [7; 32]));
+            pull_evidence(&s, &pull_transcript(nonce, s.wrapping.public(), [7; 32]));
         evidence.binding = None;
-        let rejection = appraise_pull(&s.policy, &evidence, &nonce, s.now).unwrap_err();
+        let rejection = appraise_pull(&s.policy, &evidence, nonce, s.now).unwrap_err();
         assert!(rejection.failed(Check::ReportData), "{rejection}");
     }
 }

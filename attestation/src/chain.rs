@@ -140,7 +140,14 @@ impl Certificate {
 
     /// SHA-256 of the DER bytes, hex: how a policy names a mock root.
     pub fn fingerprint(&self) -> String {
-        hex::encode(digest::digest(&digest::SHA256, &self.der))
+        hex::encode(self.fingerprint_bytes())
+    }
+
+    /// SHA-256 of the DER, as bytes.
+    pub fn fingerprint_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest::digest(&digest::SHA256, &self.der).as_ref());
+        out
     }
 
     /// The subject's common name.

@@ -10,23 +10,36 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use std::time::SystemTime;
-//! use veil_attestation::{Expected, MockLaunch, MockPlatform, Policy};
+//! use veil_attestation::binding::{Nonce, Purpose, Transcript};
+//! use veil_attestation::{Attester, Expected, MockAttester, MockLaunch, MockPlatform, Policy};
 //!
 //! let now = SystemTime::now();
 //! let platform = MockPlatform::generate(now)?;
 //! let launch = MockLaunch::new(b"server binary", BTreeMap::new());
-//! let evidence = platform.attest(&launch, [42; 64]);
+//! let policy = Policy::mock(platform.root(), &[launch.measurement()]);
+//! let attester = MockAttester::new(platform, launch);
 //!
-//! let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
-//! let appraisal = policy.appraise(&evidence, &Expected::new([42; 64], now))?;
+//! // The verifier's transcript: its nonce, the channel it saw, what the server binds.
+//! let transcript = Transcript {
+//!     purpose: Purpose::ClientSession,
+//!     nonce: Nonce::random::<32>(),
+//!     spki_sha256: [1; 32],
+//!     exporter: Some([2; 32]),
+//!     wrap_pk: [3; 32],
+//!     model_sha256: [4; 32],
+//! };
+//! let evidence = attester.attest(&transcript)?;
+//! let appraisal = policy.appraise(&evidence, &Expected::new(&transcript, now))?;
 //! assert!(appraisal.is_mock());
 //!
-//! // The same evidence, expected with other report data: rejected, and the check named.
-//! let rejection = policy.appraise(&evidence, &Expected::new([0; 64], now)).unwrap_err();
+//! // The same evidence, expected for another nonce: rejected, and the check named.
+//! let other = Transcript { nonce: Nonce::random::<32>(), ..transcript };
+//! let rejection = policy.appraise(&evidence, &Expected::new(&other, now)).unwrap_err();
 //! assert!(rejection.to_string().contains("report_data"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod appraisal;
 pub mod attester;
 pub mod binding;
 pub mod broker;
@@ -38,14 +51,16 @@ pub mod policy;
 pub mod release;
 pub mod report;
 pub mod revocation;
+mod wire;
 
 pub use attester::{AttestError, Attester, MockAttester};
-pub use binding::{Binding, Purpose, Transcript};
+pub use appraisal::{Appraisal, Claims, Expected, Offline, OfflineAppraisal, Rejection};
+pub use binding::{Binding, Nonce, Purpose, Transcript};
 pub use chain::Certificate;
 pub use check::{Check, Outcome, Status};
 pub use evidence::{Evidence, EvidenceError, TeeKind};
 pub use mock::{MockLaunch, MockPlatform};
-pub use policy::{Appraisal, Expected, Policy, PolicyError, Rejection};
+pub use policy::{Policy, PolicyError};
 pub use release::{KeyRelease, ReleaseError, WrappingKey};
 pub use report::{Product, Report, ReportError, SigningKey, Tcb};
 pub use revocation::{Crl, CrlError};

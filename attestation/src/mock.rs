@@ -486,6 +486,13 @@ impl MockPlatform {
             binding: None,
         }
     }
+
+    /// Evidence for `launch` and `transcript`: its report data, its binding stated (what
+    /// [`crate::Attester::attest`] gives for a [`crate::MockAttester`]).
+    pub fn issue(&self, launch: &MockLaunch, transcript: &crate::binding::Transcript) -> Evidence {
+        crate::attester::bind(transcript, |rd| Ok::<_, std::convert::Infallible>(self.attest(launch, rd)))
+            .unwrap_or_else(|never| match never {})
+    }
 }
 
 /// What the mock platform launched: the executable and its launch configuration.
@@ -575,7 +582,15 @@ impl MockLaunch {
 mod tests {
     use super::*;
     use crate::check::Check;
-    use crate::policy::{Expected, Policy};
+    use crate::appraisal::Offline;
+    use crate::policy::Policy;
+
+    fn snp_at_least(snp: u8) -> crate::policy::MinimumTcb {
+        crate::policy::MinimumTcb {
+            snp,
+            ..Default::default()
+        }
+    }
 
     fn launch() -> MockLaunch {
         let mut config = BTreeMap::new();
@@ -590,9 +605,9 @@ mod tests {
         let platform = MockPlatform::generate(now).expect("generate");
         let launch = launch();
         let evidence = platform.attest(&launch, [7; 64]);
-        let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let policy = Policy::mock(platform.root(), &[launch.measurement()]);
         let appraisal = policy
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect("accepted");
         assert!(appraisal.is_mock());
         assert_eq!(appraisal.product(), Product::Mock);
@@ -604,10 +619,10 @@ mod tests {
         let platform = MockPlatform::generate(now).expect("generate");
         let launch = launch();
         let evidence = platform.attest(&launch, [7; 64]);
-        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
         policy.mock_roots.clear();
         let rejection = policy
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect_err("rejected");
         assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
         let named = format!(
@@ -617,9 +632,9 @@ mod tests {
         assert!(rejection.to_string().contains(&named), "{rejection}");
 
         let other = MockPlatform::generate(now).expect("generate");
-        let policy = Policy::mock(&other.root().fingerprint(), &[launch.measurement()]);
+        let policy = Policy::mock(other.root(), &[launch.measurement()]);
         let rejection = policy
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect_err("rejected");
         assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
         assert!(rejection.to_string().contains(&named), "{rejection}");
@@ -631,14 +646,14 @@ mod tests {
         let platform = MockPlatform::generate(now).expect("generate");
         let evidence = platform.attest(&launch(), [7; 64]);
         let rejection = Policy::genuine_snp()
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect_err("rejected");
         assert!(rejection.failed(Check::TeeKind), "{rejection}");
         // Claiming to be SNP does not help: the chain does not lead to an AMD root.
         let mut evidence = evidence;
         evidence.tee = TeeKind::Snp;
         let rejection = Policy::genuine_snp()
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect_err("rejected");
         assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
     }
@@ -666,33 +681,32 @@ mod tests {
         let launch = launch();
         let transcript = crate::binding::Transcript {
             purpose: crate::binding::Purpose::ClientSession,
-            nonce: &[1; 32],
+            nonce: crate::binding::Nonce::new(&[1; 32]).expect("nonce"),
             spki_sha256: [2; 32],
             exporter: Some([3; 32]),
             wrap_pk: [4; 32],
             model_sha256: [0xAB; 32],
         };
-        let rd = transcript.report_data().expect("report data");
-        let mut evidence = platform.attest(&launch, rd);
-        evidence.binding = Some(transcript.binding());
-        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
-        let expected = Expected::new(rd, now);
+        let rd = transcript.report_data();
+        let mut evidence = platform.issue(&launch, &transcript);
+        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
+        let expected = Offline::report_data(rd, now);
         policy
-            .appraise(&evidence, &expected)
+            .appraise_offline(&evidence, &expected)
             .expect("any model by default");
-        policy.models = vec!["ab".repeat(32)];
+        policy.models = vec![[0xab; 32]];
         policy
-            .appraise(&evidence, &expected)
+            .appraise_offline(&evidence, &expected)
             .expect("the named model");
-        policy.models = vec!["cd".repeat(32)];
+        policy.models = vec![[0xcd; 32]];
         let rejection = policy
-            .appraise(&evidence, &expected)
+            .appraise_offline(&evidence, &expected)
             .expect_err("another model");
         assert!(rejection.failed(Check::Model), "{rejection}");
         assert_eq!(rejection.failures().count(), 1, "{rejection}");
         evidence.binding = None;
         let rejection = policy
-            .appraise(&evidence, &expected)
+            .appraise_offline(&evidence, &expected)
             .expect_err("no binding");
         assert!(rejection.failed(Check::Model), "{rejection}");
     }
@@ -704,14 +718,14 @@ mod tests {
         let mut launch = launch();
         launch.debug = true;
         let evidence = platform.attest(&launch, [7; 64]);
-        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
         let rejection = policy
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect_err("rejected");
         assert!(rejection.failed(Check::Debug), "{rejection}");
         policy.allow_debug = true;
         policy
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect("debug allowed");
     }
 
@@ -721,15 +735,17 @@ mod tests {
         let platform = MockPlatform::generate(now).expect("generate");
         let launch = launch();
         let evidence = platform.attest(&launch, [7; 64]);
-        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
-        policy.min_tcb.entry("all".into()).or_default().snp = MOCK_TCB.snp + 1;
-        policy.min_tcb.entry("Mock".into()).or_default().snp = MOCK_TCB.snp;
+        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
+        policy.min_tcb.push((None, snp_at_least(MOCK_TCB.snp + 1)));
         policy
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .min_tcb
+            .push((Some(Product::Mock), snp_at_least(MOCK_TCB.snp)));
+        policy
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect("the Mock entry applies");
-        policy.min_tcb.remove("Mock");
+        policy.min_tcb.retain(|(p, _)| p.is_none());
         let rejection = policy
-            .appraise(&evidence, &Expected::new([7; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
             .expect_err("all applies");
         assert!(rejection.failed(Check::MinimumTcb), "{rejection}");
     }
@@ -740,12 +756,12 @@ mod tests {
         let now = SystemTime::now();
         let platform = MockPlatform::generate(now).expect("generate");
         let mut launch = launch();
-        let mut policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
-        policy.min_tcb.entry("all".into()).or_default().snp = MOCK_TCB.snp;
+        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
+        policy.min_tcb.push((None, snp_at_least(MOCK_TCB.snp)));
         policy
-            .appraise(
+            .appraise_offline(
                 &platform.attest(&launch, [7; 64]),
-                &Expected::new([7; 64], now),
+                &Offline::report_data([7; 64], now),
             )
             .expect("launched at the current TCB");
         launch.launch_tcb = Some(Tcb {
@@ -753,9 +769,9 @@ mod tests {
             ..MOCK_TCB
         });
         let rejection = policy
-            .appraise(
+            .appraise_offline(
                 &platform.attest(&launch, [7; 64]),
-                &Expected::new([7; 64], now),
+                &Offline::report_data([7; 64], now),
             )
             .expect_err("launched below the minimum");
         let failed: Vec<String> = rejection
@@ -771,9 +787,9 @@ mod tests {
         // Without a minimum, the launch TCB is not constrained.
         policy.min_tcb.clear();
         policy
-            .appraise(
+            .appraise_offline(
                 &platform.attest(&launch, [7; 64]),
-                &Expected::new([7; 64], now),
+                &Offline::report_data([7; 64], now),
             )
             .expect("no minimum");
     }
@@ -793,9 +809,9 @@ mod tests {
         assert_eq!(again.root(), platform.root());
         let launch = launch();
         let evidence = again.attest(&launch, [1; 64]);
-        let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let policy = Policy::mock(platform.root(), &[launch.measurement()]);
         policy
-            .appraise(&evidence, &Expected::new([1; 64], now))
+            .appraise_offline(&evidence, &Offline::report_data([1; 64], now))
             .expect("accepted");
         // A missing key is named.
         let err = MockPlatform::from_files(|n| {

@@ -4,13 +4,16 @@
 //!
 //! ```text
 //! info = "veil/v1/key-release"
-//! aad  = REPORT_DATA (64) ‖ len(key_id) (1) ‖ key_id
+//! aad  = REPORT_DATA (64) ‖ len(key_id) (1) ‖ key_id   (key_id as its 32 hex digits)
 //! (enc, ct) = HPKE.SealBase(wrap_pk, info, aad, model_key[32])
 //! ```
+//!
+//! [`KeyRelease::seal`] takes an [`Appraisal`] and nothing else to say where the key goes:
+//! the wrapping key is the one the appraised evidence was verified to bind. An
+//! [`crate::OfflineAppraisal`] (no transcript checked) cannot be passed.
 
 use std::fmt;
 
-use base64::{engine::general_purpose::STANDARD, Engine};
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -18,19 +21,19 @@ use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::policy::Appraisal;
+use crate::appraisal::Appraisal;
 
 /// The HPKE suite name on the wire.
 pub const SUITE: &str = "x25519-hkdf-sha256-aes256gcm";
 const INFO: &[u8] = b"veil/v1/key-release";
-/// Longest key id accepted.
-pub const MAX_KEY_ID: usize = 64;
+/// Bytes of a key id (the sealed model's, shown as 32 hex digits).
+pub const KEY_ID_LEN: usize = 16;
 
 /// Why a key-release message cannot be sealed or opened. Deliberately coarse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReleaseError {
-    /// Unknown suite, bad base64 or lengths.
+    /// Unknown suite.
     #[error("key-release message is malformed: {0}")]
     Malformed(&'static str),
     /// The wrapping public key in the evidence is not a valid X25519 key.
@@ -70,7 +73,8 @@ impl WrappingKey {
         self.public
     }
 
-    /// Opens a key-release message sealed to this key for this report data.
+    /// Opens a key-release message sealed to this key for this report data. The key is
+    /// built in place on the heap, so no copy of it is left behind on the stack.
     ///
     /// # Errors
     /// [`ReleaseError`]; never says more than "does not open".
@@ -78,11 +82,13 @@ impl WrappingKey {
         &self,
         msg: &KeyRelease,
         report_data: &[u8; 64],
-    ) -> Result<Zeroizing<[u8; 32]>, ReleaseError> {
-        let (enc, ct, key_id) = msg.decode()?;
-        let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&enc)
+    ) -> Result<Box<Zeroizing<[u8; 32]>>, ReleaseError> {
+        if msg.suite != SUITE {
+            return Err(ReleaseError::Malformed("suite"));
+        }
+        let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&msg.enc)
             .map_err(|_| ReleaseError::Malformed("enc"))?;
-        let aad = aad(report_data, &key_id);
+        let aad = aad(report_data, &msg.key_id);
         let mut ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
             &OpModeR::Base,
             &self.secret,
@@ -90,107 +96,89 @@ impl WrappingKey {
             INFO,
         )
         .map_err(|_| ReleaseError::OpenFailed)?;
-        let pt = Zeroizing::new(ctx.open(&ct, &aad).map_err(|_| ReleaseError::OpenFailed)?);
-        let key: [u8; 32] = pt
-            .as_slice()
-            .try_into()
-            .map_err(|_| ReleaseError::OpenFailed)?;
-        Ok(Zeroizing::new(key))
+        let pt = Zeroizing::new(
+            ctx.open(&msg.ct, &aad)
+                .map_err(|_| ReleaseError::OpenFailed)?,
+        );
+        if pt.len() != 32 {
+            return Err(ReleaseError::OpenFailed);
+        }
+        let mut key = Box::new(Zeroizing::new([0u8; 32]));
+        key.copy_from_slice(&pt);
+        Ok(key)
     }
 }
 
-fn aad(report_data: &[u8; 64], key_id: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(65 + key_id.len());
+fn aad(report_data: &[u8; 64], key_id: &[u8; KEY_ID_LEN]) -> Vec<u8> {
+    let id = hex::encode(key_id);
+    let mut aad = Vec::with_capacity(65 + id.len());
     aad.extend_from_slice(report_data);
-    aad.push(key_id.len() as u8);
-    aad.extend_from_slice(key_id);
+    aad.push(id.len() as u8);
+    aad.extend_from_slice(id.as_bytes());
     aad
 }
 
-type Decoded = (Vec<u8>, Vec<u8>, Vec<u8>);
-
-/// The wire form of a released key (JSON).
+/// The wire form of a released key (JSON). Every field but the suite has its fixed size,
+/// checked when the message is decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRelease {
     /// Always [`SUITE`].
     pub suite: String,
-    /// The key id the model key belongs to (from the key file and the sealed header).
-    pub key_id: String,
+    /// The key id the model key belongs to (from the key file and the sealed header),
+    /// 32 hex digits.
+    #[serde(with = "crate::wire::hex_bytes")]
+    pub key_id: [u8; KEY_ID_LEN],
     /// HPKE encapsulated key, base64.
-    pub enc: String,
-    /// HPKE ciphertext of the 32-byte model key, base64.
-    pub ct: String,
+    #[serde(with = "crate::wire::b64_bytes")]
+    pub enc: [u8; 32],
+    /// HPKE ciphertext of the 32-byte model key (and its tag), base64.
+    #[serde(with = "crate::wire::b64_bytes")]
+    pub ct: [u8; 48],
     /// The REPORT_DATA of the evidence the sender appraised, base64.
-    pub report_data: String,
+    #[serde(with = "crate::wire::b64_bytes")]
+    pub report_data: [u8; 64],
 }
 
 impl KeyRelease {
-    /// Seals `model_key` to the wrapping key bound by `appraisal` (whose binding says
-    /// which key that is). Taking an [`Appraisal`] means only appraised evidence can
-    /// receive a key.
+    /// Seals `model_key` to the wrapping key that `appraisal` verified the evidence binds,
+    /// with the report data it verified. Only an [`Appraisal`] of fresh evidence can be
+    /// given, and it alone says where the key goes.
     ///
     /// # Errors
-    /// [`ReleaseError::BadWrappingKey`] or [`ReleaseError::Malformed`] (key id too long).
+    /// [`ReleaseError::BadWrappingKey`] if the bound key is not a valid X25519 key.
     pub fn seal(
         appraisal: &Appraisal,
-        wrap_pk: &[u8; 32],
-        key_id: &str,
+        key_id: &[u8; KEY_ID_LEN],
         model_key: &[u8; 32],
     ) -> Result<Self, ReleaseError> {
-        if key_id.len() > MAX_KEY_ID {
-            return Err(ReleaseError::Malformed("key_id"));
-        }
         let report_data = appraisal.report_data();
-        let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(wrap_pk)
-            .map_err(|_| ReleaseError::BadWrappingKey)?;
+        let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(
+            &appraisal.binding().wrap_pk,
+        )
+        .map_err(|_| ReleaseError::BadWrappingKey)?;
         let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
             &OpModeS::Base,
             &pk,
             INFO,
             model_key,
-            &aad(&report_data, key_id.as_bytes()),
+            &aad(&report_data, key_id),
         )
         .map_err(|_| ReleaseError::BadWrappingKey)?;
         Ok(KeyRelease {
             suite: SUITE.to_owned(),
-            key_id: key_id.to_owned(),
-            enc: STANDARD.encode(enc.to_bytes()),
-            ct: STANDARD.encode(ct),
-            report_data: STANDARD.encode(report_data),
+            key_id: *key_id,
+            enc: enc
+                .to_bytes()
+                .as_slice()
+                .try_into()
+                .map_err(|_| ReleaseError::BadWrappingKey)?,
+            ct: ct
+                .as_slice()
+                .try_into()
+                .map_err(|_| ReleaseError::BadWrappingKey)?,
+            report_data,
         })
-    }
-
-    /// The report data the sender says it appraised.
-    ///
-    /// # Errors
-    /// [`ReleaseError::Malformed`].
-    pub fn report_data(&self) -> Result<[u8; 64], ReleaseError> {
-        let raw = STANDARD
-            .decode(&self.report_data)
-            .map_err(|_| ReleaseError::Malformed("report_data"))?;
-        raw.try_into()
-            .map_err(|_| ReleaseError::Malformed("report_data"))
-    }
-
-    /// Decodes `(enc, ct, key_id)`.
-    fn decode(&self) -> Result<Decoded, ReleaseError> {
-        if self.suite != SUITE {
-            return Err(ReleaseError::Malformed("suite"));
-        }
-        if self.key_id.len() > MAX_KEY_ID {
-            return Err(ReleaseError::Malformed("key_id"));
-        }
-        let enc = STANDARD
-            .decode(&self.enc)
-            .map_err(|_| ReleaseError::Malformed("enc"))?;
-        let ct = STANDARD
-            .decode(&self.ct)
-            .map_err(|_| ReleaseError::Malformed("ct"))?;
-        if enc.len() != 32 || ct.len() != 48 {
-            return Err(ReleaseError::Malformed("lengths"));
-        }
-        Ok((enc, ct, self.key_id.as_bytes().to_vec()))
     }
 }
 
@@ -200,33 +188,47 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::{Expected, MockLaunch, MockPlatform, Policy};
+    use crate::binding::{Nonce, Purpose, Transcript};
+    use crate::{Expected, MockAttester, MockLaunch, MockPlatform, Policy};
+    use crate::attester::Attester;
 
-    fn appraisal(report_data: [u8; 64]) -> Appraisal {
+    /// An appraisal of fresh evidence binding `wrap_pk`, and its report data.
+    fn appraisal(wrap_pk: [u8; 32], nonce: u8) -> (Appraisal, [u8; 64]) {
         let now = SystemTime::now();
         let platform = MockPlatform::generate(now).expect("platform");
         let launch = MockLaunch::new(b"exe", BTreeMap::new());
-        let evidence = platform.attest(&launch, report_data);
-        Policy::mock(&platform.root().fingerprint(), &[launch.measurement()])
-            .appraise(&evidence, &Expected::new(report_data, now))
-            .expect("accepted")
+        let policy = Policy::mock(platform.root(), &[launch.measurement()]);
+        let transcript = Transcript {
+            purpose: Purpose::ClientSession,
+            nonce: Nonce::new(&[nonce; 32]).expect("nonce"),
+            spki_sha256: [1; 32],
+            exporter: Some([2; 32]),
+            wrap_pk,
+            model_sha256: [3; 32],
+        };
+        let evidence = MockAttester::new(platform, launch)
+            .attest(&transcript)
+            .expect("attests");
+        let a = policy
+            .appraise(&evidence, &Expected::new(&transcript, now))
+            .expect("accepted");
+        (a, transcript.report_data())
     }
 
     #[test]
     fn a_sealed_key_opens_with_the_wrapping_key_and_report_data() {
         let wk = WrappingKey::generate();
-        let a = appraisal([5; 64]);
-        let msg = KeyRelease::seal(&a, &wk.public(), "k1", &[9; 32]).expect("seal");
-        assert_eq!(*wk.open(&msg, &[5; 64]).expect("opens"), [9; 32]);
+        let (a, rd) = appraisal(wk.public(), 5);
+        let msg = KeyRelease::seal(&a, &[1; 16], &[9; 32]).expect("seal");
+        assert_eq!(**wk.open(&msg, &rd).expect("opens"), [9; 32]);
     }
 
     #[test]
     fn a_key_sealed_to_another_wrapping_key_does_not_open() {
-        let a = appraisal([5; 64]);
-        let msg =
-            KeyRelease::seal(&a, &WrappingKey::generate().public(), "k1", &[9; 32]).expect("seal");
+        let (a, rd) = appraisal(WrappingKey::generate().public(), 5);
+        let msg = KeyRelease::seal(&a, &[1; 16], &[9; 32]).expect("seal");
         assert_eq!(
-            WrappingKey::generate().open(&msg, &[5; 64]),
+            WrappingKey::generate().open(&msg, &rd),
             Err(ReleaseError::OpenFailed)
         );
     }
@@ -234,22 +236,43 @@ mod tests {
     #[test]
     fn other_report_data_or_key_id_does_not_open() {
         let wk = WrappingKey::generate();
-        let a = appraisal([5; 64]);
-        let msg = KeyRelease::seal(&a, &wk.public(), "k1", &[9; 32]).expect("seal");
+        let (a, rd) = appraisal(wk.public(), 5);
+        let msg = KeyRelease::seal(&a, &[1; 16], &[9; 32]).expect("seal");
         assert_eq!(wk.open(&msg, &[6; 64]), Err(ReleaseError::OpenFailed));
         let other_id = KeyRelease {
-            key_id: "k2".into(),
+            key_id: [2; 16],
             ..msg.clone()
         };
-        assert_eq!(wk.open(&other_id, &[5; 64]), Err(ReleaseError::OpenFailed));
+        assert_eq!(wk.open(&other_id, &rd), Err(ReleaseError::OpenFailed));
         let bad = KeyRelease {
-            ct: "!!".into(),
-            ..msg
+            suite: "other".into(),
+            ..msg.clone()
         };
         assert!(matches!(
-            wk.open(&bad, &[5; 64]),
+            wk.open(&bad, &rd),
             Err(ReleaseError::Malformed(_))
         ));
+        // Wrong lengths and bad base64 cannot even be decoded into a message.
+        let mut json: serde_json::Value = serde_json::to_value(&msg).expect("json");
+        json["ct"] = "!!".into();
+        assert!(serde_json::from_value::<KeyRelease>(json.clone()).is_err());
+        json["ct"] = serde_json::to_value(&msg).expect("json")["ct"].clone();
+        json["report_data"] = "AAAA".into();
+        assert!(serde_json::from_value::<KeyRelease>(json).is_err());
+    }
+
+    #[test]
+    fn the_wire_form_keeps_its_field_encodings() {
+        let wk = WrappingKey::generate();
+        let (a, _) = appraisal(wk.public(), 5);
+        let msg = KeyRelease::seal(&a, &[0xab; 16], &[9; 32]).expect("seal");
+        let json = serde_json::to_value(&msg).expect("json");
+        assert_eq!(json["key_id"], "ab".repeat(16));
+        assert_eq!(json["suite"], SUITE);
+        assert_eq!(
+            serde_json::from_value::<KeyRelease>(json).expect("decodes"),
+            msg
+        );
     }
 
     #[test]

@@ -395,7 +395,8 @@ mod tests {
 
         use crate::check::{Check, Status};
         use crate::mock::{CrlSigner, MockLaunch, MockPlatform};
-        use crate::policy::{Expected, Policy, Rejection};
+        use crate::appraisal::{Offline, Rejection};
+        use crate::policy::Policy;
         use crate::revocation::Crl;
 
         const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -425,11 +426,10 @@ mod tests {
             }
 
             fn policy(&self, crls: Vec<Crl>) -> Policy {
-                let mut policy = Policy::mock(
-                    &self.platform.root().fingerprint(),
+                let mut policy = Policy::mock(self.platform.root(),
                     &[self.launch.measurement()],
                 );
-                policy.crls = (0..crls.len()).map(|i| format!("{i}.crl")).collect();
+                policy.crl_files = (0..crls.len()).map(|i| format!("{i}.crl")).collect();
                 for crl in crls {
                     policy.add_crl(crl);
                 }
@@ -438,7 +438,7 @@ mod tests {
 
             fn appraise(&self, policy: &Policy) -> Result<String, Rejection> {
                 let evidence = self.platform.attest(&self.launch, [3; 64]);
-                let appraisal = policy.appraise(&evidence, &Expected::new([3; 64], self.now))?;
+                let appraisal = policy.appraise_offline(&evidence, &Offline::report_data([3; 64], self.now))?;
                 let outcome = appraisal
                     .outcomes()
                     .iter()
@@ -462,7 +462,7 @@ mod tests {
             let evidence = s.platform.attest(&s.launch, [3; 64]);
             let appraisal = s
                 .policy(Vec::new())
-                .appraise(&evidence, &Expected::new([3; 64], s.now))
+                .appraise_offline(&evidence, &Offline::report_data([3; 64], s.now))
                 .expect("accepted");
             let outcome = appraisal
                 .outcomes()
@@ -562,7 +562,7 @@ mod tests {
         fn crls_named_but_not_loaded_fail_closed() {
             let s = setup();
             let mut policy = s.policy(Vec::new());
-            policy.crls = vec!["genoa.crl".to_owned()];
+            policy.crl_files = vec!["genoa.crl".to_owned()];
             let rejection = s.appraise(&policy).expect_err("not loaded");
             only_revocation_failed(&rejection, "names 1 CRL files but 0 were loaded");
         }

@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use clap::Args;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -29,7 +27,7 @@ use tokio::net::TcpListener;
 use veil_attestation::broker::{
     appraise_pull, Challenge, KeyRequest, CHALLENGE_PATH, KEY_PATH, NONCE_LEN,
 };
-use veil_attestation::{KeyRelease, Policy, Rejection};
+use veil_attestation::{KeyRelease, Nonce, Policy, Rejection};
 use veil_sealing::{KeyId, ModelKey};
 
 use crate::http::{json_response, reload_on_sighup, serve, shutdown_signal, Handler};
@@ -215,7 +213,7 @@ impl Broker {
                 client,
             });
         Ok(Challenge {
-            nonce: URL_SAFE_NO_PAD.encode(nonce),
+            nonce: Nonce::new(&nonce).expect("NONCE_LEN is a valid nonce length"),
             expires_in: NONCE_TTL.as_secs(),
         })
     }
@@ -233,34 +231,21 @@ impl Broker {
     /// # Errors
     /// [`BrokerError`] naming why nothing was released.
     pub fn release(&self, req: &KeyRequest, now: SystemTime) -> Result<KeyRelease, BrokerError> {
-        let nonce = URL_SAFE_NO_PAD
-            .decode(req.nonce.trim_end_matches('=').as_bytes())
-            .map_err(|_| BrokerError::BadRequest("nonce is not base64url".into()))?;
         // The nonce is spent whatever the outcome: each attempt needs a fresh one.
-        if !self.take_nonce(&nonce) {
+        if !self.take_nonce(req.nonce.as_bytes()) {
             return Err(BrokerError::UnknownNonce);
         }
-        let key_id = KeyId::from_hex(&req.key_id)
-            .map_err(|_| BrokerError::BadRequest("key_id is not 32 hex digits".into()))?;
+        let key_id = KeyId(req.key_id);
         let policy = Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()));
         let appraisal =
-            appraise_pull(&policy, &req.evidence, &nonce, now).map_err(BrokerError::Rejected)?;
+            appraise_pull(&policy, &req.evidence, req.nonce, now).map_err(BrokerError::Rejected)?;
         let keys = Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()));
         let key = keys
             .get(&key_id)
             .ok_or_else(|| BrokerError::UnknownKey(key_id.to_string()))?;
-        let binding = req
-            .evidence
-            .binding
-            .as_ref()
-            .ok_or_else(|| BrokerError::BadRequest("the evidence states no binding".into()))?;
-        KeyRelease::seal(
-            &appraisal,
-            &binding.wrap_pk,
-            &key_id.to_string(),
-            key.expose_secret(),
-        )
-        .map_err(|e| BrokerError::BadRequest(e.to_string()))
+        // Sealed to the wrapping key the appraisal verified, and to no other.
+        KeyRelease::seal(&appraisal, &key_id.0, key.expose_secret())
+            .map_err(|e| BrokerError::BadRequest(e.to_string()))
     }
 
     /// Answers one HTTP request.
@@ -304,9 +289,9 @@ impl Broker {
     }
 
     fn answer(&self, req: &KeyRequest, now: SystemTime) -> Response<Full<Bytes>> {
-        // Only validated values reach the log: the request comes from anyone.
-        let key_id = KeyId::from_hex(&req.key_id)
-            .map_or_else(|_| "(not a key id)".to_owned(), |k| k.to_string());
+        // Only validated values reach the log: the request comes from anyone (the key id
+        // is 16 bytes by type).
+        let key_id = KeyId(req.key_id);
         let measurement = req
             .evidence
             .parsed_report()
@@ -456,7 +441,7 @@ mod tests {
         platform: MockPlatform,
         launch: MockLaunch,
         key: [u8; 32],
-        key_id: String,
+        key_id: [u8; 16],
         wrapping: WrappingKey,
     }
 
@@ -464,10 +449,10 @@ mod tests {
         let now = SystemTime::now();
         let platform = MockPlatform::generate(now).expect("platform");
         let launch = MockLaunch::server(b"server", "127.0.0.1:0", &[7; 32]);
-        let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+        let policy = Policy::mock(platform.root(), &[launch.measurement()]);
         let model_key = ModelKey::generate();
         let key = *model_key.expose_secret();
-        let key_id = model_key.key_id().to_string();
+        let key_id = model_key.key_id().0;
         Setup {
             broker: Broker::new(policy, vec![model_key]),
             platform,
@@ -478,19 +463,16 @@ mod tests {
         }
     }
 
-    /// A pull request as a server makes it, for `nonce` (base64url) and `launch`.
-    fn request(s: &Setup, nonce: &str, launch: &MockLaunch) -> (KeyRequest, [u8; 64]) {
-        let raw = URL_SAFE_NO_PAD.decode(nonce).expect("base64url");
-        let t = pull_transcript(&raw, s.wrapping.public(), [7; 32]);
-        let rd = t.report_data().expect("nonce length");
-        let mut evidence = s.platform.attest(launch, rd);
-        evidence.binding = Some(t.binding());
+    /// A pull request as a server makes it, for `nonce` and `launch`.
+    fn request(s: &Setup, nonce: &Nonce, launch: &MockLaunch) -> (KeyRequest, [u8; 64]) {
+        let t = pull_transcript(*nonce, s.wrapping.public(), [7; 32]);
+        let evidence = s.platform.issue(launch, &t);
         let req = KeyRequest {
-            nonce: nonce.to_owned(),
-            key_id: s.key_id.clone(),
+            nonce: *nonce,
+            key_id: s.key_id,
             evidence,
         };
-        (req, rd)
+        (req, t.report_data())
     }
 
     #[test]
@@ -499,7 +481,7 @@ mod tests {
         let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
         let (req, rd) = request(&s, &nonce, &s.launch);
         let release = s.broker.release(&req, SystemTime::now()).expect("released");
-        assert_eq!(*s.wrapping.open(&release, &rd).expect("opens"), s.key);
+        assert_eq!(**s.wrapping.open(&release, &rd).expect("opens"), s.key);
         // The same request again: the nonce is spent.
         assert!(matches!(
             s.broker.release(&req, SystemTime::now()),
@@ -539,7 +521,8 @@ mod tests {
     #[test]
     fn a_nonce_the_broker_never_issued_is_refused() {
         let s = setup();
-        let (req, _) = request(&s, &URL_SAFE_NO_PAD.encode([5u8; NONCE_LEN]), &s.launch);
+        let never = Nonce::new(&[5u8; NONCE_LEN]).expect("nonce");
+        let (req, _) = request(&s, &never, &s.launch);
         assert!(matches!(
             s.broker.release(&req, SystemTime::now()),
             Err(BrokerError::UnknownNonce)
@@ -574,13 +557,11 @@ mod tests {
         let attempt = || attempt(&s);
         assert!(attempt().is_ok());
         let other = MockLaunch::server(b"another server", "127.0.0.1:0", &[7; 32]);
-        s.broker.set_policy(Policy::mock(
-            &s.platform.root().fingerprint(),
+        s.broker.set_policy(Policy::mock(s.platform.root(),
             &[other.measurement()],
         ));
         assert!(matches!(attempt(), Err(BrokerError::Rejected(_))));
-        s.broker.set_policy(Policy::mock(
-            &s.platform.root().fingerprint(),
+        s.broker.set_policy(Policy::mock(s.platform.root(),
             &[s.launch.measurement()],
         ));
         assert!(attempt().is_ok());
@@ -600,7 +581,7 @@ mod tests {
         let s = setup();
         let nonce = s.broker.challenge(LOOPBACK).expect("nonce").nonce;
         let (mut req, _) = request(&s, &nonce, &s.launch);
-        req.key_id = ModelKey::generate().key_id().to_string();
+        req.key_id = ModelKey::generate().key_id().0;
         assert!(matches!(
             s.broker.release(&req, SystemTime::now()),
             Err(BrokerError::UnknownKey(_))

@@ -27,7 +27,7 @@ use crate::http::serve;
 use crate::mock_cmd::init_platform;
 use crate::output::print_verdict;
 use crate::remote::{attest, Target};
-use crate::remote_cmd::{release_key, runtime, stream_chat, wait_ready};
+use crate::remote_cmd::{rejected, release_key, runtime, stream_chat, wait_ready};
 use crate::{seal, CmdResult, Failure};
 
 /// Where the fetch script puts the default model, relative to the working directory.
@@ -148,8 +148,8 @@ pub fn run(args: DemoArgs) -> CmdResult {
         .with_context(|| format!("cannot read {}", server_exe.display()))?;
     let launch = MockLaunch::server(&exe_bytes, listen, &header.model_sha256);
     drop(exe_bytes);
-    let mut policy = Policy::mock(&root, &[launch.measurement()]);
-    policy.models = vec![hex::encode(header.model_sha256)];
+    let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
+    policy.set_models(&[header.model_sha256]);
     let policy_path = dir.join("policy.toml");
     write_new(&policy_path, policy.to_toml().as_bytes(), false, true)?;
     println!(
@@ -187,35 +187,38 @@ pub fn run(args: DemoArgs) -> CmdResult {
             "The owner verifies the server's evidence on a fresh TLS connection",
         );
         let target = Target::parse(&url)?;
-        let mut attested = attest(&target, &policy).await?;
-        print_verdict(&attested.result, true);
-        if attested.result.is_err() {
-            return Err(Failure::Rejected);
-        }
+        let mut owner = match attest(&target, &policy).await? {
+            Ok(v) => v,
+            Err(r) => return Err(rejected(&r)),
+        };
+        print_verdict(Ok(owner.appraisal().claims()), true);
 
         if args.pull {
             step(5, "The server pulls the key from the owner's key broker");
-            let took =
-                wait_ready(&mut attested.session, Instant::now(), Duration::from_secs(600))
-                    .await?;
+            let took = wait_ready(
+                owner.trusted().session(),
+                Instant::now(),
+                Duration::from_secs(600),
+            )
+            .await?;
             println!("ready {took:.2?} later: the broker appraised the server's evidence and released the key");
         } else {
             step(5, "The owner releases the key to the verified server");
             let key = ModelKey::read_key_file(&key_path)?;
-            let took = release_key(&mut attested, key, Duration::from_secs(600)).await?;
+            let took = release_key(&mut owner, key, Duration::from_secs(600)).await?;
             println!("ready {took:.2?} after the key was released");
         }
 
         step(6, "A user verifies the server the same way, then asks");
-        let mut user = attest(&target, &policy).await?;
-        if let Err(r) = &user.result {
-            print_verdict(&Err(r.clone()), true);
-            return Err(Failure::Rejected);
-        }
+        let user = match attest(&target, &policy).await? {
+            Ok(v) => v,
+            Err(r) => return Err(rejected(&r)),
+        };
         println!(
             "VERIFIED (MOCK): TLS key sha256 {}",
-            hex::encode(user.session.spki_sha256)
+            hex::encode(user.spki_sha256())
         );
+        let mut user = user.into_trusted();
         println!("> {}", args.prompt);
         let request = json!({
             "messages": [
@@ -227,7 +230,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
             "stream": true,
         });
         let started = Instant::now();
-        stream_chat(&mut user.session, &request, &mut std::io::stdout()).await?;
+        stream_chat(&mut user, &request, &mut std::io::stdout()).await?;
         println!("\n({:.2?})", started.elapsed());
         Ok::<(), Failure>(())
     })?;

@@ -178,7 +178,7 @@ pub fn run(cmd: MockCommand) -> CmdResult {
         } => {
             let platform = load_platform(&dir)?;
             let measurement = launch.launch()?.measurement();
-            let policy = Policy::mock(&platform.root().fingerprint(), &[measurement]);
+            let policy = Policy::mock(platform.root(), &[measurement]);
             write_new(&output, policy.to_toml().as_bytes(), false, force)?;
             println!(
                 "policy {}: MOCK root {}, measurement {}",

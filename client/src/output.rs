@@ -1,7 +1,11 @@
 //! Printing verdicts: a per-check table for people, JSON for scripts.
 
 use serde_json::json;
-use veil_attestation::{Appraisal, Outcome, Rejection, Report, Status};
+use veil_attestation::{Claims, Outcome, Rejection, Report, Status};
+
+/// A verdict to print: the claims of evidence that passed (fresh or offline), or the
+/// rejection.
+pub type Verdict<'a> = Result<&'a Claims, &'a Rejection>;
 
 /// Prints one line per check: ✓ passed, ✗ failed, – not checked.
 pub fn print_outcomes(outcomes: &[Outcome]) {
@@ -21,7 +25,7 @@ pub fn print_outcomes(outcomes: &[Outcome]) {
 }
 
 /// Prints the verdict of an appraisal for people. MOCK evidence says so first and last.
-pub fn print_verdict(result: &Result<Appraisal, Rejection>, mock: bool) {
+pub fn print_verdict(result: Verdict<'_>, mock: bool) {
     if mock {
         println!(
             "MOCK evidence: signed by a software mock platform, not by an AMD secure processor"
@@ -80,7 +84,7 @@ pub fn print_claims(r: &Report) {
 
 /// The verdict as JSON: `verified`, `mock`, every check, the failed ones, and the claims.
 pub fn verdict_json(
-    result: &Result<Appraisal, Rejection>,
+    result: Verdict<'_>,
     report: Option<&Report>,
     mock: bool,
 ) -> serde_json::Value {
@@ -98,7 +102,7 @@ pub fn verdict_json(
         "verified": verified,
         "mock": mock,
         "tee": if mock { "MOCK" } else { "snp" },
-        "product": result.as_ref().ok().map(|a| a.product().to_string()),
+        "product": result.ok().map(|a| a.product().to_string()),
         "failed": failed,
         "checks": outcomes,
         "claims": claims,

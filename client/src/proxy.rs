@@ -103,15 +103,15 @@ impl Proxy {
         };
         let mut session = match self.upstream.connect().await {
             Ok(Connection::Pinned(s)) => s,
-            Ok(Connection::Verified(a)) => {
-                let mock = a.evidence.tee == veil_attestation::TeeKind::Mock;
+            Ok(Connection::Verified(v)) => {
+                let mock = v.appraisal().is_mock();
                 eprintln!(
                     "veil proxy: {} {} (TLS key sha256 {})",
                     if mock { "VERIFIED (MOCK)" } else { "VERIFIED" },
                     self.url,
-                    hex::encode(a.session.spki_sha256)
+                    hex::encode(v.spki_sha256())
                 );
-                a.session
+                v.into_trusted()
             }
             Err(e) => {
                 let code = match e {
@@ -127,7 +127,11 @@ impl Proxy {
             }
         };
         let body = (parts.method == Method::POST).then(|| body.to_vec());
-        let resp = match session.send(parts.method.as_str(), &path, body).await {
+        let resp = match session
+            .session()
+            .send(parts.method.as_str(), &path, body)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 return local_error(
@@ -204,12 +208,12 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         })?;
         match proxy.verify().await {
             Ok(c) => {
-                if let Connection::Verified(a) = &c {
-                    print_verdict(&a.result, a.evidence.tee == veil_attestation::TeeKind::Mock);
+                if let Connection::Verified(v) = &c {
+                    print_verdict(Ok(v.appraisal().claims()), v.appraisal().is_mock());
                 }
             }
             Err(UpstreamError::Rejected { rejection, mock }) => {
-                print_verdict(&Err(rejection), mock);
+                print_verdict(Err(&rejection), mock);
                 return Err(Failure::Rejected);
             }
             Err(UpstreamError::Unreachable(e)) => return Err(Failure::Error(e)),

@@ -1,23 +1,41 @@
 //! One attested TLS connection to a `veil-server`: handshake (signature checked, certificate
 //! captured), the RFC 9266 exporter, a fresh nonce, `GET /v1/attestation` on that same
 //! connection, and appraisal with the binding recomputed from what this client saw.
+//!
+//! The types carry the proof: [`attest`] returns a [`Verified`] connection (the session
+//! and the [`Appraisal`] of its evidence) or a [`Rejected`] one. Only a [`Verified`] can
+//! mint the [`Pin`] that later connections are held to, and only a [`Trusted`] session (one
+//! attested just now, or pinned to an attested key) can carry a prompt or a key. A bare
+//! [`Session`] is made only under [`danger`]:
+//!
+//! ```compile_fail
+//! # async fn f(session: &mut veil_client::remote::Session) {
+//! // An unverified session is not a `Trusted` one: this does not compile.
+//! let request = serde_json::json!({"messages": []});
+//! let _ = veil_client::remote_cmd::stream_chat(session, &request, &mut std::io::sink()).await;
+//! # }
+//! ```
+//!
+//! ```no_run
+//! # async fn f(session: &mut veil_client::remote::Trusted) {
+//! let request = serde_json::json!({"messages": []});
+//! let _ = veil_client::remote_cmd::stream_chat(session, &request, &mut std::io::sink()).await;
+//! # }
+//! ```
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
 use rustls::CertificateError;
-use veil_attestation::binding::{Purpose, Transcript, EXPORTER_LABEL};
-use veil_attestation::{Appraisal, Evidence, Expected, Policy, Rejection};
+use veil_attestation::binding::{Nonce, Purpose, Transcript, EXPORTER_LABEL};
+use veil_attestation::{Appraisal, Evidence, Expected, Policy, Rejection, TeeKind};
 
 use crate::pin::{cert_spki_sha256, client_config, PinMode};
 
@@ -59,7 +77,9 @@ impl Target {
     }
 }
 
-/// An HTTP/1.1 connection over TLS 1.3.
+/// An HTTP/1.1 connection over TLS 1.3, not yet known to reach a verified server. Made
+/// only by [`danger::connect`] (tests, and this module); what may carry prompts and keys
+/// is a [`Trusted`] session.
 pub struct Session {
     sender: SendRequest<Full<Bytes>>,
     /// SHA-256 of the server certificate's SubjectPublicKeyInfo.
@@ -74,7 +94,7 @@ impl Session {
     ///
     /// # Errors
     /// If the connection or handshake fails (a pin mismatch is a handshake failure).
-    pub async fn connect(target: &Target, mode: PinMode) -> anyhow::Result<Self> {
+    async fn connect(target: &Target, mode: PinMode) -> anyhow::Result<Self> {
         let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
             .await
             .with_context(|| format!("cannot connect to {}:{}", target.host, target.port))?;
@@ -164,27 +184,114 @@ impl Session {
     }
 }
 
-/// A connection whose evidence has been appraised.
-pub struct Attested {
-    /// The connection (use it only if `result` is `Ok`).
-    pub session: Session,
+/// Unverified connections, for tests and tools that must see what a server does before
+/// it is verified. Nothing sent on one of these is protected by attestation.
+pub mod danger {
+    pub use super::Session;
+    pub use crate::pin::PinMode;
+
+    /// Connects without attesting: [`PinMode::Capture`] accepts any certificate.
+    ///
+    /// # Errors
+    /// If the connection or handshake fails.
+    pub async fn connect(target: &super::Target, mode: PinMode) -> anyhow::Result<Session> {
+        Session::connect(target, mode).await
+    }
+}
+
+/// The SHA-256 of a TLS key whose evidence passed appraisal. Only [`Verified::pin`] makes
+/// one, and [`Trusted::connect`] accepts only a server presenting that key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin([u8; 32]);
+
+impl Pin {
+    /// The pinned SubjectPublicKeyInfo SHA-256.
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        self.0
+    }
+}
+
+/// A session to a verified server: attested just now ([`Verified::trusted`]), or pinned
+/// to the key of one that was ([`Trusted::connect`]). Prompts and keys go only over one.
+pub struct Trusted(Session);
+
+impl Trusted {
+    /// Connects, accepting only the server whose TLS key is `pin`.
+    ///
+    /// # Errors
+    /// If the connection fails; a different key fails the handshake ([`is_key_change`]).
+    pub async fn connect(target: &Target, pin: &Pin) -> anyhow::Result<Self> {
+        Session::connect(target, PinMode::Pinned(pin.0))
+            .await
+            .map(Trusted)
+    }
+
+    /// The connection.
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.0
+    }
+
+    /// Whether the server has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// A connection whose evidence passed appraisal, bound to this very connection.
+pub struct Verified {
+    session: Trusted,
+    evidence: Evidence,
+    appraisal: Appraisal,
+}
+
+impl Verified {
+    /// The attested connection.
+    pub fn trusted(&mut self) -> &mut Trusted {
+        &mut self.session
+    }
+    /// The connection, for what follows on it.
+    pub fn into_trusted(self) -> Trusted {
+        self.session
+    }
+    /// The evidence as received.
+    pub fn evidence(&self) -> &Evidence {
+        &self.evidence
+    }
+    /// The appraisal: the claims, and the binding (wrapping key, model) it verified.
+    pub fn appraisal(&self) -> &Appraisal {
+        &self.appraisal
+    }
+    /// The pin for later connections: this connection's verified TLS key.
+    pub fn pin(&self) -> Pin {
+        Pin(self.session.0.spki_sha256)
+    }
+    /// SHA-256 of the verified TLS key.
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        self.session.0.spki_sha256
+    }
+}
+
+/// A connection whose evidence failed appraisal: nothing may be sent on it.
+#[derive(Debug)]
+pub struct Rejected {
+    /// Every check, the failed ones named.
+    pub rejection: Rejection,
+    /// Whether the (unverified) evidence said it came from a mock platform.
+    pub mock: bool,
     /// The evidence as received.
     pub evidence: Evidence,
-    /// The appraisal, or the rejection listing every failed check.
-    pub result: Result<Appraisal, Rejection>,
+    /// SHA-256 of the TLS key the server presented.
+    pub spki_sha256: [u8; 32],
 }
 
 /// Connects, attests on the same connection with a fresh 32-byte nonce, and appraises.
 ///
 /// # Errors
-/// Network and protocol errors; a rejection is not an error (see [`Attested::result`]).
-pub async fn attest(target: &Target, policy: &Policy) -> anyhow::Result<Attested> {
+/// Network and protocol errors; a rejection is not an error but [`Rejected`].
+pub async fn attest(target: &Target, policy: &Policy) -> anyhow::Result<Result<Verified, Rejected>> {
     let mut session = Session::connect(target, PinMode::Capture).await?;
-    let mut nonce = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut nonce)
-        .map_err(|_| anyhow!("no randomness"))?;
-    let path = format!("/v1/attestation?nonce={}", URL_SAFE_NO_PAD.encode(nonce));
+    let nonce = Nonce::random::<32>();
+    let path = format!("/v1/attestation?nonce={}", nonce.to_base64url());
     let (status, body) = session.fetch("GET", &path, None).await?;
     if status != StatusCode::OK {
         bail!(
@@ -199,21 +306,29 @@ pub async fn attest(target: &Target, policy: &Policy) -> anyhow::Result<Attested
         .binding
         .as_ref()
         .map_or(([0; 32], [0; 32]), |b| (b.wrap_pk, b.model_sha256));
-    let expected = Transcript {
+    let transcript = Transcript {
         purpose: Purpose::ClientSession,
-        nonce: &nonce,
+        nonce,
         spki_sha256: session.spki_sha256,
         exporter: Some(session.exporter),
         wrap_pk,
         model_sha256,
-    }
-    .report_data()?;
-    let result = policy.appraise(&evidence, &Expected::new(expected, SystemTime::now()));
-    Ok(Attested {
-        session,
-        evidence,
-        result,
-    })
+    };
+    Ok(
+        match policy.appraise(&evidence, &Expected::new(&transcript, SystemTime::now())) {
+            Ok(appraisal) => Ok(Verified {
+                session: Trusted(session),
+                evidence,
+                appraisal,
+            }),
+            Err(rejection) => Err(Rejected {
+                rejection,
+                mock: evidence.tee == TeeKind::Mock,
+                spki_sha256: session.spki_sha256,
+                evidence,
+            }),
+        },
+    )
 }
 
 /// Whether a connection failed because the server presented a key other than the pinned
@@ -276,17 +391,17 @@ impl std::error::Error for UpstreamError {}
 /// A fresh connection to a verified server.
 pub enum Connection {
     /// A connection to the key verified earlier (the certificate was pinned).
-    Pinned(Session),
+    Pinned(Trusted),
     /// A connection verified just now: the first, or the server's key changed.
-    Verified(Box<Attested>),
+    Verified(Box<Verified>),
 }
 
 impl Connection {
     /// The connection itself.
-    pub fn into_session(self) -> Session {
+    pub fn into_trusted(self) -> Trusted {
         match self {
             Connection::Pinned(s) => s,
-            Connection::Verified(a) => a.session,
+            Connection::Verified(v) => v.into_trusted(),
         }
     }
 }
@@ -300,7 +415,7 @@ impl Connection {
 pub struct Upstream {
     target: Target,
     /// The policy, and the key verified under exactly that policy.
-    state: Mutex<(Arc<Policy>, Option<[u8; 32]>)>,
+    state: Mutex<(Arc<Policy>, Option<Pin>)>,
 }
 
 impl Upstream {
@@ -312,12 +427,12 @@ impl Upstream {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, (Arc<Policy>, Option<[u8; 32]>)> {
+    fn state(&self) -> std::sync::MutexGuard<'_, (Arc<Policy>, Option<Pin>)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The pinned key, if one has been verified.
-    pub fn pinned(&self) -> Option<[u8; 32]> {
+    pub fn pinned(&self) -> Option<Pin> {
         self.state().1
     }
 
@@ -335,33 +450,33 @@ impl Upstream {
     /// [`UpstreamError::Unreachable`] for network and protocol errors.
     pub async fn connect(&self) -> Result<Connection, UpstreamError> {
         if let Some(pin) = self.pinned() {
-            match Session::connect(&self.target, PinMode::Pinned(pin)).await {
+            match Trusted::connect(&self.target, &pin).await {
                 Ok(s) => return Ok(Connection::Pinned(s)),
                 Err(e) if is_key_change(&e) => {
                     eprintln!(
                         "veil: the server's TLS key is no longer {}: verifying the new one",
-                        hex::encode(&pin[..8])
+                        hex::encode(&pin.0[..8])
                     );
                 }
                 Err(e) => return Err(UpstreamError::Unreachable(e)),
             }
         }
         let policy = Arc::clone(&self.state().0);
-        let attested = attest(&self.target, &policy)
+        match attest(&self.target, &policy)
             .await
-            .map_err(UpstreamError::Unreachable)?;
-        match &attested.result {
-            Ok(_) => {
+            .map_err(UpstreamError::Unreachable)?
+        {
+            Ok(verified) => {
                 let mut state = self.state();
                 // Pin only if the policy was not replaced meanwhile.
                 if Arc::ptr_eq(&state.0, &policy) {
-                    state.1 = Some(attested.session.spki_sha256);
+                    state.1 = Some(verified.pin());
                 }
-                Ok(Connection::Verified(Box::new(attested)))
+                Ok(Connection::Verified(Box::new(verified)))
             }
-            Err(rejection) => Err(UpstreamError::Rejected {
-                rejection: rejection.clone(),
-                mock: attested.evidence.tee == veil_attestation::TeeKind::Mock,
+            Err(r) => Err(UpstreamError::Rejected {
+                rejection: r.rejection,
+                mock: r.mock,
             }),
         }
     }

@@ -10,11 +10,13 @@ use clap::Args;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
-use veil_attestation::{KeyRelease, Policy};
+use veil_attestation::KeyRelease;
 use veil_sealing::ModelKey;
 
 use crate::output::{print_claims, print_verdict, verdict_json};
-use crate::remote::{attest, Attested, Connection, Session, Target, Upstream, UpstreamError};
+use crate::remote::{
+    attest, Connection, Rejected, Session, Target, Trusted, Upstream, UpstreamError, Verified,
+};
 use crate::report_cmd::load_policy;
 use crate::{CmdResult, Failure};
 
@@ -109,18 +111,22 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn verified(remote: &RemoteArgs, quiet: bool) -> Result<(Attested, Policy), Failure> {
+/// Prints a rejection's verdict and turns it into exit 3.
+pub(crate) fn rejected(r: &Rejected) -> Failure {
+    print_verdict(Err(&r.rejection), r.mock);
+    Failure::Rejected
+}
+
+async fn verified(remote: &RemoteArgs, quiet: bool) -> Result<Verified, Failure> {
     let policy = load_policy(&remote.policy)?;
     let target = Target::parse(&remote.url)?;
-    let attested = attest(&target, &policy).await?;
-    let mock = attested.evidence.tee == veil_attestation::TeeKind::Mock;
-    if attested.result.is_err() || !quiet {
-        print_verdict(&attested.result, mock);
+    let verified = attest(&target, &policy)
+        .await?
+        .map_err(|r| rejected(&r))?;
+    if !quiet {
+        print_verdict(Ok(verified.appraisal()), verified.appraisal().is_mock());
     }
-    if attested.result.is_err() {
-        return Err(Failure::Rejected);
-    }
-    Ok((attested, policy))
+    Ok(verified)
 }
 
 /// Runs `veil verify`.
@@ -131,33 +137,37 @@ pub fn verify(args: VerifyArgs) -> CmdResult {
     runtime()?.block_on(async {
         let policy = load_policy(&args.remote.policy)?;
         let target = Target::parse(&args.remote.url)?;
-        let a = attest(&target, &policy).await?;
-        let mock = a.evidence.tee == veil_attestation::TeeKind::Mock;
-        let report = a.evidence.parsed_report().ok();
+        let outcome = attest(&target, &policy).await?;
+        let (verdict, evidence, spki, mock) = match &outcome {
+            Ok(v) => (
+                Ok(v.appraisal().claims()),
+                v.evidence(),
+                v.spki_sha256(),
+                v.appraisal().is_mock(),
+            ),
+            Err(r) => (Err(&r.rejection), &r.evidence, r.spki_sha256, r.mock),
+        };
+        let report = evidence.parsed_report().ok();
         if args.json {
-            let mut v = verdict_json(&a.result, report.as_ref(), mock);
+            let mut v = verdict_json(verdict, report.as_ref(), mock);
             v["url"] = json!(args.remote.url);
-            v["tls_spki_sha256"] = json!(hex::encode(a.session.spki_sha256));
-            if let Some(b) = &a.evidence.binding {
+            v["tls_spki_sha256"] = json!(hex::encode(spki));
+            if let Some(b) = &evidence.binding {
                 v["model_sha256"] = json!(hex::encode(b.model_sha256));
                 v["wrap_pk"] = json!(hex::encode(b.wrap_pk));
             }
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
-            println!(
-                "{}: TLS key sha256 {}",
-                args.remote.url,
-                hex::encode(a.session.spki_sha256)
-            );
-            print_verdict(&a.result, mock);
+            println!("{}: TLS key sha256 {}", args.remote.url, hex::encode(spki));
+            print_verdict(verdict, mock);
             if let Some(r) = &report {
                 print_claims(r);
             }
-            if let Some(b) = &a.evidence.binding {
+            if let Some(b) = &evidence.binding {
                 println!("  {:12} {}", "model_sha256", hex::encode(b.model_sha256));
             }
         }
-        a.result.map(|_| ()).map_err(|_| Failure::Rejected)
+        outcome.map(|_| ()).map_err(|_| Failure::Rejected)
     })
 }
 
@@ -170,41 +180,32 @@ pub fn provision(args: ProvisionArgs) -> CmdResult {
     let key = ModelKey::read_key_file(&args.key)
         .with_context(|| format!("key file {}", args.key.display()))?;
     runtime()?.block_on(async move {
-        let (mut a, _) = verified(&args.remote, false).await?;
-        let took = release_key(&mut a, key, Duration::from_secs(args.wait)).await?;
+        let mut verified = verified(&args.remote, false).await?;
+        let took = release_key(&mut verified, key, Duration::from_secs(args.wait)).await?;
         println!("ready after {took:.1?}");
         Ok(())
     })
 }
 
 /// Sends `key` to a server whose evidence passed appraisal, HPKE-sealed to the wrapping
-/// key its evidence binds, on the attested connection; then waits (up to `wait`) for the
-/// server to unseal, showing progress on stderr. Returns the time to Ready.
+/// key that appraisal verified, on the attested connection; then waits (up to `wait`)
+/// for the server to unseal, showing progress on stderr. Returns the time to Ready.
 ///
 /// # Errors
-/// [`Failure::Rejected`] if `attested` was rejected (nothing is sent); [`Failure::Error`]
-/// if the server refuses the key, fails to unseal, or is not ready in time.
+/// [`Failure::Error`] if the server refuses the key, fails to unseal, or is not ready in
+/// time.
 pub async fn release_key(
-    attested: &mut Attested,
+    verified: &mut Verified,
     key: ModelKey,
     wait: Duration,
 ) -> Result<Duration, Failure> {
-    let Ok(appraisal) = attested.result.as_ref() else {
-        return Err(Failure::Rejected);
-    };
-    let binding = attested
-        .evidence
-        .binding
-        .clone()
-        .ok_or_else(|| anyhow!("the evidence binds no wrapping key"))?;
     let msg = KeyRelease::seal(
-        appraisal,
-        &binding.wrap_pk,
-        &key.key_id().to_string(),
+        verified.appraisal(),
+        &key.key_id().0,
         key.expose_secret(),
     )?;
     drop(key);
-    let session = &mut attested.session;
+    let session = verified.trusted().session();
     let started = Instant::now();
     let (status, body) = session
         .fetch("POST", "/v1/provision", Some(serde_json::to_vec(&msg)?))
@@ -285,11 +286,12 @@ pub async fn wait_ready(
 /// [`Failure::Rejected`] or [`Failure::Error`].
 pub fn ask(args: AskArgs) -> CmdResult {
     runtime()?.block_on(async {
-        let (mut a, _) = verified(&args.remote, true).await?;
+        let verified = verified(&args.remote, true).await?;
         let request = args
             .sampling
             .request(&[json!({ "role": "user", "content": args.prompt })]);
-        stream_chat(&mut a.session, &request, &mut std::io::stdout()).await?;
+        let mut session = verified.into_trusted();
+        stream_chat(&mut session, &request, &mut std::io::stdout()).await?;
         println!();
         Ok(())
     })
@@ -349,34 +351,35 @@ pub fn chat(args: ChatArgs) -> CmdResult {
     })
 }
 
-async fn connect_verified(upstream: &Upstream) -> Result<Session, Failure> {
+async fn connect_verified(upstream: &Upstream) -> Result<Trusted, Failure> {
     match upstream.connect().await {
         Ok(Connection::Pinned(s)) => Ok(s),
-        Ok(Connection::Verified(a)) => {
-            let mock = a.evidence.tee == veil_attestation::TeeKind::Mock;
-            print_verdict(&a.result, mock);
-            Ok(a.session)
+        Ok(Connection::Verified(v)) => {
+            print_verdict(Ok(v.appraisal().claims()), v.appraisal().is_mock());
+            Ok(v.into_trusted())
         }
         Err(UpstreamError::Rejected { rejection, mock }) => {
-            print_verdict(&Err(rejection), mock);
+            print_verdict(Err(&rejection), mock);
             Err(Failure::Rejected)
         }
         Err(UpstreamError::Unreachable(e)) => Err(Failure::Error(e)),
     }
 }
 
-/// Sends a streamed chat-completions request and writes the answer's text to `out` as
-/// it arrives. Returns the whole answer.
+/// Sends a streamed chat-completions request over a [`Trusted`] session (a prompt never
+/// goes over an unverified one) and writes the answer's text to `out` as it arrives.
+/// Returns the whole answer.
 ///
 /// # Errors
 /// If the server refuses the request (its error message is quoted), the stream breaks,
 /// or it ends without `[DONE]`.
 pub async fn stream_chat(
-    session: &mut Session,
+    session: &mut Trusted,
     request: &Value,
     out: &mut dyn Write,
 ) -> anyhow::Result<String> {
     let resp = session
+        .session()
         .send(
             "POST",
             "/v1/chat/completions",

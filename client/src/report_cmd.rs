@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use veil_attestation::{Certificate, Crl, Evidence, Expected, Policy, Product, Report, TeeKind};
+use veil_attestation::{Certificate, Crl, Evidence, Offline, Policy, Product, Report, TeeKind};
 
 use crate::files::read_small;
 use crate::output::{print_verdict, verdict_json};
@@ -189,7 +189,7 @@ pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
     let mut policy =
         Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
-    for name in policy.crls.clone() {
+    for name in policy.crl_files().to_vec() {
         let file = base.join(&name);
         let crl = Crl::from_pem_or_der(
             &read_small(&file)
@@ -247,10 +247,7 @@ fn verify(args: VerifyArgs) -> CmdResult {
         let root = certs
             .first()
             .ok_or_else(|| anyhow!("{} holds no certificate", root.display()))?;
-        policy.mock_roots.push(root.fingerprint());
-        if !policy.tee.contains(&TeeKind::Mock) {
-            policy.tee.push(TeeKind::Mock);
-        }
+        policy.trust_mock_root(root);
         if !evidence.certificates.iter().any(|d| d == root.as_der()) {
             evidence.certificates.push(root.as_der().to_vec());
         }
@@ -258,8 +255,7 @@ fn verify(args: VerifyArgs) -> CmdResult {
     for path in &args.crls {
         let crl = Crl::from_pem_or_der(&read_small(path)?)
             .with_context(|| format!("--crl {}", path.display()))?;
-        policy.crls.push(path.display().to_string());
-        policy.add_crl(crl);
+        policy.require_crl(&path.display().to_string(), crl);
     }
     let now = appraisal_time(args.at.as_deref())?;
     let expected = match &args.report_data {
@@ -267,18 +263,19 @@ fn verify(args: VerifyArgs) -> CmdResult {
             let mut rd = [0u8; 64];
             hex::decode_to_slice(text.trim(), &mut rd)
                 .context("--report-data must be 128 hex digits")?;
-            Expected::new(rd, now)
+            Offline::report_data(rd, now)
         }
-        None => Expected::danger_any_report_data(now),
+        None => Offline::danger_any_report_data(now),
     };
-    let result = policy.appraise(&evidence, &expected);
+    let result = policy.appraise_offline(&evidence, &expected);
+    let verdict = result.as_ref().map(|a| a.claims());
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&verdict_json(&result, Some(&report), mock))?
+            serde_json::to_string_pretty(&verdict_json(verdict, Some(&report), mock))?
         );
     } else {
-        print_verdict(&result, mock);
+        print_verdict(verdict, mock);
         if args.policy.is_none() {
             println!("(no --policy: the measurement was not checked)");
         }

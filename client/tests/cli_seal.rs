@@ -43,7 +43,7 @@ fn seal_writes_a_sealed_file_and_a_private_key_that_open_it() {
     let model_key =
         ModelKey::from_key_file(&std::fs::read_to_string(&key).expect("key")).expect("key file");
     assert!(
-        text(&r).contains(&model_key.id().to_string()),
+        text(&r).contains(&model_key.key_id().to_string()),
         "prints the key id"
     );
     assert!(
@@ -68,7 +68,7 @@ fn seal_writes_a_sealed_file_and_a_private_key_that_open_it() {
     let r = veil(&["seal", "--inspect", o]);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
     assert!(
-        text(&r).contains(&model_key.id().to_string()) && text(&r).contains("test-model"),
+        text(&r).contains(&model_key.key_id().to_string()) && text(&r).contains("test-model"),
         "{}",
         text(&r)
     );

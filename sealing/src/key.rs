@@ -44,10 +44,12 @@ impl KeyId {
     }
 }
 
-/// Opens a sealed model. Never logged, never cloned, zeroized when dropped.
+/// Opens a sealed model. Never logged, never cloned, zeroized when dropped. The key bytes
+/// live on the heap and are written there in place, so moving a `ModelKey` (into a map,
+/// into a worker thread) moves a pointer and leaves no copy of the key behind.
 pub struct ModelKey {
     id: KeyId,
-    key: Zeroizing<[u8; 32]>,
+    key: Box<Zeroizing<[u8; 32]>>,
 }
 
 impl fmt::Debug for ModelKey {
@@ -73,25 +75,21 @@ impl ModelKey {
     /// A fresh key and key id from the system CSPRNG.
     pub fn generate() -> Self {
         let rng = SystemRandom::new();
-        let mut key = Zeroizing::new([0u8; 32]);
+        let mut key = Box::new(Zeroizing::new([0u8; 32]));
         let mut id = [0u8; KEY_ID_LEN];
-        rng.fill(key.as_mut()).expect("the system CSPRNG works");
+        rng.fill(&mut key[..]).expect("the system CSPRNG works");
         rng.fill(&mut id).expect("the system CSPRNG works");
         ModelKey { id: KeyId(id), key }
     }
 
-    /// A key from its parts (a key received through attested key release).
-    pub fn from_parts(id: KeyId, key: Zeroizing<[u8; 32]>) -> Self {
+    /// A key from its parts (a key received through attested key release, already on
+    /// the heap).
+    pub fn from_parts(id: KeyId, key: Box<Zeroizing<[u8; 32]>>) -> Self {
         ModelKey { id, key }
     }
 
     /// The key id: names this key in sealed headers, key files and key release.
     pub fn key_id(&self) -> KeyId {
-        self.id
-    }
-
-    /// The key id (same as [`ModelKey::key_id`]).
-    pub fn id(&self) -> KeyId {
         self.id
     }
 
@@ -107,7 +105,7 @@ impl ModelKey {
     pub fn to_key_file(&self) -> Zeroizing<String> {
         let file = KeyFile {
             key_id: self.id.to_string(),
-            key: hex::encode(self.key.as_ref()),
+            key: hex::encode(&self.key[..]),
         };
         let body = toml::to_string(&file).expect("a key file serializes");
         Zeroizing::new(format!(
@@ -123,8 +121,8 @@ impl ModelKey {
         let file: KeyFile =
             toml::from_str(text).map_err(|_| SealError::InvalidKeyFile("not a Veil key file"))?;
         let id = KeyId::from_hex(&file.key_id)?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(file.key.trim(), key.as_mut())
+        let mut key = Box::new(Zeroizing::new([0u8; 32]));
+        hex::decode_to_slice(file.key.trim(), &mut key[..])
             .map_err(|_| SealError::InvalidKeyFile("key"))?;
         Ok(ModelKey { id, key })
     }
@@ -201,7 +199,7 @@ mod tests {
     fn key_file_round_trips() {
         let k = ModelKey::generate();
         let again = ModelKey::from_key_file(&k.to_key_file()).expect("parses");
-        assert_eq!(again.id(), k.id());
+        assert_eq!(again.key_id(), k.key_id());
         assert_eq!(again.expose_secret(), k.expose_secret());
     }
 

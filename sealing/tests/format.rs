@@ -131,7 +131,7 @@ fn a_key_with_another_id_is_named() {
 fn a_wrong_key_with_the_right_id_fails_at_the_header() {
     let key = ModelKey::generate();
     let (h, bytes) = sealed(&data(5 * CHUNK as usize, 0), &key, CHUNK);
-    let impostor = ModelKey::from_parts(key.id(), Zeroizing::new([0x55; 32]));
+    let impostor = ModelKey::from_parts(key.key_id(), Box::new(Zeroizing::new([0x55; 32])));
     match open(&bytes, &impostor) {
         Err(SealError::WrongKey { key_id }) => assert_eq!(key_id, h.key_id),
         other => panic!("{other:?}"),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use veil_attestation::{Certificate, MockLaunch};
 use veil_client::pin::PinMode;
-use veil_client::remote::{Session, Target};
+use veil_client::remote::{danger, Target};
 
 /// The longest a `veil` command may run before it is killed and the test fails.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -167,7 +167,7 @@ pub fn fetch(url: &str, method: &str, path: &str) -> (u16, Vec<u8>) {
         .expect("a runtime");
     rt.block_on(async {
         tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let mut session = Session::connect(&target, PinMode::Capture).await?;
+            let mut session = danger::connect(&target, PinMode::Capture).await?;
             let (status, body) = session.fetch(method, path, None).await?;
             anyhow::Ok((status.as_u16(), body.to_vec()))
         })

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use veil_attestation::binding::{Purpose, Transcript};
 use veil_attestation::{Check, Evidence, Expected, Policy};
 use veil_client::pin::PinMode;
-use veil_client::remote::{Session, Target};
+use veil_client::remote::{danger, Session, Target};
 use veil_tests::harness::{
     self, binary, failed_checks, fetch, text, veil, Fixture, Server, REQUEST_TIMEOUT,
 };
@@ -204,7 +204,7 @@ async fn answer(
             let relayed = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let mut session = upstream.lock().await;
                 if session.is_none() {
-                    *session = Some(Session::connect(target, PinMode::Capture).await?);
+                    *session = Some(danger::connect(target, PinMode::Capture).await?);
                 }
                 let session = session.as_mut().expect("connected just above");
                 let body = (!body.is_empty()).then(|| body.to_vec());
@@ -304,7 +304,7 @@ fn evidence_for_another_nonce_on_the_same_connection_fails_report_data_only() {
         .expect("a runtime");
     let (session, evidence) = rt.block_on(async {
         tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let mut session = Session::connect(&target, PinMode::Capture)
+            let mut session = danger::connect(&target, PinMode::Capture)
                 .await
                 .expect("connect");
             let (status, body) = session

@@ -44,7 +44,7 @@ pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
         "127.0.0.1:0",
         &header.model_sha256,
     );
-    let policy = Policy::mock(&platform.root().fingerprint(), &[launch.measurement()]);
+    let policy = Policy::mock(platform.root(), &[launch.measurement()]);
     let tls = veil_server::tls::generate(vec!["localhost".into()]).expect("tls");
     let state = Arc::new(AppState {
         lifecycle: RwLock::new(Lifecycle::Locked),
