@@ -28,9 +28,9 @@ pub enum Tee {
 
 /// `veil-server` options. Each may also come from `VEIL_*` environment variables or the
 /// TOML file given with `--config` (keys as the long flag names, with `_`).
-///
-/// The defaults are stated in each option's help rather than given to clap: a clap default
-/// would count as given and hide the file's value.
+//
+// The defaults are stated in each option's help rather than given to clap: a clap default
+// would count as given and hide the file's value.
 #[derive(Debug, Clone, Parser, Deserialize, Default)]
 #[command(
     name = "veil-server",
