@@ -2,15 +2,21 @@
 //! attestation and health until the model key arrives through attested key release, then
 //! unseals the weights into memory and serves an OpenAI-compatible API, all over TLS 1.3
 //! whose key and exporter the evidence binds.
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod metrics;
+pub mod openai;
 pub mod pull;
 pub mod serve;
+pub mod start;
 pub mod state;
 pub mod tls;
+pub mod unlock;
 
 pub use api::app;
-pub use config::{run, Config};
+pub use config::Config;
+pub use start::run;
 pub use state::{AppState, Lifecycle};

@@ -1,4 +1,5 @@
 //! `veil-server --model model.veil --tee mock --mock-platform DIR [--listen ADDR]`
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

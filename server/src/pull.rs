@@ -11,7 +11,6 @@
 //! sealed header wins.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +28,8 @@ use veil_attestation::broker::{pull_transcript, Challenge, KeyRequest, CHALLENGE
 use veil_attestation::KeyRelease;
 use veil_sealing::KeyId;
 
-use crate::api::{accept_key, Accepted};
 use crate::state::{AppState, Lifecycle};
+use crate::unlock::{accept_key, Accepted, UnlockError};
 
 /// The longest wait between two requests to the broker.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
@@ -106,13 +105,16 @@ pub enum PullError {
     /// The broker answered something this server cannot use.
     #[error("the key broker's answer is unusable: {0}")]
     Unusable(String),
+    /// The broker released a key that does not open the sealed model.
+    #[error("the key broker's answer is unusable: {0}")]
+    Unlock(#[from] UnlockError),
 }
 
 /// Asks the broker until the server is no longer locked (a key arrived, by pull or push).
 pub async fn pull_until_unlocked(state: Arc<AppState>, broker: BrokerUrl) {
     let mut backoff = FIRST_DELAY;
     loop {
-        if state.state() != Lifecycle::Locked {
+        if !matches!(state.state(), Lifecycle::Locked) {
             return;
         }
         set_status(&state, format!("asking {broker}"));
@@ -141,7 +143,7 @@ pub async fn pull_until_unlocked(state: Arc<AppState>, broker: BrokerUrl) {
 }
 
 fn set_status(state: &AppState, status: String) {
-    *state.key_broker.lock().expect("no panics while holding it") = Some(status);
+    state.set_key_broker_status(status);
 }
 
 /// One round: a nonce, evidence for it, the key.
@@ -161,20 +163,14 @@ pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Acce
             nonce.len()
         )));
     }
-    let transcript = pull_transcript(&nonce, state.wrapping.public(), state.header.model_sha256);
+    let transcript = pull_transcript(&nonce, state.wrap_pk(), state.header.model_sha256);
     let report_data = transcript
         .report_data()
         .map_err(|e| PullError::Unusable(e.to_string()))?;
-    let attesting = Arc::clone(state);
-    let mut evidence = tokio::task::spawn_blocking(move || attesting.attester.attest(report_data))
+    let evidence = state
+        .issue_evidence(&transcript)
         .await
-        .map_err(|_| PullError::Unusable("attestation failed".into()))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "attestation failed");
-            PullError::Unusable("the platform could not produce evidence".into())
-        })?;
-    evidence.binding = Some(transcript.binding());
-    state.metrics.attestations.fetch_add(1, Ordering::Relaxed);
+        .map_err(|e| PullError::Unusable(e.to_string()))?;
 
     let request = KeyRequest {
         nonce: challenge.nonce,
@@ -201,7 +197,7 @@ pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Acce
     let secret = state.wrapping.open(&release, &report_data).map_err(|_| {
         PullError::Unusable("the released key does not open with this server's wrapping key".into())
     })?;
-    accept_key(state, key_id, secret).map_err(|e| PullError::Unusable(e.message))
+    Ok(accept_key(state, key_id, secret)?)
 }
 
 /// POSTs `body` (JSON) to `path` under the broker's prefix; the answer's body if 200.

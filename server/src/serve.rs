@@ -1,7 +1,6 @@
 //! The listener: TLS 1.3 handshakes, the per-connection exporter, HTTP/1.1 with axum, and
 //! graceful shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,9 +99,4 @@ pub async fn serve(
         tracing::warn!("drain timed out; closing the remaining connections");
     }
     Ok(())
-}
-
-/// The address a listener is bound to.
-pub fn local_addr(listener: &TcpListener) -> anyhow::Result<SocketAddr> {
-    Ok(listener.local_addr()?)
 }

@@ -11,8 +11,6 @@ pub struct TlsIdentity {
     pub config: Arc<rustls::ServerConfig>,
     /// SHA-256 of the certificate's SubjectPublicKeyInfo.
     pub spki_sha256: [u8; 32],
-    /// The certificate (DER).
-    pub certificate: Vec<u8>,
 }
 
 impl std::fmt::Debug for TlsIdentity {
@@ -44,12 +42,11 @@ pub fn generate(names: Vec<String>) -> anyhow::Result<TlsIdentity> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(
-            vec![CertificateDer::from(der.clone())],
+            vec![CertificateDer::from(der)],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )?;
     Ok(TlsIdentity {
         config: Arc::new(config),
         spki_sha256,
-        certificate: der,
     })
 }

@@ -74,7 +74,7 @@ async fn attest(f: &Fixture) -> veil_attestation::Appraisal {
     let expected = Transcript {
         purpose: Purpose::ClientSession,
         nonce: &nonce,
-        spki_sha256: f.state.spki_sha256,
+        spki_sha256: f.state.spki_sha256(),
         exporter: Some(EXPORTER),
         wrap_pk: b.wrap_pk,
         model_sha256: b.model_sha256,
@@ -93,7 +93,7 @@ fn base64_url(b: &[u8]) -> String {
 
 async fn provision(f: &Fixture, key: &ModelKey, wrap_pk: Option<[u8; 32]>) -> (StatusCode, Value) {
     let appraisal = attest(f).await;
-    let pk = wrap_pk.unwrap_or_else(|| f.state.wrapping.public());
+    let pk = wrap_pk.unwrap_or_else(|| f.state.wrap_pk());
     let msg = KeyRelease::seal(&appraisal, &pk, &key.id().to_string(), key.expose_secret())
         .expect("seal");
     call(
@@ -345,7 +345,7 @@ async fn provisioning_is_accepted_only_on_the_connection_that_attested() {
     let appraisal = attest(&f).await;
     let msg = KeyRelease::seal(
         &appraisal,
-        &f.state.wrapping.public(),
+        &f.state.wrap_pk(),
         &key.id().to_string(),
         key.expose_secret(),
     )

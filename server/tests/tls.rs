@@ -58,12 +58,8 @@ async fn attest_on_new_connection(
 #[tokio::test]
 async fn evidence_over_tls_binds_this_connection_and_no_other() {
     let f = common::fixture(EngineConfig::small());
-    let tls = veil_server::tls::generate(vec!["localhost".into()]).expect("tls");
-    // The state's spki must be the listener's: rebuild the fixture state with this identity.
-    let state = Arc::new(veil_server::AppState {
-        spki_sha256: tls.spki_sha256,
-        ..Arc::try_unwrap(f.state).ok().expect("sole owner")
-    });
+    // The listener serves the fixture's TLS identity, whose key the state's evidence binds.
+    let state = Arc::clone(&f.state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -71,7 +67,7 @@ async fn evidence_over_tls_binds_this_connection_and_no_other() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(veil_server::serve::serve(
         listener,
-        tls.config,
+        Arc::clone(&f.tls.config),
         veil_server::app(state.clone()),
         async {
             let _ = stop_rx.await;
@@ -82,7 +78,8 @@ async fn evidence_over_tls_binds_this_connection_and_no_other() {
     let nonce = [3u8; 32];
     let (exporter, spki, evidence) = attest_on_new_connection(addr, &nonce).await;
     assert_eq!(
-        spki, state.spki_sha256,
+        spki,
+        state.spki_sha256(),
         "the certificate the client saw is the one the evidence binds"
     );
     let b = evidence.binding.clone().expect("binding");

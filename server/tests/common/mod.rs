@@ -1,22 +1,23 @@
 //! Shared set-up: a sealed tiny model, a mock platform, and the server state.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::VecDeque;
 use std::io::Cursor;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use veil_attestation::{MockAttester, MockLaunch, MockPlatform, Policy, WrappingKey};
+use veil_attestation::{MockAttester, MockLaunch, MockPlatform, Policy};
 use veil_model::EngineConfig;
 use veil_sealing::{seal, ModelKey, SealOptions};
-use veil_server::state::{Metrics, RateLimit};
-use veil_server::{AppState, Lifecycle};
+use veil_server::tls::TlsIdentity;
+use veil_server::AppState;
 
 pub struct Fixture {
     pub state: Arc<AppState>,
     pub key: ModelKey,
     pub policy: Policy,
     pub launch: MockLaunch,
+    /// The TLS identity whose key the state's evidence binds.
+    pub tls: TlsIdentity,
     pub _dir: tempfile::TempDir,
 }
 
@@ -46,27 +47,24 @@ pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
     );
     let policy = Policy::mock(platform.root(), &[launch.measurement()]);
     let tls = veil_server::tls::generate(vec!["localhost".into()]).expect("tls");
-    let state = Arc::new(AppState {
-        lifecycle: RwLock::new(Lifecycle::Locked),
-        attester: Box::new(MockAttester::new(platform, launch.clone())),
-        spki_sha256: tls.spki_sha256,
-        wrapping: WrappingKey::generate(),
-        header,
-        sealed_path: path,
-        issued: Mutex::new(VecDeque::new()),
-        provisioned: Mutex::new(None),
-        key_broker: Mutex::new(None),
-        engine: OnceLock::new(),
-        engine_config: engine,
-        metrics: Metrics::default(),
-        attest_limit: RateLimit::new(1000.0, 1000.0),
-        max_body: 64 * 1024,
-    });
+    let state = Arc::new(
+        AppState::builder(
+            Box::new(MockAttester::new(platform, launch.clone())),
+            tls.spki_sha256,
+            header,
+            path,
+        )
+        .engine_config(engine)
+        .attest_limit(1000.0, 1000.0)
+        .max_body(64 * 1024)
+        .build(),
+    );
     Fixture {
         state,
         key,
         policy,
         launch,
+        tls,
         _dir: dir,
     }
 }

@@ -1,0 +1,111 @@
+//! The unlock pipeline: a released model key (pushed by the owner through
+//! `POST /v1/provision`, or pulled from a key broker) is checked against the sealed header
+//! and accepted once; the weights are then unsealed into memory and loaded in the
+//! background. No HTTP here: the routes map [`UnlockError`] to their answers.
+
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use veil_model::{Engine, LlamaEngine, ModelFile};
+use veil_sealing::{ChunkSink, KeyId, ModelKey, UnsealOptions};
+use zeroize::Zeroizing;
+
+use crate::state::AppState;
+
+/// What became of a model key that came out of a key-release message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// The weights are being unsealed with it.
+    Unsealing,
+    /// The key had already been accepted (the server is past `Locked`); nothing changes.
+    Repeat,
+}
+
+/// Why a released key was not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnlockError {
+    /// The sealed header's MAC does not verify under the key.
+    #[error("wrong key for key id {key_id}: the sealed header does not open")]
+    WrongKey {
+        /// The key id the key came with.
+        key_id: KeyId,
+    },
+}
+
+/// Takes a released model key: checks it against the sealed header and, if the server is
+/// still `Locked`, moves to `Unsealing` and unseals in the background.
+///
+/// A key that passes the check when the server is no longer `Locked` is the key already
+/// accepted: [`SealedHeader::check_key`](veil_sealing::SealedHeader::check_key) is a MAC
+/// that commits to the key, so no other key passes it.
+///
+/// # Errors
+/// [`UnlockError::WrongKey`] if the sealed header does not open with it; the state does
+/// not change.
+pub fn accept_key(
+    state: &Arc<AppState>,
+    key_id: KeyId,
+    secret: Zeroizing<[u8; 32]>,
+) -> Result<Accepted, UnlockError> {
+    let key = ModelKey::from_parts(key_id, secret);
+    if state.header.check_key(&key).is_err() {
+        tracing::warn!(key_id = %key_id, "key refused: it does not open the sealed header");
+        return Err(UnlockError::WrongKey { key_id });
+    }
+    if !state.begin_unsealing() {
+        return Ok(Accepted::Repeat);
+    }
+    let worker = Arc::clone(state);
+    tokio::task::spawn_blocking(move || unseal_and_load(&worker, key));
+    Ok(Accepted::Unsealing)
+}
+
+/// Hands each authenticated chunk straight to the engine's in-memory file.
+struct IntoModelFile<'a>(&'a ModelFile);
+
+impl ChunkSink for IntoModelFile<'_> {
+    fn write_at(&self, offset: u64, plaintext: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, plaintext)
+    }
+}
+
+/// Unseals and loads the model, then moves the server to `Ready` or `Failed`.
+fn unseal_and_load(state: &AppState, key: ModelKey) {
+    let started = Instant::now();
+    let outcome = (|| -> Result<Arc<dyn Engine>, String> {
+        let file = File::open(&state.sealed_path)
+            .map_err(|e| format!("cannot open the sealed model: {e}"))?;
+        let options = UnsealOptions {
+            expected_sha256: Some(state.header.model_sha256),
+            progress: Some(&state.metrics.unsealed_bytes),
+            ..UnsealOptions::default()
+        };
+        // Unsealed straight into the memfd the engine maps: no plaintext buffer beside
+        // it. If a chunk fails, the memfd (holding only authenticated chunks) is dropped.
+        let model = ModelFile::new(state.header.plaintext_len)
+            .map_err(|e| format!("model load failed: {e}"))?;
+        veil_sealing::unseal_to(&file, &key, &options, &IntoModelFile(&model))
+            .map_err(|e| format!("unsealing failed: {e}"))?;
+        drop(key);
+        let unsealed = started.elapsed();
+        let engine = LlamaEngine::load_file(model, state.engine_config.clone())
+            .map_err(|e| format!("model load failed: {e}"))?;
+        tracing::info!(
+            unseal_ms = unsealed.as_millis() as u64,
+            load_ms = (started.elapsed() - unsealed).as_millis() as u64,
+            "model unsealed and loaded"
+        );
+        Ok(Arc::new(engine))
+    })();
+    state
+        .metrics
+        .unseal_ms
+        .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    if let Err(reason) = &outcome {
+        tracing::error!(%reason, "unsealing failed");
+    }
+    state.finish_unsealing(outcome);
+}
