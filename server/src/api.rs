@@ -10,17 +10,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
-use veil_attestation::binding::{Purpose, Transcript, MAX_NONCE, MIN_NONCE};
+use veil_attestation::binding::{BindingError, Nonce, Purpose, Transcript, MAX_NONCE, MIN_NONCE};
 use veil_attestation::KeyRelease;
 use veil_sealing::KeyId;
 
 use crate::error::{ApiError, Json};
 use crate::openai::{chat_completions, models};
-use crate::state::{AppState, EvidenceError, Lifecycle};
+use crate::state::{AppState, Lifecycle};
 use crate::unlock::{accept_key, Accepted, UnlockError};
 
 /// The RFC 9266 exporter of the TLS connection a request came on (set per connection).
@@ -111,18 +109,13 @@ async fn attestation(
     let nonce_text = q.nonce.ok_or_else(|| {
         ApiError::invalid("nonce", "nonce is required (base64url, 16 to 64 bytes)")
     })?;
-    let nonce = URL_SAFE_NO_PAD
-        .decode(nonce_text.trim_end_matches('=').as_bytes())
-        .map_err(|_| ApiError::invalid("nonce", "nonce is not base64url"))?;
-    if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
-        return Err(ApiError::invalid(
+    let nonce = Nonce::from_base64url(&nonce_text).map_err(|e| match e {
+        BindingError::NonceLength { found } => ApiError::invalid(
             "nonce",
-            format!(
-                "nonce must be {MIN_NONCE} to {MAX_NONCE} bytes, got {}",
-                nonce.len()
-            ),
-        ));
-    }
+            format!("nonce must be {MIN_NONCE} to {MAX_NONCE} bytes, got {found}"),
+        ),
+        _ => ApiError::invalid("nonce", "nonce is not base64url"),
+    })?;
     let Some(Extension(binding)) = binding else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -140,27 +133,20 @@ async fn attestation(
     }
     let transcript = Transcript {
         purpose: Purpose::ClientSession,
-        nonce: &nonce,
+        nonce,
         spki_sha256: state.spki_sha256(),
         exporter: Some(binding.exporter),
         wrap_pk: state.wrap_pk(),
         model_sha256: state.header.model_sha256,
     };
-    let report_data = transcript
-        .report_data()
-        .map_err(|e| ApiError::invalid("nonce", e.to_string()))?;
-    let evidence = state
-        .issue_evidence(&transcript)
-        .await
-        .map_err(|e| match e {
-            EvidenceError::Transcript(e) => ApiError::invalid("nonce", e.to_string()),
-            EvidenceError::Interrupted | EvidenceError::Platform => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "attestation_failed",
-                e.to_string(),
-            ),
-        })?;
-    state.remember_issued(report_data, binding.exporter);
+    let evidence = state.issue_evidence(&transcript).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "attestation_failed",
+            e.to_string(),
+        )
+    })?;
+    state.remember_issued(transcript.report_data(), binding.exporter);
     let body = serde_json::to_value(&evidence).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -185,11 +171,8 @@ async fn provision(
             "provisioning is only accepted over TLS",
         ));
     };
-    let report_data = msg
-        .report_data()
-        .map_err(|e| ApiError::invalid("report_data", e.to_string()))?;
-    let key_id = KeyId::from_hex(&msg.key_id)
-        .map_err(|_| ApiError::invalid("key_id", "key_id is not 32 hex digits"))?;
+    let report_data = msg.report_data;
+    let key_id = KeyId(msg.key_id);
     if key_id != state.header.key_id {
         return Err(ApiError {
             param: Some("key_id".into()),

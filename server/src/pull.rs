@@ -15,15 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use veil_attestation::binding::{MAX_NONCE, MIN_NONCE};
 use veil_attestation::broker::{pull_transcript, Challenge, KeyRequest, CHALLENGE_PATH, KEY_PATH};
 use veil_attestation::KeyRelease;
 use veil_sealing::KeyId;
@@ -154,19 +151,9 @@ pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Acce
     let body = post(broker, CHALLENGE_PATH, Vec::new()).await?;
     let challenge: Challenge = serde_json::from_slice(&body)
         .map_err(|e| PullError::Unusable(format!("{CHALLENGE_PATH}: {e}")))?;
-    let nonce = URL_SAFE_NO_PAD
-        .decode(challenge.nonce.trim_end_matches('=').as_bytes())
-        .map_err(|_| PullError::Unusable("the nonce is not base64url".into()))?;
-    if !(MIN_NONCE..=MAX_NONCE).contains(&nonce.len()) {
-        return Err(PullError::Unusable(format!(
-            "the nonce has {} bytes, not {MIN_NONCE} to {MAX_NONCE}",
-            nonce.len()
-        )));
-    }
-    let transcript = pull_transcript(&nonce, state.wrap_pk(), state.header.model_sha256);
-    let report_data = transcript
-        .report_data()
-        .map_err(|e| PullError::Unusable(e.to_string()))?;
+    // The nonce's encoding and length were checked when the challenge was decoded.
+    let transcript = pull_transcript(challenge.nonce, state.wrap_pk(), state.header.model_sha256);
+    let report_data = transcript.report_data();
     let evidence = state
         .issue_evidence(&transcript)
         .await
@@ -174,20 +161,19 @@ pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Acce
 
     let request = KeyRequest {
         nonce: challenge.nonce,
-        key_id: state.header.key_id.to_string(),
+        key_id: state.header.key_id.0,
         evidence,
     };
     let json = serde_json::to_vec(&request).map_err(|e| PullError::Unusable(e.to_string()))?;
     let body = post(broker, KEY_PATH, json).await?;
     let release: KeyRelease = serde_json::from_slice(&body)
         .map_err(|e| PullError::Unusable(format!("{KEY_PATH}: {e}")))?;
-    if release.report_data().ok() != Some(report_data) {
+    if release.report_data != report_data {
         return Err(PullError::Unusable(
             "the released key names other report data than this server's evidence".into(),
         ));
     }
-    let key_id = KeyId::from_hex(&release.key_id)
-        .map_err(|_| PullError::Unusable("the key id is not 32 hex digits".into()))?;
+    let key_id = KeyId(release.key_id);
     if key_id != state.header.key_id {
         return Err(PullError::Unusable(format!(
             "the broker released key {key_id}; the sealed model needs {}",

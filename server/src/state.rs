@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use veil_attestation::binding::{BindingError, Transcript};
+use veil_attestation::binding::{Transcript};
 use veil_attestation::{Attester, Evidence, WrappingKey};
 use veil_model::{Engine, EngineConfig};
 use veil_sealing::SealedHeader;
@@ -95,9 +95,6 @@ impl RateLimit {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvidenceError {
-    /// The transcript does not make report data (its nonce has the wrong length).
-    #[error(transparent)]
-    Transcript(#[from] BindingError),
     /// The blocking task that asks the platform did not finish.
     #[error("attestation failed")]
     Interrupted,
@@ -263,19 +260,17 @@ impl AppState {
     /// [`EvidenceError`]; a platform failure is logged here with its cause.
     pub async fn issue_evidence(
         &self,
-        transcript: &Transcript<'_>,
+        transcript: &Transcript,
     ) -> Result<Evidence, EvidenceError> {
-        let report_data = transcript.report_data()?;
-        let binding = transcript.binding();
         let attester = Arc::clone(&self.attester);
-        let mut evidence = tokio::task::spawn_blocking(move || attester.attest(report_data))
+        let transcript = *transcript;
+        let evidence = tokio::task::spawn_blocking(move || attester.attest(&transcript))
             .await
             .map_err(|_| EvidenceError::Interrupted)?
             .map_err(|e| {
                 tracing::error!(error = %e, "attestation failed");
                 EvidenceError::Platform
             })?;
-        evidence.binding = Some(binding);
         self.metrics.attestations.fetch_add(1, Ordering::Relaxed);
         Ok(evidence)
     }

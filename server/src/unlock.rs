@@ -48,7 +48,7 @@ pub enum UnlockError {
 pub fn accept_key(
     state: &Arc<AppState>,
     key_id: KeyId,
-    secret: Zeroizing<[u8; 32]>,
+    secret: Box<Zeroizing<[u8; 32]>>,
 ) -> Result<Accepted, UnlockError> {
     let key = ModelKey::from_parts(key_id, secret);
     if state.header.check_key(&key).is_err() {
