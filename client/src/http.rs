@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -73,6 +73,44 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// A request body over its limit, or one that broke off before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTooLarge {
+    /// The limit, in bytes.
+    pub limit: usize,
+}
+
+impl BodyTooLarge {
+    /// The HTTP status to answer with: 413.
+    pub const STATUS: StatusCode = StatusCode::PAYLOAD_TOO_LARGE;
+    /// The error code of the JSON answer.
+    pub const CODE: &'static str = "request_too_large";
+}
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body is over {} bytes or broke off",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// Reads a request body whole, up to `limit` bytes.
+///
+/// # Errors
+/// [`BodyTooLarge`] if it is longer than `limit` or breaks off; answer with
+/// [`BodyTooLarge::STATUS`], [`BodyTooLarge::CODE`] and its message.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyTooLarge> {
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(BodyTooLarge { limit }),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
