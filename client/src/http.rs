@@ -106,7 +106,10 @@ impl std::error::Error for BodyTooLarge {}
 /// # Errors
 /// [`BodyTooLarge`] if it is longer than `limit` or breaks off; answer with
 /// [`BodyTooLarge::STATUS`], [`BodyTooLarge::CODE`] and its message.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyTooLarge> {
+pub async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, BodyTooLarge>
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match Limited::new(body, limit).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(_) => Err(BodyTooLarge { limit }),
@@ -151,4 +154,31 @@ pub fn reload_on_sighup(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_up_to_the_limit_is_read_whole() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(
+            read_body(body, 10).await,
+            Ok(Bytes::from_static(b"0123456789"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_with_the_limit_named() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        let e = read_body(body, 9).await.expect_err("over the limit");
+        assert_eq!(e, BodyTooLarge { limit: 9 });
+        assert_eq!(
+            e.to_string(),
+            "the request body is over 9 bytes or broke off"
+        );
+        assert_eq!(BodyTooLarge::STATUS, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(BodyTooLarge::CODE, "request_too_large");
+    }
 }
