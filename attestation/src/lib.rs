@@ -39,6 +39,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
+#![forbid(unsafe_code)]
+
 pub mod appraisal;
 pub mod attester;
 pub mod binding;

@@ -338,45 +338,37 @@ impl MockPlatform {
 
     /// The files that make up the platform directory.
     pub fn files(&self) -> Vec<MockFile> {
-        let key = |k: &EcKey| {
-            let pem = k
-                .to_pkcs8_pem(p384::pkcs8::LineEnding::LF)
-                .expect("a P-384 key encodes");
-            Zeroizing::new(pem.as_bytes().to_vec())
-        };
-        let public = |c: &Certificate| Zeroizing::new(c.to_pem().into_bytes());
-        vec![
-            MockFile {
-                name: files::ROOT,
-                contents: public(&self.root),
-                secret: false,
-            },
-            MockFile {
-                name: files::ROOT_KEY,
-                contents: key(&self.root_key),
-                secret: true,
-            },
-            MockFile {
-                name: files::INTERMEDIATE,
-                contents: public(&self.intermediate),
-                secret: false,
-            },
-            MockFile {
-                name: files::INTERMEDIATE_KEY,
-                contents: key(&self.intermediate_key),
-                secret: true,
-            },
-            MockFile {
-                name: files::VCEK,
-                contents: public(&self.vcek),
-                secret: false,
-            },
-            MockFile {
-                name: files::VCEK_KEY,
-                contents: key(&self.vcek_key),
-                secret: true,
-            },
-        ]
+        // Each certificate, then its private key.
+        let table = [
+            (files::ROOT, &self.root, files::ROOT_KEY, &self.root_key),
+            (
+                files::INTERMEDIATE,
+                &self.intermediate,
+                files::INTERMEDIATE_KEY,
+                &self.intermediate_key,
+            ),
+            (files::VCEK, &self.vcek, files::VCEK_KEY, &self.vcek_key),
+        ];
+        table
+            .into_iter()
+            .flat_map(|(cert_name, cert, key_name, key)| {
+                let pem = key
+                    .to_pkcs8_pem(p384::pkcs8::LineEnding::LF)
+                    .expect("a P-384 key encodes");
+                [
+                    MockFile {
+                        name: cert_name,
+                        contents: Zeroizing::new(cert.to_pem().into_bytes()),
+                        secret: false,
+                    },
+                    MockFile {
+                        name: key_name,
+                        contents: Zeroizing::new(pem.as_bytes().to_vec()),
+                        secret: true,
+                    },
+                ]
+            })
+            .collect()
     }
 
     /// Loads a platform from its files; `read` returns a file's contents by name.
@@ -792,6 +784,40 @@ mod tests {
                 &Offline::report_data([7; 64], now),
             )
             .expect("no minimum");
+    }
+
+    #[test]
+    fn files_are_each_certificate_then_its_secret_key() {
+        let platform = MockPlatform::generate(SystemTime::now()).expect("generate");
+        let listed: Vec<(&str, bool)> = platform
+            .files()
+            .iter()
+            .map(|f| (f.name, f.secret))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (files::ROOT, false),
+                (files::ROOT_KEY, true),
+                (files::INTERMEDIATE, false),
+                (files::INTERMEDIATE_KEY, true),
+                (files::VCEK, false),
+                (files::VCEK_KEY, true),
+            ]
+        );
+        for f in platform.files() {
+            let text = std::str::from_utf8(&f.contents).expect("PEM is text");
+            let label = if f.secret {
+                "PRIVATE KEY"
+            } else {
+                "CERTIFICATE"
+            };
+            assert!(
+                text.starts_with(&format!("-----BEGIN {label}-----\n")),
+                "{}",
+                f.name
+            );
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -30,7 +30,9 @@ use veil_attestation::broker::{
 use veil_attestation::{KeyRelease, Nonce, Policy, Rejection};
 use veil_sealing::{KeyId, ModelKey};
 
-use crate::http::{json_response, reload_on_sighup, serve, shutdown_signal, Handler};
+use crate::http::{
+    json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
+};
 use crate::report_cmd::load_policy;
 use crate::CmdResult;
 
@@ -258,15 +260,9 @@ impl Broker {
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
             },
             (&Method::POST, KEY_PATH) => {
-                let body = match Limited::new(body, MAX_BODY).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => {
-                        return error(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "request_too_large",
-                            &format!("the request body is over {MAX_BODY} bytes or broke off"),
-                        )
-                    }
+                let body = match read_body(body, MAX_BODY).await {
+                    Ok(b) => b,
+                    Err(e) => return error(BodyTooLarge::STATUS, BodyTooLarge::CODE, &e.to_string()),
                 };
                 let req: KeyRequest = match serde_json::from_slice(&body) {
                     Ok(r) => r,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -75,6 +75,47 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     resp
 }
 
+/// A request body over its limit, or one that broke off before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTooLarge {
+    /// The limit, in bytes.
+    pub limit: usize,
+}
+
+impl BodyTooLarge {
+    /// The HTTP status to answer with: 413.
+    pub const STATUS: StatusCode = StatusCode::PAYLOAD_TOO_LARGE;
+    /// The error code of the JSON answer.
+    pub const CODE: &'static str = "request_too_large";
+}
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body is over {} bytes or broke off",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// Reads a request body whole, up to `limit` bytes.
+///
+/// # Errors
+/// [`BodyTooLarge`] if it is longer than `limit` or breaks off; answer with
+/// [`BodyTooLarge::STATUS`], [`BodyTooLarge::CODE`] and its message.
+pub async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, BodyTooLarge>
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(BodyTooLarge { limit }),
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -113,4 +154,31 @@ pub fn reload_on_sighup(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_up_to_the_limit_is_read_whole() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(
+            read_body(body, 10).await,
+            Ok(Bytes::from_static(b"0123456789"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_with_the_limit_named() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        let e = read_body(body, 9).await.expect_err("over the limit");
+        assert_eq!(e, BodyTooLarge { limit: 9 });
+        assert_eq!(
+            e.to_string(),
+            "the request body is over 9 bytes or broke off"
+        );
+        assert_eq!(BodyTooLarge::STATUS, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(BodyTooLarge::CODE, "request_too_large");
+    }
 }

@@ -3,6 +3,9 @@
 //!
 //! Exit codes: 0 success, 1 error, 2 usage, 3 evidence rejected.
 
+// Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
+#![forbid(unsafe_code)]
+
 pub mod broker;
 pub mod demo;
 pub mod files;

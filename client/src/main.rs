@@ -1,5 +1,8 @@
 //! `veil`: the Veil command line.
 
+// Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -15,13 +15,15 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use veil_attestation::Policy;
 
-use crate::http::{json_response, reload_on_sighup, serve, shutdown_signal, Handler};
+use crate::http::{
+    json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
+};
 use crate::output::print_verdict;
 use crate::remote::{Connection, Target, Upstream, UpstreamError};
 use crate::report_cmd::load_policy;
@@ -91,15 +93,9 @@ impl Proxy {
                 ),
             );
         }
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return local_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_too_large",
-                    &format!("the request body is over {MAX_BODY} bytes or broke off"),
-                )
-            }
+        let body = match read_body(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(e) => return local_error(BodyTooLarge::STATUS, BodyTooLarge::CODE, &e.to_string()),
         };
         let mut session = match self.upstream.connect().await {
             Ok(Connection::Pinned(s)) => s,

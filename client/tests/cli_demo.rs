@@ -6,13 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use veil_tests::harness::{text, veil};
 
 fn tiny_model(dir: &std::path::Path) -> String {
     let path = dir.join("tiny.gguf");
@@ -105,12 +99,7 @@ fn demo_keep_leaves_the_files_and_a_running_server_until_interrupted() {
         assert!(dir.join(file).is_file(), "{file} kept");
     }
     let policy = dir.join("policy.toml").display().to_string();
-    let verify = |url: &str| {
-        Command::new(env!("CARGO_BIN_EXE_veil"))
-            .args(["verify", url, "--policy", &policy])
-            .output()
-            .expect("veil verify")
-    };
+    let verify = |url: &str| veil(&["verify", url, "--policy", &policy]);
     let o = verify(&url);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 

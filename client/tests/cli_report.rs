@@ -2,24 +2,10 @@
 //! reports, exit codes.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use veil_tests::harness::{text, veil};
 use veil_tests::vectors;
-
-fn veil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .output()
-        .expect("veil runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn rfc3339(t: std::time::SystemTime) -> String {
     time::OffsetDateTime::from(t)
@@ -54,6 +40,14 @@ fn lay_out(v: &vectors::Vector, dir: &Path) -> (String, String) {
     (report.display().to_string(), certs.display().to_string())
 }
 
+/// Runs `veil report verify REPORT --certs CERTS --at <when v's certificates are valid>`
+/// followed by `extra`.
+fn verify(v: &vectors::Vector, report: &str, certs: &str, extra: &[&str]) -> Output {
+    let at = rfc3339(v.valid_at);
+    let args = ["report", "verify", report, "--certs", certs, "--at", &at];
+    veil(&[&args[..], extra].concat())
+}
+
 const PERMISSIVE: &str = "any_measurement = true\nallow_debug = true\nvmpl = [0, 1, 2, 3]\n";
 
 #[test]
@@ -65,18 +59,12 @@ fn every_real_vector_verifies_through_the_cli() {
     for (i, v) in all.iter().enumerate() {
         let dir = tmp.path().join(i.to_string());
         let (report, certs) = lay_out(v, &dir);
-        let at = rfc3339(v.valid_at);
-        let o = veil(&[
-            "report",
-            "verify",
+        let o = verify(
+            v,
             &report,
-            "--certs",
             &certs,
-            "--policy",
-            policy.to_str().expect("utf8"),
-            "--at",
-            &at,
-        ]);
+            &["--policy", policy.to_str().expect("utf8")],
+        );
         assert_eq!(o.status.code(), Some(0), "{}: {}", v.set.name, text(&o));
         assert!(text(&o).contains("VERIFIED"), "{}", text(&o));
         assert!(!text(&o).contains("MOCK"), "{}", text(&o));
@@ -85,68 +73,40 @@ fn every_real_vector_verifies_through_the_cli() {
 
 #[test]
 fn hex_reports_are_read_as_well_as_raw_ones() {
-    let Some(v) = vectors::all()
-        .into_iter()
-        .find(|v| v.set.report_format.as_deref() == Some("hex"))
-    else {
+    let hex = vectors::matching("with a hex report", |v| {
+        v.set.report_format.as_deref() == Some("hex")
+    });
+    let Some(v) = hex.first() else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (_, certs) = lay_out(&v, tmp.path());
+    let (_, certs) = lay_out(v, tmp.path());
     let hex_path = v.root.join(v.set.report.as_deref().expect("report"));
-    let o = veil(&[
-        "report",
-        "verify",
-        hex_path.to_str().expect("utf8"),
-        "--certs",
-        &certs,
-        "--at",
-        &rfc3339(v.valid_at),
-    ]);
+    let o = verify(v, hex_path.to_str().expect("utf8"), &certs, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
 #[test]
 fn azure_hcl_reports_are_read_directly() {
-    for v in vectors::all()
-        .into_iter()
-        .filter(|v| v.set.report_format.as_deref() == Some("hcl"))
-    {
+    for v in vectors::matching("with an Azure HCL report", |v| {
+        v.set.report_format.as_deref() == Some("hcl")
+    }) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (_, certs) = lay_out(&v, tmp.path());
         let hcl = v.root.join(v.set.report.as_deref().expect("report"));
-        let o = veil(&[
-            "report",
-            "verify",
-            hcl.to_str().expect("utf8"),
-            "--certs",
-            &certs,
-            "--at",
-            &rfc3339(v.valid_at),
-        ]);
+        let o = verify(&v, hcl.to_str().expect("utf8"), &certs, &[]);
         assert_eq!(o.status.code(), Some(0), "{}: {}", v.set.name, text(&o));
     }
 }
 
 #[test]
 fn the_debug_vector_is_rejected_by_default_with_exit_3() {
-    let Some(v) = vectors::all()
-        .into_iter()
-        .find(|v| v.set.name == "go-sev-guest/milan")
-    else {
+    let Some(v) = vectors::named("go-sev-guest/milan") else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (report, certs) = lay_out(&v, tmp.path());
-    let o = veil(&[
-        "report",
-        "verify",
-        &report,
-        "--certs",
-        &certs,
-        "--at",
-        &rfc3339(v.valid_at),
-    ]);
+    let o = verify(&v, &report, &certs, &[]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("✗ debug"), "{}", text(&o));
 }
@@ -159,16 +119,7 @@ fn a_flipped_bit_is_rejected_with_the_check_named_in_json() {
         let mut raw = v.report.clone();
         raw[0x90] ^= 0x10; // MEASUREMENT
         std::fs::write(&report, &raw).expect("write");
-        let o = veil(&[
-            "report",
-            "verify",
-            &report,
-            "--certs",
-            &certs,
-            "--at",
-            &rfc3339(v.valid_at),
-            "--json",
-        ]);
+        let o = verify(&v, &report, &certs, &["--json"]);
         assert_eq!(o.status.code(), Some(3), "{}", text(&o));
         let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json verdict");
         assert_eq!(verdict["verified"], false);
@@ -184,10 +135,7 @@ fn a_flipped_bit_is_rejected_with_the_check_named_in_json() {
 
 #[test]
 fn certificates_of_another_product_are_rejected() {
-    let Some(v) = vectors::all()
-        .into_iter()
-        .find(|v| v.set.name == "oak/genoa-oc")
-    else {
+    let Some(v) = vectors::named("oak/genoa-oc") else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -196,24 +144,13 @@ fn certificates_of_another_product_are_rejected() {
         veil_attestation::chain::amd_roots(veil_attestation::Product::Milan).expect("roots");
     std::fs::write(Path::new(&certs).join("ask.pem"), milan.ask.to_pem()).expect("write");
     std::fs::write(Path::new(&certs).join("ark.pem"), milan.ark.to_pem()).expect("write");
-    let o = veil(&[
-        "report",
-        "verify",
-        &report,
-        "--certs",
-        &certs,
-        "--at",
-        &rfc3339(v.valid_at),
-    ]);
+    let o = verify(&v, &report, &certs, &[]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
 
 #[test]
 fn report_show_prints_every_field() {
-    let Some(v) = vectors::all()
-        .into_iter()
-        .find(|v| v.set.name == "oak/turin-oc")
-    else {
+    let Some(v) = vectors::named("oak/turin-oc") else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -1,24 +1,9 @@
 //! `veil seal` as a user runs it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
 
 use veil_sealing::{unseal, ModelKey, UnsealOptions};
-
-fn veil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .output()
-        .expect("veil runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use veil_tests::harness::{text, veil};
 
 #[test]
 fn seal_writes_a_sealed_file_and_a_private_key_that_open_it() {

@@ -24,6 +24,9 @@
 //! # Ok::<(), veil_model::EngineError>(())
 //! ```
 
+// Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
+#![forbid(unsafe_code)]
+
 mod engine;
 mod memfd;
 mod template;

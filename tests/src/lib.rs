@@ -2,6 +2,9 @@
 //! they share: loading the real AMD SEV-SNP vectors ([`vectors`]), and running the real
 //! `veil` and `veil-server` binaries on loopback with the mock TEE ([`harness`]).
 
+// Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
+#![forbid(unsafe_code)]
+
 pub mod harness;
 
 pub mod vectors {
@@ -122,24 +125,68 @@ pub mod vectors {
         })
     }
 
-    /// Every set of the manifest that has a fully verifiable report.
+    /// Every set of the manifest that has a fully verifiable report, or none when the
+    /// vectors directory is absent (see [`dir`]).
+    ///
+    /// # Panics
+    /// If the vectors are present but the manifest lists no fully verifiable set, or a
+    /// file it names cannot be read or parsed.
     pub fn all() -> Vec<Vector> {
+        dir().map(|dir| load(&dir)).unwrap_or_default()
+    }
+
+    /// The fully verifiable set called `name` (e.g. `go-sev-guest/milan`), or `None` when
+    /// the vectors directory is absent (see [`dir`]).
+    ///
+    /// # Panics
+    /// If the vectors are present but no fully verifiable set has that name: a test that
+    /// looks a vector up by name never passes with nothing checked because a set was
+    /// renamed or dropped.
+    pub fn named(name: &str) -> Option<Vector> {
+        let dir = dir()?;
+        let found = load(&dir).into_iter().find(|v| v.set.name == name);
+        Some(found.unwrap_or_else(|| {
+            panic!(
+                "no fully verifiable SNP vector set named {name:?} in {}",
+                dir.join("manifest.json").display()
+            )
+        }))
+    }
+
+    /// Every fully verifiable set for which `keep` holds, or none when the vectors
+    /// directory is absent (see [`dir`]). `what` describes the selection for the panic
+    /// message, e.g. `"with a hex report"`.
+    ///
+    /// # Panics
+    /// If the vectors are present but no set matches: a test over a selection of vectors
+    /// never passes with nothing checked.
+    pub fn matching(what: &str, keep: impl Fn(&Vector) -> bool) -> Vec<Vector> {
         let Some(dir) = dir() else { return Vec::new() };
+        let found: Vec<Vector> = load(&dir).into_iter().filter(|v| keep(v)).collect();
+        assert!(
+            !found.is_empty(),
+            "no fully verifiable SNP vector set {what} in {}",
+            dir.join("manifest.json").display()
+        );
+        found
+    }
+
+    fn load(dir: &Path) -> Vec<Vector> {
         let manifest: Manifest =
-            serde_json::from_slice(&read(&dir, "manifest.json")).expect("manifest parses");
-        manifest
+            serde_json::from_slice(&read(dir, "manifest.json")).expect("manifest parses");
+        let vectors: Vec<Vector> = manifest
             .sets
             .into_iter()
             .filter(|s| s.expect_fully_verified)
             .map(|set| {
-                let report = report_bytes(&dir, &set).expect("verifiable sets have reports");
-                let vek = Certificate::all_from_pem_or_der(&read(&dir, &set.vek))
+                let report = report_bytes(dir, &set).expect("verifiable sets have reports");
+                let vek = Certificate::all_from_pem_or_der(&read(dir, &set.vek))
                     .expect("vek parses")[0]
                     .clone();
                 let mut chain = Vec::new();
                 for rel in [&set.ask, &set.ark, &set.chain].into_iter().flatten() {
                     for c in
-                        Certificate::all_from_pem_or_der(&read(&dir, rel)).expect("chain parses")
+                        Certificate::all_from_pem_or_der(&read(dir, rel)).expect("chain parses")
                     {
                         // The Azure HCL set's "chain" is its VCEK file: skip the VEK itself.
                         if c != vek {
@@ -154,9 +201,15 @@ pub mod vectors {
                     vek,
                     chain,
                     valid_at,
-                    root: dir.clone(),
+                    root: dir.to_path_buf(),
                 }
             })
-            .collect()
+            .collect();
+        assert!(
+            !vectors.is_empty(),
+            "{} lists no fully verifiable set",
+            dir.join("manifest.json").display()
+        );
+        vectors
     }
 }

@@ -18,7 +18,11 @@ fn fake_dpkg(packages: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut status = String::new();
     for (name, state) in packages {
-        let want = if *state == "config-files" { "deinstall" } else { "install" };
+        let want = if *state == "config-files" {
+            "deinstall"
+        } else {
+            "install"
+        };
         status.push_str(&format!(
             "Package: {name}\nStatus: {want} ok {state}\nPriority: optional\n\
              Maintainer: Test <test@example.invalid>\nArchitecture: amd64\nVersion: 1.0\n\
@@ -58,7 +62,9 @@ fn decision(db: &Path, extra: &[&str]) -> Vec<String> {
     // Every package to install comes with the reason it is needed.
     for name in &names {
         assert!(
-            stdout.lines().any(|l| l.starts_with(&format!("  {name}: "))),
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("  {name}: "))),
             "no reason given for {name}: {stdout}"
         );
     }
@@ -91,7 +97,11 @@ fn everything_installed_installs_nothing() {
 fn each_missing_package_is_named_alone() {
     for missing in BUILD {
         let db = fake_dpkg(&all_installed(&[missing]));
-        assert_eq!(decision(db.path(), &[]), [missing], "with only {missing} missing");
+        assert_eq!(
+            decision(db.path(), &[]),
+            [missing],
+            "with only {missing} missing"
+        );
     }
 }
 
