@@ -71,7 +71,9 @@ const VMSA_GPA: u64 = 0xffff_ffff_f000;
 pub enum MeasureError {
     /// The firmware (or SVSM) image is not a non-empty whole number of 4 KiB pages that
     /// fits below 4 GiB.
-    #[error("firmware image of {len} bytes: must be a non-empty multiple of 4096 bytes, at most 4 GiB")]
+    #[error(
+        "firmware image of {len} bytes: must be a non-empty multiple of 4096 bytes, at most 4 GiB"
+    )]
     FirmwareSize {
         /// Its length.
         len: usize,
@@ -294,7 +296,11 @@ impl KernelHashes {
     /// The hashes of a kernel, an optional initrd and an optional command line
     /// (`-append`; absent and empty give the same value).
     pub fn new(kernel: &[u8], initrd: Option<&[u8]>, append: Option<&str>) -> Self {
-        KernelHashes::from_kernel_digests(sha256(kernel), sha256(initrd.unwrap_or_default()), append)
+        KernelHashes::from_kernel_digests(
+            sha256(kernel),
+            sha256(initrd.unwrap_or_default()),
+            append,
+        )
     }
 
     /// The same, from the SHA-256 of the kernel and initrd (as a caller that streams the
@@ -406,7 +412,7 @@ impl SnpLaunch<'_> {
 }
 
 fn check_pages(s: &Section) -> Result<(), MeasureError> {
-    if s.size % PAGE as u32 != 0 || s.gpa % PAGE as u32 != 0 {
+    if !s.size.is_multiple_of(PAGE as u32) || !s.gpa.is_multiple_of(PAGE as u32) {
         return Err(MeasureError::InvalidSection {
             kind: s.kind,
             gpa: s.gpa,
@@ -455,7 +461,11 @@ fn metadata_pages(
         }
     }
     if vmm == Vmm::Ec2 {
-        for s in fw.sections().iter().filter(|s| s.kind == SectionKind::Cpuid) {
+        for s in fw
+            .sections()
+            .iter()
+            .filter(|s| s.kind == SectionKind::Cpuid)
+        {
             ld.update(PageType::Cpuid, u64::from(s.gpa), &[0; 48]);
         }
     }
@@ -526,7 +536,7 @@ impl SvsmLaunch<'_> {
             .ok_or_else(|| MeasureError::Layout {
                 reason: "the SVSM image and variable store do not fit below the OVMF image".into(),
             })?;
-        if self.vars_size % PAGE as u64 != 0 {
+        if !self.vars_size.is_multiple_of(PAGE as u64) {
             return Err(MeasureError::Layout {
                 reason: format!("vars size {:#x} is not whole pages", self.vars_size),
             });
@@ -622,6 +632,9 @@ mod tests {
             vmm: Vmm::Qemu,
             guest_features: 1,
         };
-        assert!(matches!(launch.measurement(), Err(MeasureError::Vcpus { .. })));
+        assert!(matches!(
+            launch.measurement(),
+            Err(MeasureError::Vcpus { .. })
+        ));
     }
 }

@@ -55,7 +55,9 @@ struct Manifest {
 fn dir() -> Option<PathBuf> {
     let dir = std::env::var_os("VEIL_MEASURE_VECTORS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/measure"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/measure")
+        });
     if dir.join("manifest.json").is_file() {
         return Some(dir);
     }
@@ -106,7 +108,10 @@ fn sig(case: &Case) -> u32 {
 fn measure(dir: &Path, case: &Case, use_ovmf_hash: bool) -> Result<[u8; 48], MeasureError> {
     let firmware = read(dir, &case.firmware);
     if case.mode == "snp:svsm" {
-        let svsm = read(dir, case.svsm.as_deref().expect("svsm case names its image"));
+        let svsm = read(
+            dir,
+            case.svsm.as_deref().expect("svsm case names its image"),
+        );
         return SvsmLaunch {
             ovmf: &firmware,
             svsm: &svsm,
@@ -178,7 +183,12 @@ fn every_snp_case_of_the_manifest_measures_as_expected() {
         if case.snp_ovmf_hash.is_some() {
             // Both forms: the precomputed firmware digest and hashing the pages again.
             let again = measure(&dir, case, false).expect("measures");
-            assert_eq!(hex::encode(again), expected, "{} without ovmf hash", case.id);
+            assert_eq!(
+                hex::encode(again),
+                expected,
+                "{} without ovmf hash",
+                case.id
+            );
         }
         eprintln!("ok {}", case.id);
         passed += 1;
@@ -200,7 +210,11 @@ fn superseded_ec2_cases_are_what_the_sev_crate_computes_and_not_veil() {
         let expected = case.expected.as_deref().expect("value");
         assert_eq!(vmm(case), Vmm::Ec2);
         let veil = hex::encode(measure(&dir, case, true).expect("measures"));
-        assert_ne!(veil, expected, "{}: Veil computes the current EC2 VMSA", case.id);
+        assert_ne!(
+            veil, expected,
+            "{}: Veil computes the current EC2 VMSA",
+            case.id
+        );
         assert_eq!(
             sev_crate_measure(&dir, case).expect("sev measures"),
             expected,
@@ -222,7 +236,12 @@ fn the_sev_crate_agrees_on_every_qemu_case() {
         .filter(|c| c.mode == "snp" && vmm(c) == Vmm::Qemu)
     {
         let veil = hex::encode(measure(&dir, case, true).expect("measures"));
-        assert_eq!(sev_crate_measure(&dir, case).expect("sev measures"), veil, "{}", case.id);
+        assert_eq!(
+            sev_crate_measure(&dir, case).expect("sev measures"),
+            veil,
+            "{}",
+            case.id
+        );
         compared += 1;
     }
     assert_eq!(compared, 10);
@@ -247,7 +266,10 @@ fn error_cases_fail_with_the_expected_message() {
     let m = manifest(&dir);
     assert!(!m.error_cases.is_empty());
     for case in &m.error_cases {
-        let want = case.expected_error.as_deref().expect("error case names its error");
+        let want = case
+            .expected_error
+            .as_deref()
+            .expect("error case names its error");
         let err = measure(&dir, case, true).expect_err(&case.id);
         assert_eq!(err, MeasureError::NoKernelHashesSection, "{}", case.id);
         assert!(err.to_string().contains(want), "{}: {err}", case.id);
@@ -262,7 +284,12 @@ fn legacy_sev_cases_are_skipped_as_not_snp() {
     let m = manifest(&dir);
     for case in &m.legacy_sev_cases {
         assert!(matches!(case.mode.as_str(), "sev" | "seves"), "{}", case.id);
-        assert_eq!(case.expected.as_deref().map(str::len), Some(64), "{}", case.id);
+        assert_eq!(
+            case.expected.as_deref().map(str::len),
+            Some(64),
+            "{}",
+            case.id
+        );
         eprintln!("skipped {}: mode {} is not SEV-SNP", case.id, case.mode);
     }
 }

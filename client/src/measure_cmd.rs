@@ -96,11 +96,13 @@ fn strip_0x(s: &str) -> &str {
 }
 
 fn parse_u32_hex(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(strip_0x(s.trim()), 16).map_err(|_| format!("{s:?} is not a 32-bit hex number"))
+    u32::from_str_radix(strip_0x(s.trim()), 16)
+        .map_err(|_| format!("{s:?} is not a 32-bit hex number"))
 }
 
 fn parse_u64_hex(s: &str) -> Result<u64, String> {
-    u64::from_str_radix(strip_0x(s.trim()), 16).map_err(|_| format!("{s:?} is not a 64-bit hex number"))
+    u64::from_str_radix(strip_0x(s.trim()), 16)
+        .map_err(|_| format!("{s:?} is not a 64-bit hex number"))
 }
 
 fn parse_digest(s: &str) -> Result<[u8; 48], String> {
@@ -126,7 +128,7 @@ fn file_json(path: &Path, sha256: String) -> serde_json::Value {
 /// Runs a `veil measure` command.
 ///
 /// # Errors
-/// [`Failure::Error`](crate::Failure::Error) naming the input at fault: a file that cannot
+/// [`Failure::Error`] naming the input at fault: a file that cannot
 /// be read, firmware that cannot carry what is asked of it, a missing vCPU type.
 pub fn run(cmd: MeasureCommand) -> CmdResult {
     match cmd {
@@ -147,7 +149,9 @@ fn snp(args: SnpArgs) -> anyhow::Result<()> {
     let mut inputs = json!({
         "vcpus": args.vcpus,
         "vcpu_type": args.vcpu_type,
-        "vcpu_sig": format!("{vcpu_sig:#x}"),
+        // Null when the VMM ignores it and none was given.
+        "vcpu_sig": (args.vcpu_sig.is_some() || args.vcpu_type.is_some())
+            .then(|| format!("{vcpu_sig:#x}")),
         "vmm": vmm.name(),
         "ovmf": file_json(&args.ovmf, sha256_hex(&ovmf)),
     });

@@ -121,9 +121,7 @@ pub fn snp_policy(args: &SnpPolicyArgs) -> anyhow::Result<Policy> {
                 .map(|p| {
                     Product::from_name(p)
                         .filter(|p| *p != Product::Mock)
-                        .with_context(|| {
-                            format!("--product {p:?} is not milan, genoa or turin")
-                        })
+                        .with_context(|| format!("--product {p:?} is not milan, genoa or turin"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
         )

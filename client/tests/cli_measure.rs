@@ -57,43 +57,136 @@ const SVSM_2VCPU: &str = "9b94745036aafddf4f7f8b00c7513abb5b7703178cb95aaa57928b
 #[test]
 fn measure_snp_prints_the_expected_measurement() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (path(&dir, "ovmf_AmdSev_suffix.bin"), path(&dir, "empty.bin"));
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
     let o = veil(&[
-        "measure", "snp", "--ovmf", &ovmf, "--kernel", &empty, "--initrd", &empty,
-        "--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-type", "EPYC-v4",
-        "--vmm", "qemu", "--guest-features", "0x21",
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--append",
+        "console=ttyS0 loglevel=7",
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x21",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{AMDSEV_APPEND_GF21}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("{AMDSEV_APPEND_GF21}\n")
+    );
 
     // The same with the signature instead of the type name.
     let o = veil(&[
-        "measure", "snp", "--ovmf", &ovmf, "--kernel", &empty, "--initrd", &empty,
-        "--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-sig", "800f12",
-        "--vmm", "qemu", "--guest-features", "21",
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--append",
+        "console=ttyS0 loglevel=7",
+        "--vcpus",
+        "1",
+        "--vcpu-sig",
+        "800f12",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "21",
     ]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), AMDSEV_APPEND_GF21, "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        AMDSEV_APPEND_GF21,
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
 fn measure_snp_gce_needs_no_vcpu_type() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (path(&dir, "ovmf_AmdSev_suffix.bin"), path(&dir, "empty.bin"));
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
     let o = veil(&[
-        "measure", "snp", "--ovmf", &ovmf, "--kernel", &empty, "--initrd", &empty,
-        "--vcpus", "4", "--vmm", "gce", "--guest-features", "0x1",
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--vcpus",
+        "4",
+        "--vmm",
+        "gce",
+        "--guest-features",
+        "0x1",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), GCE_4VCPU);
+    let mut json = vec![
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--vcpus",
+        "4",
+        "--vmm",
+        "gce",
+        "--guest-features",
+        "0x1",
+        "--json",
+    ];
+    let o = veil(&json);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["measurement"], GCE_4VCPU);
+    assert!(v["vcpu_sig"].is_null(), "{v}");
+    // A signature given is ignored by GCE, and recorded.
+    json.extend(["--vcpu-sig", "0x800f12"]);
+    let v: serde_json::Value = serde_json::from_slice(&veil(&json).stdout).expect("JSON");
+    assert_eq!(v["measurement"], GCE_4VCPU);
+    assert_eq!(v["vcpu_sig"], "0x800f12");
 }
 
 #[test]
 fn measure_snp_svsm() {
     let Some(dir) = vectors() else { return };
     let o = veil(&[
-        "measure", "snp", "--ovmf", &path(&dir, "svsm_ovmf.fd"), "--svsm",
-        &path(&dir, "svsm.bin"), "--vars-size", "540672", "--vcpus", "2", "--vcpu-type",
-        "EPYC-v4", "--vmm", "qemu",
+        "measure",
+        "snp",
+        "--ovmf",
+        &path(&dir, "svsm_ovmf.fd"),
+        "--svsm",
+        &path(&dir, "svsm.bin"),
+        "--vars-size",
+        "540672",
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), SVSM_2VCPU);
@@ -102,11 +195,30 @@ fn measure_snp_svsm() {
 #[test]
 fn measure_snp_json_names_every_input_with_its_digest() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (path(&dir, "ovmf_AmdSev_suffix.bin"), path(&dir, "empty.bin"));
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
     let o = veil(&[
-        "measure", "snp", "--ovmf", &ovmf, "--kernel", &empty, "--initrd", &empty,
-        "--append", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-type", "EPYC-v4",
-        "--vmm", "qemu", "--guest-features", "0x21", "--json",
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--append",
+        "console=ttyS0 loglevel=7",
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x21",
+        "--json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
@@ -132,14 +244,33 @@ fn measure_snp_json_names_every_input_with_its_digest() {
 #[test]
 fn measure_snp_refuses_a_kernel_on_firmware_without_kernel_hashes() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (path(&dir, "ovmf_OvmfX64_suffix.bin"), path(&dir, "empty.bin"));
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_OvmfX64_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
     let o = veil(&[
-        "measure", "snp", "--ovmf", &ovmf, "--kernel", &empty, "--initrd", &empty,
-        "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--vmm", "qemu", "--guest-features", "0x21",
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x21",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section"),
+        text(&o).contains(
+            "Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section"
+        ),
         "{}",
         text(&o)
     );
@@ -151,8 +282,18 @@ fn measure_snp_names_a_missing_file() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let missing = tmp.path().join("no-such-OVMF.fd");
     let o = veil(&[
-        "measure", "snp", "--ovmf", missing.to_str().expect("utf8"), "--vcpus", "1",
-        "--vcpu-type", "EPYC-v4", "--vmm", "qemu", "--guest-features", "0x1",
+        "measure",
+        "snp",
+        "--ovmf",
+        missing.to_str().expect("utf8"),
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x1",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--ovmf: cannot read"), "{}", text(&o));
@@ -165,7 +306,18 @@ fn measure_snp_qemu_needs_a_vcpu_type_and_knows_its_names() {
     let fw = tmp.path().join("fw.bin");
     std::fs::write(&fw, [0u8; 4096]).expect("write");
     let fw = fw.to_str().expect("utf8");
-    let base = ["measure", "snp", "--ovmf", fw, "--vcpus", "1", "--vmm", "qemu", "--guest-features", "1"];
+    let base = [
+        "measure",
+        "snp",
+        "--ovmf",
+        fw,
+        "--vcpus",
+        "1",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "1",
+    ];
     let o = veil(&base);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--vcpu-type"), "{}", text(&o));
@@ -173,11 +325,37 @@ fn measure_snp_qemu_needs_a_vcpu_type_and_knows_its_names() {
     args.extend(["--vcpu-type", "Skylake"]);
     let o = veil(&args);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("unknown vCPU type \"Skylake\""), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown vCPU type \"Skylake\""),
+        "{}",
+        text(&o)
+    );
     // Usage errors are clap's: exit 2.
-    let o = veil(&["measure", "snp", "--ovmf", fw, "--vcpus", "0", "--vmm", "qemu", "--guest-features", "1"]);
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        fw,
+        "--vcpus",
+        "0",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "1",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let o = veil(&["measure", "snp", "--ovmf", fw, "--vcpus", "1", "--vmm", "krun", "--guest-features", "1"]);
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        fw,
+        "--vcpus",
+        "1",
+        "--vmm",
+        "krun",
+        "--guest-features",
+        "1",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
@@ -191,10 +369,26 @@ fn policy_snp_writes_a_policy_that_loads_with_the_fields_given() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("policy.toml");
     let o = veil(&[
-        "policy", "snp", "--measurement", M1, "--measurement", M2, "--host-data", HOST_DATA,
-        "--model", MODEL, "--min-tcb", "bootloader=3,tee=0,snp=8,microcode=115",
-        "--min-tcb", "turin:bootloader=1,fmc=2", "--product", "genoa", "--product", "turin",
-        "-o", out.to_str().expect("utf8"),
+        "policy",
+        "snp",
+        "--measurement",
+        M1,
+        "--measurement",
+        M2,
+        "--host-data",
+        HOST_DATA,
+        "--model",
+        MODEL,
+        "--min-tcb",
+        "bootloader=3,tee=0,snp=8,microcode=115",
+        "--min-tcb",
+        "turin:bootloader=1,fmc=2",
+        "--product",
+        "genoa",
+        "--product",
+        "turin",
+        "-o",
+        out.to_str().expect("utf8"),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let toml = std::fs::read_to_string(&out).expect("written");
@@ -209,16 +403,29 @@ fn policy_snp_writes_a_policy_that_loads_with_the_fields_given() {
     assert_eq!(p.models, vec![MODEL.to_owned()]);
     assert_eq!(
         p.products,
-        Some(vec![veil_attestation::Product::Genoa, veil_attestation::Product::Turin])
+        Some(vec![
+            veil_attestation::Product::Genoa,
+            veil_attestation::Product::Turin
+        ])
     );
     let all = p.min_tcb["all"];
-    assert_eq!((all.bootloader, all.tee, all.snp, all.microcode, all.fmc), (3, 0, 8, 115, 0));
+    assert_eq!(
+        (all.bootloader, all.tee, all.snp, all.microcode, all.fmc),
+        (3, 0, 8, 115, 0)
+    );
     let turin = p.min_tcb["turin"];
     assert_eq!((turin.bootloader, turin.fmc, turin.snp), (1, 2, 0));
     assert_eq!(p.vmpl, vec![0]);
 
     // Refuses to replace it without --force.
-    let o = veil(&["policy", "snp", "--measurement", M1, "-o", out.to_str().expect("utf8")]);
+    let o = veil(&[
+        "policy",
+        "snp",
+        "--measurement",
+        M1,
+        "-o",
+        out.to_str().expect("utf8"),
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--force"), "{}", text(&o));
 }
@@ -229,12 +436,27 @@ fn policy_snp_refuses_bad_hex_by_flag_name() {
     let out = tmp.path().join("policy.toml");
     let out = out.to_str().expect("utf8");
     for (args, flag) in [
-        (vec!["--measurement", "abcd"], "--measurement \"abcd\" is not 48 bytes"),
-        (vec!["--measurement", M1, "--host-data", &M1[..63]], "--host-data"),
-        (vec!["--measurement", M1, "--model", "zz"], "--model \"zz\" is not 32 bytes"),
+        (
+            vec!["--measurement", "abcd"],
+            "--measurement \"abcd\" is not 48 bytes",
+        ),
+        (
+            vec!["--measurement", M1, "--host-data", &M1[..63]],
+            "--host-data",
+        ),
+        (
+            vec!["--measurement", M1, "--model", "zz"],
+            "--model \"zz\" is not 32 bytes",
+        ),
         (vec!["--measurement", M1, "--min-tcb", "snp=x"], "--min-tcb"),
-        (vec!["--measurement", M1, "--min-tcb", "rome:snp=1"], "unknown product"),
-        (vec!["--measurement", M1, "--min-tcb", "debug=1"], "unknown component"),
+        (
+            vec!["--measurement", M1, "--min-tcb", "rome:snp=1"],
+            "unknown product",
+        ),
+        (
+            vec!["--measurement", M1, "--min-tcb", "debug=1"],
+            "unknown component",
+        ),
         (vec!["--measurement", M1, "--product", "mock"], "--product"),
     ] {
         let mut all = vec!["policy", "snp", "-o", out];
@@ -252,10 +474,25 @@ fn policy_snp_refuses_bad_hex_by_flag_name() {
 #[test]
 fn measure_then_policy_in_one_step() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (path(&dir, "ovmf_AmdSev_suffix.bin"), path(&dir, "empty.bin"));
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
     let o = veil(&[
-        "measure", "snp", "--ovmf", &ovmf, "--kernel", &empty, "--vcpus", "4",
-        "--vcpu-type", "EPYC-v4", "--vmm", "qemu", "--guest-features", "0x1",
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--vcpus",
+        "4",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x1",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let m = String::from_utf8_lossy(&o.stdout).trim().to_owned();
@@ -263,7 +500,14 @@ fn measure_then_policy_in_one_step() {
     assert!(m.starts_with("5061fffb019493a9"), "{m}");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("p.toml");
-    let o = veil(&["policy", "snp", "--measurement", &m, "-o", out.to_str().expect("utf8")]);
+    let o = veil(&[
+        "policy",
+        "snp",
+        "--measurement",
+        &m,
+        "-o",
+        out.to_str().expect("utf8"),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let p = Policy::from_toml(&std::fs::read_to_string(&out).expect("read")).expect("loads");
     assert_eq!(p.measurements, vec![m]);

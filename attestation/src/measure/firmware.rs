@@ -139,7 +139,7 @@ impl<'a> Firmware<'a> {
     /// [`MeasureError::UnknownSection`] for a section type this code does not know.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, MeasureError> {
         let len = bytes.len();
-        if len == 0 || len % super::PAGE != 0 || len as u64 > super::FOUR_GIB {
+        if len == 0 || !len.is_multiple_of(super::PAGE) || len as u64 > super::FOUR_GIB {
             return Err(MeasureError::FirmwareSize { len });
         }
         let table = parse_table(bytes)?;
@@ -320,12 +320,19 @@ mod tests {
 
     #[test]
     fn guid_is_encoded_in_bytes_le_order() {
-        assert_eq!(hex::encode(TABLE_FOOTER), "de82b596b21ff745baeaa366c55a082d");
+        assert_eq!(
+            hex::encode(TABLE_FOOTER),
+            "de82b596b21ff745baeaa366c55a082d"
+        );
     }
 
     #[test]
     fn parses_table_entries_and_metadata_in_file_order() {
-        let m = metadata(&[(0x80_0000, 0x9000, 1), (0x80_9000, 0x1000, 2), (0x810_000, 0x1000, 0x10)]);
+        let m = metadata(&[
+            (0x80_0000, 0x9000, 1),
+            (0x80_9000, 0x1000, 2),
+            (0x810_000, 0x1000, 0x10),
+        ]);
         let img = image(
             &[(SEV_ES_RESET_BLOCK, 0xffff_f000u32.to_le_bytes().to_vec())],
             Some(&m),
@@ -335,12 +342,18 @@ mod tests {
         let kinds: Vec<SectionKind> = fw.sections().iter().map(|s| s.kind).collect();
         assert_eq!(
             kinds,
-            [SectionKind::SecMem, SectionKind::Secrets, SectionKind::KernelHashes]
+            [
+                SectionKind::SecMem,
+                SectionKind::Secrets,
+                SectionKind::KernelHashes
+            ]
         );
         assert!(fw.has_section(SectionKind::KernelHashes));
         assert!(matches!(
             fw.hashes_table_gpa(),
-            Err(MeasureError::MissingTableEntry { name: "SEV_HASH_TABLE_RV" })
+            Err(MeasureError::MissingTableEntry {
+                name: "SEV_HASH_TABLE_RV"
+            })
         ));
     }
 
@@ -411,10 +424,7 @@ mod tests {
 
     #[test]
     fn rejects_repeated_guid() {
-        let img = image(
-            &[(SVSM_INFO, vec![0; 4]), (SVSM_INFO, vec![1; 4])],
-            None,
-        );
+        let img = image(&[(SVSM_INFO, vec![0; 4]), (SVSM_INFO, vec![1; 4])], None);
         assert!(matches!(
             Firmware::parse(&img),
             Err(MeasureError::MalformedFirmware { .. })

@@ -73,10 +73,23 @@ impl SaveArea {
 
 /// The VMSA of a vCPU that starts in real mode at `eip` (the BSP at [`BSP_EIP`], an AP at
 /// the firmware's AP reset vector).
-pub(crate) fn reset_vmsa(eip: u32, vmm: Vmm, vcpu_sig: u32, guest_features: u64) -> Box<[u8; 4096]> {
+pub(crate) fn reset_vmsa(
+    eip: u32,
+    vmm: Vmm,
+    vcpu_sig: u32,
+    guest_features: u64,
+) -> Box<[u8; 4096]> {
     // (cs attrib, ss attrib, tr attrib, rdx, mxcsr, fcw, g_pat)
     let (cs, ss, tr, rdx, mxcsr, fcw, g_pat) = match vmm {
-        Vmm::Qemu => (0x9b, 0x93, 0x8b, u64::from(vcpu_sig), 0x1f80, 0x37f, DEFAULT_G_PAT),
+        Vmm::Qemu => (
+            0x9b,
+            0x93,
+            0x8b,
+            u64::from(vcpu_sig),
+            0x1f80,
+            0x37f,
+            DEFAULT_G_PAT,
+        ),
         // EC2's BSP code segment is not marked accessed; rdx = 0x600 since
         // sev-snp-measure 0.0.13 ("to match the live measurement"; it was 0 before).
         Vmm::Ec2 => (
