@@ -512,3 +512,33 @@ fn measure_then_policy_in_one_step() {
     let p = Policy::from_toml(&std::fs::read_to_string(&out).expect("read")).expect("loads");
     assert_eq!(p.measurements, vec![m]);
 }
+
+/// The written policy appraises real AMD-signed evidence (`shared/vectors/snp`): its
+/// measurement check passes for the report's own MEASUREMENT and fails for another.
+#[test]
+fn policy_snp_appraises_real_snp_evidence_by_measurement() {
+    use veil_attestation::{Check, Expected};
+    let all = veil_tests::vectors::all();
+    let Some(v) = all.first() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let own = hex::encode(v.parsed().measurement());
+    for (name, m, accepted) in [("own", own.as_str(), true), ("other", M1, false)] {
+        let out = tmp.path().join(format!("{name}.toml"));
+        let o = veil(&[
+            "policy",
+            "snp",
+            "--measurement",
+            m,
+            "-o",
+            out.to_str().expect("utf8"),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let p = Policy::from_toml(&std::fs::read_to_string(&out).expect("read")).expect("loads");
+        let verdict = p.appraise(&v.evidence(), &Expected::danger_any_report_data(v.valid_at));
+        let measurement_failed = verdict
+            .as_ref()
+            .err()
+            .is_some_and(|r| r.failed(Check::Measurement));
+        assert_eq!(!measurement_failed, accepted, "{}: {name}", v.set.name);
+    }
+}
