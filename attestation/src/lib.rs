@@ -49,6 +49,7 @@ pub mod broker;
 pub mod chain;
 pub mod check;
 pub mod evidence;
+pub mod measure;
 pub mod mock;
 pub mod policy;
 pub mod release;

@@ -27,6 +27,12 @@ enum Command {
     /// The mock platform: a software stand-in for the AMD secure processor.
     #[command(subcommand, name = "mock-platform")]
     MockPlatform(mock_cmd::MockCommand),
+    /// Compute the expected launch measurement of a real TEE guest from its launch inputs.
+    #[command(subcommand)]
+    Measure(veil_client::measure_cmd::MeasureCommand),
+    /// Write an appraisal policy for real TEE launches.
+    #[command(subcommand)]
+    Policy(veil_client::policy_cmd::PolicyCommand),
     /// Verify a server's evidence on a fresh TLS connection (exit 3 if rejected).
     Verify(remote_cmd::VerifyArgs),
     /// Verify a server, then release the model key to it.
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Report(cmd) => report_cmd::run(cmd),
         Command::MockPlatform(cmd) => mock_cmd::run(cmd),
+        Command::Measure(cmd) => veil_client::measure_cmd::run(cmd),
+        Command::Policy(cmd) => veil_client::policy_cmd::run(cmd),
         Command::Verify(args) => remote_cmd::verify(args),
         Command::Provision(args) => remote_cmd::provision(args),
         Command::Ask(args) => remote_cmd::ask(args),

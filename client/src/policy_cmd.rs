@@ -1,0 +1,171 @@
+//! `veil policy snp`: write an appraisal policy for real SEV-SNP launches, the sibling of
+//! `veil mock-platform policy` (see `docs/measure.md`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use veil_attestation::policy::MinimumTcb;
+use veil_attestation::{Policy, Product, TeeKind};
+
+use crate::files::write_new;
+use crate::CmdResult;
+
+/// `veil policy …`
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Write a policy for SEV-SNP evidence under AMD's roots: the accepted launch
+    /// measurements, optionally HOST_DATA, models and a minimum TCB; debug never allowed.
+    Snp(SnpPolicyArgs),
+}
+
+/// What `veil policy snp` writes into the policy.
+#[derive(Args)]
+pub struct SnpPolicyArgs {
+    /// An accepted launch MEASUREMENT, 96 hex digits as `veil measure snp` prints it
+    /// (repeatable: one per accepted image or vCPU count).
+    #[arg(long = "measurement", required = true)]
+    pub measurements: Vec<String>,
+    /// An accepted HOST_DATA, 64 hex digits (repeatable; default: any).
+    #[arg(long = "host-data")]
+    pub host_data: Vec<String>,
+    /// An accepted model: SHA-256 of the plaintext model, 64 hex digits (repeatable;
+    /// default: any).
+    #[arg(long = "model")]
+    pub models: Vec<String>,
+    /// A minimum TCB, `[PRODUCT:]bootloader=N,tee=N,snp=N,microcode=N[,fmc=N]`; without
+    /// a product it applies to all (repeatable, one per product; components left out are 0).
+    #[arg(long = "min-tcb")]
+    pub min_tcb: Vec<String>,
+    /// An accepted product: milan, genoa or turin (repeatable; default: all).
+    #[arg(long = "product")]
+    pub products: Vec<String>,
+    /// The policy file to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Checks that each value of `flag` is `N` bytes of hex, and returns them in lowercase.
+fn hex_values<const N: usize>(flag: &str, values: &[String]) -> anyhow::Result<Vec<String>> {
+    values
+        .iter()
+        .map(|v| {
+            let mut out = [0u8; N];
+            hex::decode_to_slice(v.trim(), &mut out).map_err(|_| {
+                anyhow::anyhow!("{flag} {v:?} is not {N} bytes ({} digits) of hex", 2 * N)
+            })?;
+            Ok(hex::encode(out))
+        })
+        .collect()
+}
+
+/// Parses `[PRODUCT:]key=N,…` into the policy's `min_tcb` key and value.
+fn parse_min_tcb(spec: &str) -> anyhow::Result<(String, MinimumTcb)> {
+    let (key, list) = match spec.split_once(':') {
+        Some((product, list)) => {
+            let p = Product::from_name(product)
+                .filter(|p| *p != Product::Mock)
+                .with_context(|| {
+                    format!("--min-tcb {spec:?}: unknown product {product:?} (milan, genoa, turin)")
+                })?;
+            (p.name().to_ascii_lowercase(), list)
+        }
+        None => ("all".to_owned(), spec),
+    };
+    let mut tcb = MinimumTcb::default();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, value) = item
+            .split_once('=')
+            .with_context(|| format!("--min-tcb {spec:?}: {item:?} is not COMPONENT=N"))?;
+        let value: u8 = value.trim().parse().with_context(|| {
+            format!("--min-tcb {spec:?}: {name} = {value:?} is not a number 0..=255")
+        })?;
+        let slot = match name.trim() {
+            "bootloader" => &mut tcb.bootloader,
+            "tee" => &mut tcb.tee,
+            "snp" => &mut tcb.snp,
+            "microcode" => &mut tcb.microcode,
+            "fmc" => &mut tcb.fmc,
+            other => anyhow::bail!(
+                "--min-tcb {spec:?}: unknown component {other:?} (bootloader, tee, snp, microcode, fmc)"
+            ),
+        };
+        *slot = value;
+    }
+    Ok((key, tcb))
+}
+
+/// The policy that `veil policy snp` writes for these arguments.
+///
+/// # Errors
+/// Naming the flag whose value is malformed.
+pub fn snp_policy(args: &SnpPolicyArgs) -> anyhow::Result<Policy> {
+    let mut min_tcb = BTreeMap::new();
+    for spec in &args.min_tcb {
+        let (key, tcb) = parse_min_tcb(spec)?;
+        anyhow::ensure!(
+            min_tcb.insert(key.clone(), tcb).is_none(),
+            "--min-tcb given twice for {key}"
+        );
+    }
+    let products = if args.products.is_empty() {
+        None
+    } else {
+        Some(
+            args.products
+                .iter()
+                .map(|p| {
+                    Product::from_name(p)
+                        .filter(|p| *p != Product::Mock)
+                        .with_context(|| format!("--product {p:?} is not milan, genoa or turin"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    };
+    // The defaults fail closed (no debug, no migration agent, VMPL 0); say so anyway.
+    let mut policy = Policy::default();
+    policy.tee = vec![TeeKind::Snp];
+    policy.mock_roots = Vec::new();
+    policy.products = products;
+    policy.measurements = hex_values::<48>("--measurement", &args.measurements)?;
+    policy.any_measurement = false;
+    policy.allow_debug = false;
+    policy.allow_migration_agent = false;
+    policy.host_data = hex_values::<32>("--host-data", &args.host_data)?;
+    policy.models = hex_values::<32>("--model", &args.models)?;
+    policy.min_tcb = min_tcb;
+    Ok(policy)
+}
+
+/// Runs a `veil policy` command.
+///
+/// # Errors
+/// [`Failure::Error`](crate::Failure::Error) naming the malformed flag, or the file that
+/// cannot be written.
+pub fn run(cmd: PolicyCommand) -> CmdResult {
+    match cmd {
+        PolicyCommand::Snp(args) => {
+            let policy = snp_policy(&args)?;
+            let text = policy.to_toml();
+            // What is written must load with the same loader every appraiser uses.
+            Policy::from_toml(&text).context("the policy written does not load")?;
+            write_new(&args.output, text.as_bytes(), false, args.force)?;
+            println!(
+                "policy {}: tee snp (AMD roots), {} measurement(s), debug not allowed",
+                args.output.display(),
+                policy.measurements.len()
+            );
+            if !policy.host_data.is_empty() {
+                println!("  host_data: {}", policy.host_data.join(", "));
+            }
+            if !policy.models.is_empty() {
+                println!("  models: {}", policy.models.join(", "));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,544 @@
+//! `veil measure snp` and `veil policy snp` as a user runs them: the measurement vectors
+//! of `$VEIL_MEASURE_VECTORS` (default `../shared/vectors/measure` beside the checkout,
+//! read by path; SKIPPED when absent unless `VEIL_REQUIRE_VECTORS=1`), the JSON form,
+//! refusals, and a written policy that Veil's loader accepts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use veil_attestation::Policy;
+
+fn veil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .output()
+        .expect("veil runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn vectors() -> Option<PathBuf> {
+    let dir = std::env::var_os("VEIL_MEASURE_VECTORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/measure")
+        });
+    if dir.join("manifest.json").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
+        "VEIL_REQUIRE_VECTORS=1 but no measurement vectors at {}",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: no measurement vectors at {} (set VEIL_MEASURE_VECTORS)",
+        dir.display()
+    );
+    None
+}
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+// snp-amdsev-1vcpu-emptykernel-append-gf21 and snp-gce-amdsev-4vcpu-emptykernel-gf1 of
+// manifest.json.
+const AMDSEV_APPEND_GF21: &str = "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977";
+const GCE_4VCPU: &str = "5c5debf100fc339f90276e761ee1f1658d08922c3b20e2a2e6c7a6c3370b2452a15a00eae11886a93d6fd1e7ab81e29d";
+const SVSM_2VCPU: &str = "9b94745036aafddf4f7f8b00c7513abb5b7703178cb95aaa57928bd963d68d3bfcb715d6019b9167ee2517b11b0d9be7";
+
+#[test]
+fn measure_snp_prints_the_expected_measurement() {
+    let Some(dir) = vectors() else { return };
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--append",
+        "console=ttyS0 loglevel=7",
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x21",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("{AMDSEV_APPEND_GF21}\n")
+    );
+
+    // The same with the signature instead of the type name.
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--append",
+        "console=ttyS0 loglevel=7",
+        "--vcpus",
+        "1",
+        "--vcpu-sig",
+        "800f12",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "21",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        AMDSEV_APPEND_GF21,
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn measure_snp_gce_needs_no_vcpu_type() {
+    let Some(dir) = vectors() else { return };
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--vcpus",
+        "4",
+        "--vmm",
+        "gce",
+        "--guest-features",
+        "0x1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), GCE_4VCPU);
+    let mut json = vec![
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--vcpus",
+        "4",
+        "--vmm",
+        "gce",
+        "--guest-features",
+        "0x1",
+        "--json",
+    ];
+    let o = veil(&json);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["measurement"], GCE_4VCPU);
+    assert!(v["vcpu_sig"].is_null(), "{v}");
+    // A signature given is ignored by GCE, and recorded.
+    json.extend(["--vcpu-sig", "0x800f12"]);
+    let v: serde_json::Value = serde_json::from_slice(&veil(&json).stdout).expect("JSON");
+    assert_eq!(v["measurement"], GCE_4VCPU);
+    assert_eq!(v["vcpu_sig"], "0x800f12");
+}
+
+#[test]
+fn measure_snp_svsm() {
+    let Some(dir) = vectors() else { return };
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        &path(&dir, "svsm_ovmf.fd"),
+        "--svsm",
+        &path(&dir, "svsm.bin"),
+        "--vars-size",
+        "540672",
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), SVSM_2VCPU);
+}
+
+#[test]
+fn measure_snp_json_names_every_input_with_its_digest() {
+    let Some(dir) = vectors() else { return };
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--append",
+        "console=ttyS0 loglevel=7",
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x21",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["measurement"], AMDSEV_APPEND_GF21);
+    assert_eq!(v["mode"], "snp");
+    assert_eq!(v["vmm"], "qemu");
+    assert_eq!(v["vcpus"], 1);
+    assert_eq!(v["vcpu_type"], "EPYC-v4");
+    assert_eq!(v["vcpu_sig"], "0x800f12");
+    assert_eq!(v["guest_features"], "0x21");
+    assert_eq!(v["append"], "console=ttyS0 loglevel=7");
+    // SHA256SUMS of the vectors.
+    assert_eq!(
+        v["ovmf"]["sha256"],
+        "8f765dfabc127fc0a938a0744a3103ec15864d7d794eb4c398aa976b6d6ab16c"
+    );
+    let empty_sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    assert_eq!(v["kernel"]["sha256"], empty_sha);
+    assert_eq!(v["initrd"]["sha256"], empty_sha);
+    assert_eq!(v["kernel"]["path"], empty.as_str());
+}
+
+#[test]
+fn measure_snp_refuses_a_kernel_on_firmware_without_kernel_hashes() {
+    let Some(dir) = vectors() else { return };
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_OvmfX64_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--initrd",
+        &empty,
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x21",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "Kernel specified but OVMF metadata doesn't include SNP_KERNEL_HASHES section"
+        ),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn measure_snp_names_a_missing_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("no-such-OVMF.fd");
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        missing.to_str().expect("utf8"),
+        "--vcpus",
+        "1",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--ovmf: cannot read"), "{}", text(&o));
+    assert!(text(&o).contains("no-such-OVMF.fd"), "{}", text(&o));
+}
+
+#[test]
+fn measure_snp_qemu_needs_a_vcpu_type_and_knows_its_names() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fw = tmp.path().join("fw.bin");
+    std::fs::write(&fw, [0u8; 4096]).expect("write");
+    let fw = fw.to_str().expect("utf8");
+    let base = [
+        "measure",
+        "snp",
+        "--ovmf",
+        fw,
+        "--vcpus",
+        "1",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "1",
+    ];
+    let o = veil(&base);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--vcpu-type"), "{}", text(&o));
+    let mut args = base.to_vec();
+    args.extend(["--vcpu-type", "Skylake"]);
+    let o = veil(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown vCPU type \"Skylake\""),
+        "{}",
+        text(&o)
+    );
+    // Usage errors are clap's: exit 2.
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        fw,
+        "--vcpus",
+        "0",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        fw,
+        "--vcpus",
+        "1",
+        "--vmm",
+        "krun",
+        "--guest-features",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+const M1: &str = "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977";
+const M2: &str = "6D287813EB5222D770F75005C664E34C204F385CE832CC2CE7D0D6F354454362F390EF83A92046C042E706363B4B08FA";
+const HOST_DATA: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const MODEL: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+#[test]
+fn policy_snp_writes_a_policy_that_loads_with_the_fields_given() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("policy.toml");
+    let o = veil(&[
+        "policy",
+        "snp",
+        "--measurement",
+        M1,
+        "--measurement",
+        M2,
+        "--host-data",
+        HOST_DATA,
+        "--model",
+        MODEL,
+        "--min-tcb",
+        "bootloader=3,tee=0,snp=8,microcode=115",
+        "--min-tcb",
+        "turin:bootloader=1,fmc=2",
+        "--product",
+        "genoa",
+        "--product",
+        "turin",
+        "-o",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let toml = std::fs::read_to_string(&out).expect("written");
+    let p = Policy::from_toml(&toml).expect("Veil's loader accepts it");
+    assert_eq!(p.tee, vec![veil_attestation::TeeKind::Snp]);
+    assert!(p.mock_roots.is_empty());
+    assert!(!p.allow_debug, "debug stays disallowed");
+    assert!(!p.any_measurement);
+    assert!(!p.allow_migration_agent);
+    assert_eq!(p.measurements, vec![M1.to_owned(), M2.to_ascii_lowercase()]);
+    assert_eq!(p.host_data, vec![HOST_DATA.to_owned()]);
+    assert_eq!(p.models, vec![MODEL.to_owned()]);
+    assert_eq!(
+        p.products,
+        Some(vec![
+            veil_attestation::Product::Genoa,
+            veil_attestation::Product::Turin
+        ])
+    );
+    let all = p.min_tcb["all"];
+    assert_eq!(
+        (all.bootloader, all.tee, all.snp, all.microcode, all.fmc),
+        (3, 0, 8, 115, 0)
+    );
+    let turin = p.min_tcb["turin"];
+    assert_eq!((turin.bootloader, turin.fmc, turin.snp), (1, 2, 0));
+    assert_eq!(p.vmpl, vec![0]);
+
+    // Refuses to replace it without --force.
+    let o = veil(&[
+        "policy",
+        "snp",
+        "--measurement",
+        M1,
+        "-o",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+}
+
+#[test]
+fn policy_snp_refuses_bad_hex_by_flag_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("policy.toml");
+    let out = out.to_str().expect("utf8");
+    for (args, flag) in [
+        (
+            vec!["--measurement", "abcd"],
+            "--measurement \"abcd\" is not 48 bytes",
+        ),
+        (
+            vec!["--measurement", M1, "--host-data", &M1[..63]],
+            "--host-data",
+        ),
+        (
+            vec!["--measurement", M1, "--model", "zz"],
+            "--model \"zz\" is not 32 bytes",
+        ),
+        (vec!["--measurement", M1, "--min-tcb", "snp=x"], "--min-tcb"),
+        (
+            vec!["--measurement", M1, "--min-tcb", "rome:snp=1"],
+            "unknown product",
+        ),
+        (
+            vec!["--measurement", M1, "--min-tcb", "debug=1"],
+            "unknown component",
+        ),
+        (vec!["--measurement", M1, "--product", "mock"], "--product"),
+    ] {
+        let mut all = vec!["policy", "snp", "-o", out];
+        all.extend(args.iter().copied());
+        let o = veil(&all);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(flag), "{args:?}: {}", text(&o));
+        assert!(!Path::new(out).exists(), "{args:?}: nothing written");
+    }
+    // No measurement at all is a usage error.
+    let o = veil(&["policy", "snp", "-o", out]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn measure_then_policy_in_one_step() {
+    let Some(dir) = vectors() else { return };
+    let (ovmf, empty) = (
+        path(&dir, "ovmf_AmdSev_suffix.bin"),
+        path(&dir, "empty.bin"),
+    );
+    let o = veil(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        &ovmf,
+        "--kernel",
+        &empty,
+        "--vcpus",
+        "4",
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        "0x1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let m = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    // snp-amdsev-4vcpu-emptykernel-noappend-gf1
+    assert!(m.starts_with("5061fffb019493a9"), "{m}");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("p.toml");
+    let o = veil(&[
+        "policy",
+        "snp",
+        "--measurement",
+        &m,
+        "-o",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let p = Policy::from_toml(&std::fs::read_to_string(&out).expect("read")).expect("loads");
+    assert_eq!(p.measurements, vec![m]);
+}
+
+/// The written policy appraises real AMD-signed evidence (`shared/vectors/snp`): its
+/// measurement check passes for the report's own MEASUREMENT and fails for another.
+#[test]
+fn policy_snp_appraises_real_snp_evidence_by_measurement() {
+    use veil_attestation::{Check, Expected};
+    let all = veil_tests::vectors::all();
+    let Some(v) = all.first() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let own = hex::encode(v.parsed().measurement());
+    for (name, m, accepted) in [("own", own.as_str(), true), ("other", M1, false)] {
+        let out = tmp.path().join(format!("{name}.toml"));
+        let o = veil(&[
+            "policy",
+            "snp",
+            "--measurement",
+            m,
+            "-o",
+            out.to_str().expect("utf8"),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let p = Policy::from_toml(&std::fs::read_to_string(&out).expect("read")).expect("loads");
+        let verdict = p.appraise(&v.evidence(), &Expected::danger_any_report_data(v.valid_at));
+        let measurement_failed = verdict
+            .as_ref()
+            .err()
+            .is_some_and(|r| r.failed(Check::Measurement));
+        assert_eq!(!measurement_failed, accepted, "{}: {name}", v.set.name);
+    }
+}
