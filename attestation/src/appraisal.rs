@@ -291,7 +291,9 @@ impl Policy {
         self.check_platform(&report, verified.as_ref(), &mut out);
         self.check_launch(&report, &mut out);
         // The model is the verifier's own binding's when it has one, else the evidence's.
-        let model = binding.or(evidence.binding.as_ref()).map(|b| b.model_sha256);
+        let model = binding
+            .or(evidence.binding.as_ref())
+            .map(|b| b.model_sha256);
         self.check_binding(&report, model, report_data, &mut out);
         match verified {
             Some(v) if !out.any_failed() => Ok(Claims {
@@ -352,14 +354,7 @@ impl Policy {
             format!("{} (1 = ECDSA P-384 with SHA-384)", report.signature_algo()),
         );
 
-        let verified = verify_chain(
-            &decoded.vek,
-            &decoded.others,
-            anchor,
-            &mock_roots,
-            now,
-            out,
-        );
+        let verified = verify_chain(&decoded.vek, &decoded.others, anchor, &mock_roots, now, out);
 
         if let Some(v) = &verified {
             check_revocation(
@@ -526,7 +521,6 @@ impl Policy {
                 out.fail(Check::CertificateChain, "no verified certificate chain");
             }
         }
-
     }
 
     /// Step 3: the launch: reserved fields, measurement, guest policy, VMPL, firmware,
@@ -561,24 +555,9 @@ impl Policy {
         out.record(Check::PlatformInfo, pi & !0xFF == 0, format!("{pi:#x}"));
 
         allowlist::<64>(out, Check::ChipId, &self.chip_ids, &report.chip_id());
-        allowlist::<32>(
-            out,
-            Check::HostData,
-            &self.host_data,
-            &report.host_data(),
-        );
-        allowlist::<16>(
-            out,
-            Check::FamilyId,
-            &self.family_ids,
-            &report.family_id(),
-        );
-        allowlist::<16>(
-            out,
-            Check::ImageId,
-            &self.image_ids,
-            &report.image_id(),
-        );
+        allowlist::<32>(out, Check::HostData, &self.host_data, &report.host_data());
+        allowlist::<16>(out, Check::FamilyId, &self.family_ids, &report.family_id());
+        allowlist::<16>(out, Check::ImageId, &self.image_ids, &report.image_id());
         allowlist::<48>(
             out,
             Check::IdKey,
@@ -591,7 +570,6 @@ impl Policy {
             &self.author_key_digests,
             &report.author_key_digest(),
         );
-
     }
 
     /// Step 4: the binding: the model the evidence binds, and REPORT_DATA against what
@@ -750,4 +728,3 @@ fn list<T: fmt::Debug>(items: &[T]) -> String {
         .collect();
     v.join(", ")
 }
-

@@ -319,13 +319,19 @@ mod tests {
     fn nonces_travel_as_base64url_and_are_checked_when_decoded() {
         let n = Nonce::new(&[0xfb; 32]).expect("valid");
         let json = serde_json::to_string(&n).expect("serializes");
-        assert!(!json.contains('+') && !json.contains('/') && !json.contains('='), "{json}");
+        assert!(
+            !json.contains('+') && !json.contains('/') && !json.contains('='),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<Nonce>(&json).expect("decodes"), n);
         assert_eq!(
             Nonce::from_base64url(&format!("{}==", n.to_base64url())),
             Ok(n)
         );
-        assert_eq!(Nonce::from_base64url("!!"), Err(BindingError::NonceEncoding));
+        assert_eq!(
+            Nonce::from_base64url("!!"),
+            Err(BindingError::NonceEncoding)
+        );
         assert!(serde_json::from_str::<Nonce>("\"AAAA\"").is_err());
     }
 }

@@ -187,8 +187,7 @@ mod tests {
     fn a_swapped_wrapping_key_fails_report_data() {
         let s = setup();
         let nonce = nonce(1);
-        let mut evidence =
-            pull_evidence(&s, &pull_transcript(nonce, s.wrapping.public(), [7; 32]));
+        let mut evidence = pull_evidence(&s, &pull_transcript(nonce, s.wrapping.public(), [7; 32]));
         // Someone in the middle substitutes its own wrapping key in the stated binding.
         if let Some(b) = evidence.binding.as_mut() {
             b.wrap_pk = WrappingKey::generate().public();
@@ -201,8 +200,7 @@ mod tests {
     fn evidence_without_a_binding_is_refused() {
         let s = setup();
         let nonce = nonce(1);
-        let mut evidence =
-            pull_evidence(&s, &pull_transcript(nonce, s.wrapping.public(), [7; 32]));
+        let mut evidence = pull_evidence(&s, &pull_transcript(nonce, s.wrapping.public(), [7; 32]));
         evidence.binding = None;
         let rejection = appraise_pull(&s.policy, &evidence, nonce, s.now).unwrap_err();
         assert!(rejection.failed(Check::ReportData), "{rejection}");

@@ -57,8 +57,8 @@ pub mod report;
 pub mod revocation;
 mod wire;
 
-pub use attester::{AttestError, Attester, MockAttester};
 pub use appraisal::{Appraisal, Claims, Expected, Offline, OfflineAppraisal, Rejection};
+pub use attester::{AttestError, Attester, MockAttester};
 pub use binding::{Binding, Nonce, Purpose, Transcript};
 pub use chain::Certificate;
 pub use check::{Check, Outcome, Status};

@@ -482,8 +482,10 @@ impl MockPlatform {
     /// Evidence for `launch` and `transcript`: its report data, its binding stated (what
     /// [`crate::Attester::attest`] gives for a [`crate::MockAttester`]).
     pub fn issue(&self, launch: &MockLaunch, transcript: &crate::binding::Transcript) -> Evidence {
-        crate::attester::bind(transcript, |rd| Ok::<_, std::convert::Infallible>(self.attest(launch, rd)))
-            .unwrap_or_else(|never| match never {})
+        crate::attester::bind(transcript, |rd| {
+            Ok::<_, std::convert::Infallible>(self.attest(launch, rd))
+        })
+        .unwrap_or_else(|never| match never {})
     }
 }
 
@@ -573,8 +575,8 @@ impl MockLaunch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Check;
     use crate::appraisal::Offline;
+    use crate::check::Check;
     use crate::policy::Policy;
 
     fn snp_at_least(snp: u8) -> crate::policy::MinimumTcb {

@@ -241,8 +241,7 @@ impl Policy {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if f
-            .signing_keys
+        if f.signing_keys
             .iter()
             .any(|k| !matches!(k, SigningKey::Vcek | SigningKey::Vlek))
         {
@@ -338,6 +337,46 @@ impl Policy {
         };
         policy.trust_mock_root(root);
         policy
+    }
+
+    /// A policy for real SEV-SNP launches with these measurements: AMD roots only, no mock
+    /// root, and the defaults that fail closed (no debug, no migration agent, VMPL 0).
+    pub fn snp(measurements: &[[u8; 48]]) -> Self {
+        Policy {
+            measurements: measurements.to_vec(),
+            ..Policy::default()
+        }
+    }
+
+    /// Accepts only these products (`None`: all).
+    pub fn set_products(&mut self, products: Option<Vec<Product>>) {
+        self.products = products;
+    }
+
+    /// Accepts only these HOST_DATA values (empty: any).
+    pub fn set_host_data(&mut self, host_data: &[[u8; 32]]) {
+        self.host_data = host_data.to_vec();
+    }
+
+    /// Sets the minimum TCB for `product` (`None`: every product without its own).
+    pub fn set_min_tcb(&mut self, product: Option<Product>, minimum: MinimumTcb) {
+        self.min_tcb.retain(|(p, _)| *p != product);
+        self.min_tcb.push((product, minimum));
+    }
+
+    /// The accepted measurements.
+    pub fn measurements(&self) -> &[[u8; 48]] {
+        &self.measurements
+    }
+
+    /// The accepted HOST_DATA values (empty: any).
+    pub fn host_data(&self) -> &[[u8; 32]] {
+        &self.host_data
+    }
+
+    /// The accepted models (empty: any).
+    pub fn models(&self) -> &[[u8; 32]] {
+        &self.models
     }
 
     /// Trusts mock evidence whose chain ends in `root` (and accepts the mock TEE kind).

@@ -152,33 +152,63 @@ impl KeyRelease {
         key_id: &[u8; KEY_ID_LEN],
         model_key: &[u8; 32],
     ) -> Result<Self, ReleaseError> {
-        let report_data = appraisal.report_data();
-        let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(
+        seal_to(
             &appraisal.binding().wrap_pk,
-        )
-        .map_err(|_| ReleaseError::BadWrappingKey)?;
-        let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
-            &OpModeS::Base,
-            &pk,
-            INFO,
+            appraisal.report_data(),
+            key_id,
             model_key,
-            &aad(&report_data, key_id),
         )
+    }
+}
+
+fn seal_to(
+    wrap_pk: &[u8; 32],
+    report_data: [u8; 64],
+    key_id: &[u8; KEY_ID_LEN],
+    model_key: &[u8; 32],
+) -> Result<KeyRelease, ReleaseError> {
+    let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(wrap_pk)
         .map_err(|_| ReleaseError::BadWrappingKey)?;
-        Ok(KeyRelease {
-            suite: SUITE.to_owned(),
-            key_id: *key_id,
-            enc: enc
-                .to_bytes()
-                .as_slice()
-                .try_into()
-                .map_err(|_| ReleaseError::BadWrappingKey)?,
-            ct: ct
-                .as_slice()
-                .try_into()
-                .map_err(|_| ReleaseError::BadWrappingKey)?,
-            report_data,
-        })
+    let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
+        &OpModeS::Base,
+        &pk,
+        INFO,
+        model_key,
+        &aad(&report_data, key_id),
+    )
+    .map_err(|_| ReleaseError::BadWrappingKey)?;
+    Ok(KeyRelease {
+        suite: SUITE.to_owned(),
+        key_id: *key_id,
+        enc: enc
+            .to_bytes()
+            .as_slice()
+            .try_into()
+            .map_err(|_| ReleaseError::BadWrappingKey)?,
+        ct: ct
+            .as_slice()
+            .try_into()
+            .map_err(|_| ReleaseError::BadWrappingKey)?,
+        report_data,
+    })
+}
+
+/// Sealing without an appraisal: for tests that must show what a server does with a key
+/// sent to the wrong place. Nothing in Veil releases a key this way.
+pub mod danger {
+    use super::{KeyRelease, ReleaseError, KEY_ID_LEN};
+
+    /// Seals `model_key` to `wrap_pk` with `report_data`, vouched for by nothing.
+    ///
+    /// # Errors
+    /// [`ReleaseError::BadWrappingKey`].
+    pub fn seal_unappraised(
+        wrap_pk: &[u8; 32],
+        report_data: [u8; 64],
+        key_id: &[u8; KEY_ID_LEN],
+        model_key: &[u8; 32],
+    ) -> Result<KeyRelease, ReleaseError> {
+        super::seal_to(wrap_pk, report_data, key_id, model_key)
     }
 }
 
@@ -188,9 +218,9 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
+    use crate::attester::Attester;
     use crate::binding::{Nonce, Purpose, Transcript};
     use crate::{Expected, MockAttester, MockLaunch, MockPlatform, Policy};
-    use crate::attester::Attester;
 
     /// An appraisal of fresh evidence binding `wrap_pk`, and its report data.
     fn appraisal(wrap_pk: [u8; 32], nonce: u8) -> (Appraisal, [u8; 64]) {

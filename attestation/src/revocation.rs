@@ -393,9 +393,9 @@ mod tests {
         use std::collections::BTreeMap;
         use std::time::{Duration, SystemTime};
 
+        use crate::appraisal::{Offline, Rejection};
         use crate::check::{Check, Status};
         use crate::mock::{CrlSigner, MockLaunch, MockPlatform};
-        use crate::appraisal::{Offline, Rejection};
         use crate::policy::Policy;
         use crate::revocation::Crl;
 
@@ -426,9 +426,7 @@ mod tests {
             }
 
             fn policy(&self, crls: Vec<Crl>) -> Policy {
-                let mut policy = Policy::mock(self.platform.root(),
-                    &[self.launch.measurement()],
-                );
+                let mut policy = Policy::mock(self.platform.root(), &[self.launch.measurement()]);
                 policy.crl_files = (0..crls.len()).map(|i| format!("{i}.crl")).collect();
                 for crl in crls {
                     policy.add_crl(crl);
@@ -438,7 +436,8 @@ mod tests {
 
             fn appraise(&self, policy: &Policy) -> Result<String, Rejection> {
                 let evidence = self.platform.attest(&self.launch, [3; 64]);
-                let appraisal = policy.appraise_offline(&evidence, &Offline::report_data([3; 64], self.now))?;
+                let appraisal =
+                    policy.appraise_offline(&evidence, &Offline::report_data([3; 64], self.now))?;
                 let outcome = appraisal
                     .outcomes()
                     .iter()

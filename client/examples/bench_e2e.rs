@@ -283,8 +283,8 @@ fn main() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let launch = MockLaunch::server(&exe, &listen, &header.model_sha256);
-    let root = Certificate::from_pem(&std::fs::read(p("platform/ark.pem")).expect("root"))
-        .expect("pem");
+    let root =
+        Certificate::from_pem(&std::fs::read(p("platform/ark.pem")).expect("root")).expect("pem");
     let policy = Policy::mock(&root, &[launch.measurement()]);
     std::fs::write(p("policy.toml"), policy.to_toml()).expect("policy");
     println!(

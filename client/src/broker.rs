@@ -553,13 +553,11 @@ mod tests {
         let attempt = || attempt(&s);
         assert!(attempt().is_ok());
         let other = MockLaunch::server(b"another server", "127.0.0.1:0", &[7; 32]);
-        s.broker.set_policy(Policy::mock(s.platform.root(),
-            &[other.measurement()],
-        ));
+        s.broker
+            .set_policy(Policy::mock(s.platform.root(), &[other.measurement()]));
         assert!(matches!(attempt(), Err(BrokerError::Rejected(_))));
-        s.broker.set_policy(Policy::mock(s.platform.root(),
-            &[s.launch.measurement()],
-        ));
+        s.broker
+            .set_policy(Policy::mock(s.platform.root(), &[s.launch.measurement()]));
         assert!(attempt().is_ok());
     }
 

@@ -83,11 +83,7 @@ pub fn print_claims(r: &Report) {
 }
 
 /// The verdict as JSON: `verified`, `mock`, every check, the failed ones, and the claims.
-pub fn verdict_json(
-    result: Verdict<'_>,
-    report: Option<&Report>,
-    mock: bool,
-) -> serde_json::Value {
+pub fn verdict_json(result: Verdict<'_>, report: Option<&Report>, mock: bool) -> serde_json::Value {
     let (outcomes, verified) = match result {
         Ok(a) => (a.outcomes(), true),
         Err(r) => (r.outcomes.as_slice(), false),

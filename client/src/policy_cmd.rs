@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use veil_attestation::policy::MinimumTcb;
-use veil_attestation::{Policy, Product, TeeKind};
+use veil_attestation::{Policy, Product};
 
 use crate::files::write_new;
 use crate::CmdResult;
@@ -50,7 +50,7 @@ pub struct SnpPolicyArgs {
 }
 
 /// Checks that each value of `flag` is `N` bytes of hex, and returns them in lowercase.
-fn hex_values<const N: usize>(flag: &str, values: &[String]) -> anyhow::Result<Vec<String>> {
+fn hex_values<const N: usize>(flag: &str, values: &[String]) -> anyhow::Result<Vec<[u8; N]>> {
     values
         .iter()
         .map(|v| {
@@ -58,13 +58,13 @@ fn hex_values<const N: usize>(flag: &str, values: &[String]) -> anyhow::Result<V
             hex::decode_to_slice(v.trim(), &mut out).map_err(|_| {
                 anyhow::anyhow!("{flag} {v:?} is not {N} bytes ({} digits) of hex", 2 * N)
             })?;
-            Ok(hex::encode(out))
+            Ok(out)
         })
         .collect()
 }
 
-/// Parses `[PRODUCT:]key=N,…` into the policy's `min_tcb` key and value.
-fn parse_min_tcb(spec: &str) -> anyhow::Result<(String, MinimumTcb)> {
+/// Parses `[PRODUCT:]key=N,…` into the product (`None` for all) and the minimum.
+fn parse_min_tcb(spec: &str) -> anyhow::Result<(Option<Product>, MinimumTcb)> {
     let (key, list) = match spec.split_once(':') {
         Some((product, list)) => {
             let p = Product::from_name(product)
@@ -72,9 +72,9 @@ fn parse_min_tcb(spec: &str) -> anyhow::Result<(String, MinimumTcb)> {
                 .with_context(|| {
                     format!("--min-tcb {spec:?}: unknown product {product:?} (milan, genoa, turin)")
                 })?;
-            (p.name().to_ascii_lowercase(), list)
+            (Some(p), list)
         }
-        None => ("all".to_owned(), spec),
+        None => (None, spec),
     };
     let mut tcb = MinimumTcb::default();
     for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -106,9 +106,10 @@ fn parse_min_tcb(spec: &str) -> anyhow::Result<(String, MinimumTcb)> {
 pub fn snp_policy(args: &SnpPolicyArgs) -> anyhow::Result<Policy> {
     let mut min_tcb = BTreeMap::new();
     for spec in &args.min_tcb {
-        let (key, tcb) = parse_min_tcb(spec)?;
+        let (product, tcb) = parse_min_tcb(spec)?;
+        let key = product.map_or("all", Product::name).to_ascii_lowercase();
         anyhow::ensure!(
-            min_tcb.insert(key.clone(), tcb).is_none(),
+            min_tcb.insert(key.clone(), (product, tcb)).is_none(),
             "--min-tcb given twice for {key}"
         );
     }
@@ -126,18 +127,14 @@ pub fn snp_policy(args: &SnpPolicyArgs) -> anyhow::Result<Policy> {
                 .collect::<anyhow::Result<Vec<_>>>()?,
         )
     };
-    // The defaults fail closed (no debug, no migration agent, VMPL 0); say so anyway.
-    let mut policy = Policy::default();
-    policy.tee = vec![TeeKind::Snp];
-    policy.mock_roots = Vec::new();
-    policy.products = products;
-    policy.measurements = hex_values::<48>("--measurement", &args.measurements)?;
-    policy.any_measurement = false;
-    policy.allow_debug = false;
-    policy.allow_migration_agent = false;
-    policy.host_data = hex_values::<32>("--host-data", &args.host_data)?;
-    policy.models = hex_values::<32>("--model", &args.models)?;
-    policy.min_tcb = min_tcb;
+    // Policy::snp keeps the defaults that fail closed: no debug, no migration agent, VMPL 0.
+    let mut policy = Policy::snp(&hex_values::<48>("--measurement", &args.measurements)?);
+    policy.set_products(products);
+    policy.set_host_data(&hex_values::<32>("--host-data", &args.host_data)?);
+    policy.set_models(&hex_values::<32>("--model", &args.models)?);
+    for (product, tcb) in min_tcb.into_values() {
+        policy.set_min_tcb(product, tcb);
+    }
     Ok(policy)
 }
 
@@ -157,13 +154,15 @@ pub fn run(cmd: PolicyCommand) -> CmdResult {
             println!(
                 "policy {}: tee snp (AMD roots), {} measurement(s), debug not allowed",
                 args.output.display(),
-                policy.measurements.len()
+                policy.measurements().len()
             );
-            if !policy.host_data.is_empty() {
-                println!("  host_data: {}", policy.host_data.join(", "));
+            let hex_list =
+                |l: &[[u8; 32]]| l.iter().map(hex::encode).collect::<Vec<_>>().join(", ");
+            if !policy.host_data().is_empty() {
+                println!("  host_data: {}", hex_list(policy.host_data()));
             }
-            if !policy.models.is_empty() {
-                println!("  models: {}", policy.models.join(", "));
+            if !policy.models().is_empty() {
+                println!("  models: {}", hex_list(policy.models()));
             }
         }
     }

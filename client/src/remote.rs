@@ -288,7 +288,10 @@ pub struct Rejected {
 ///
 /// # Errors
 /// Network and protocol errors; a rejection is not an error but [`Rejected`].
-pub async fn attest(target: &Target, policy: &Policy) -> anyhow::Result<Result<Verified, Rejected>> {
+pub async fn attest(
+    target: &Target,
+    policy: &Policy,
+) -> anyhow::Result<Result<Verified, Rejected>> {
     let mut session = Session::connect(target, PinMode::Capture).await?;
     let nonce = Nonce::random::<32>();
     let path = format!("/v1/attestation?nonce={}", nonce.to_base64url());

@@ -120,9 +120,7 @@ pub(crate) fn rejected(r: &Rejected) -> Failure {
 async fn verified(remote: &RemoteArgs, quiet: bool) -> Result<Verified, Failure> {
     let policy = load_policy(&remote.policy)?;
     let target = Target::parse(&remote.url)?;
-    let verified = attest(&target, &policy)
-        .await?
-        .map_err(|r| rejected(&r))?;
+    let verified = attest(&target, &policy).await?.map_err(|r| rejected(&r))?;
     if !quiet {
         print_verdict(Ok(verified.appraisal()), verified.appraisal().is_mock());
     }
@@ -199,11 +197,7 @@ pub async fn release_key(
     key: ModelKey,
     wait: Duration,
 ) -> Result<Duration, Failure> {
-    let msg = KeyRelease::seal(
-        verified.appraisal(),
-        &key.key_id().0,
-        key.expose_secret(),
-    )?;
+    let msg = KeyRelease::seal(verified.appraisal(), &key.key_id().0, key.expose_secret())?;
     drop(key);
     let session = verified.trusted().session();
     let started = Instant::now();

@@ -10,7 +10,7 @@ use veil_sealing::{seal, KeyId, ModelKey, SealOptions};
 use zeroize::Zeroizing;
 
 fn main() {
-    let key = ModelKey::from_parts(KeyId([0x33; 16]), Zeroizing::new([0x11; 32]));
+    let key = ModelKey::from_parts(KeyId([0x33; 16]), Box::new(Zeroizing::new([0x11; 32])));
     let plain = b"Veil sealed-format test vector\n";
     let metadata = BTreeMap::from([("name".to_owned(), "vector".to_owned())]);
     let opts = SealOptions::default()

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use veil_attestation::binding::{Transcript};
+use veil_attestation::binding::Transcript;
 use veil_attestation::{Attester, Evidence, WrappingKey};
 use veil_model::{Engine, EngineConfig};
 use veil_sealing::SealedHeader;
@@ -258,10 +258,7 @@ impl AppState {
     ///
     /// # Errors
     /// [`EvidenceError`]; a platform failure is logged here with its cause.
-    pub async fn issue_evidence(
-        &self,
-        transcript: &Transcript,
-    ) -> Result<Evidence, EvidenceError> {
+    pub async fn issue_evidence(&self, transcript: &Transcript) -> Result<Evidence, EvidenceError> {
         let attester = Arc::clone(&self.attester);
         let transcript = *transcript;
         let evidence = tokio::task::spawn_blocking(move || attester.attest(&transcript))

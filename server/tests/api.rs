@@ -73,16 +73,14 @@ async fn attest(f: &Fixture) -> veil_attestation::Appraisal {
     let b = evidence.binding.clone().expect("binding");
     let expected = Transcript {
         purpose: Purpose::ClientSession,
-        nonce: &nonce,
+        nonce: veil_attestation::Nonce::new(&nonce).expect("nonce"),
         spki_sha256: f.state.spki_sha256(),
         exporter: Some(EXPORTER),
         wrap_pk: b.wrap_pk,
         model_sha256: b.model_sha256,
-    }
-    .report_data()
-    .expect("transcript");
+    };
     f.policy
-        .appraise(&evidence, &Expected::new(expected, SystemTime::now()))
+        .appraise(&evidence, &Expected::new(&expected, SystemTime::now()))
         .expect("evidence verifies")
 }
 
@@ -93,9 +91,17 @@ fn base64_url(b: &[u8]) -> String {
 
 async fn provision(f: &Fixture, key: &ModelKey, wrap_pk: Option<[u8; 32]>) -> (StatusCode, Value) {
     let appraisal = attest(f).await;
-    let pk = wrap_pk.unwrap_or_else(|| f.state.wrap_pk());
-    let msg = KeyRelease::seal(&appraisal, &pk, &key.id().to_string(), key.expose_secret())
-        .expect("seal");
+    let msg = match wrap_pk {
+        None => KeyRelease::seal(&appraisal, &key.key_id().0, key.expose_secret()),
+        // To another wrapping key than the one the evidence binds: only the danger path can.
+        Some(pk) => veil_attestation::release::danger::seal_unappraised(
+            &pk,
+            appraisal.report_data(),
+            &key.key_id().0,
+            key.expose_secret(),
+        ),
+    }
+    .expect("seal");
     call(
         f,
         post("/v1/provision", serde_json::to_value(msg).expect("json")),
@@ -214,7 +220,7 @@ async fn provisioning_with_the_right_key_unseals_and_serves() {
 #[tokio::test]
 async fn a_wrong_key_is_refused_and_the_server_stays_locked() {
     let f = fixture(EngineConfig::small());
-    let impostor = ModelKey::from_parts(f.key.id(), Zeroizing::new([0x42; 32]));
+    let impostor = ModelKey::from_parts(f.key.key_id(), Box::new(Zeroizing::new([0x42; 32])));
     let (status, body) = provision(&f, &impostor, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "wrong_key");
@@ -343,13 +349,7 @@ async fn provisioning_is_accepted_only_on_the_connection_that_attested() {
     let f = fixture(EngineConfig::small());
     let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
     let appraisal = attest(&f).await;
-    let msg = KeyRelease::seal(
-        &appraisal,
-        &f.state.wrap_pk(),
-        &key.id().to_string(),
-        key.expose_secret(),
-    )
-    .expect("seal");
+    let msg = KeyRelease::seal(&appraisal, &key.key_id().0, key.expose_secret()).expect("seal");
     let body = serde_json::to_value(msg).expect("json");
     let (status, err) = call_on(&f, [0x0E; 32], post("/v1/provision", body.clone())).await;
     assert_eq!(

@@ -85,7 +85,7 @@ async fn evidence_over_tls_binds_this_connection_and_no_other() {
     let b = evidence.binding.clone().expect("binding");
     let transcript = |exporter| Transcript {
         purpose: Purpose::ClientSession,
-        nonce: &nonce,
+        nonce: veil_attestation::Nonce::new(&nonce).expect("nonce"),
         spki_sha256: spki,
         exporter: Some(exporter),
         wrap_pk: b.wrap_pk,
@@ -93,10 +93,7 @@ async fn evidence_over_tls_binds_this_connection_and_no_other() {
     };
     let now = SystemTime::now();
     f.policy
-        .appraise(
-            &evidence,
-            &Expected::new(transcript(exporter).report_data().expect("rd"), now),
-        )
+        .appraise(&evidence, &Expected::new(&transcript(exporter), now))
         .expect("binds this connection");
 
     // The same evidence checked against another connection's exporter: a relay is caught.
@@ -104,10 +101,7 @@ async fn evidence_over_tls_binds_this_connection_and_no_other() {
     assert_ne!(other_exporter, exporter);
     let r = f
         .policy
-        .appraise(
-            &evidence,
-            &Expected::new(transcript(other_exporter).report_data().expect("rd"), now),
-        )
+        .appraise(&evidence, &Expected::new(&transcript(other_exporter), now))
         .expect_err("relayed");
     assert!(r.failed(Check::ReportData), "{r}");
 

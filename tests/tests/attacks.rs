@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use veil_attestation::binding::{Purpose, Transcript};
+use veil_attestation::binding::{Nonce, Purpose, Transcript};
 use veil_attestation::{Check, Evidence, Expected, Policy};
 use veil_client::pin::PinMode;
 use veil_client::remote::{danger, Session, Target};
@@ -295,7 +295,12 @@ fn evidence_replayed_from_an_earlier_nonce_is_refused_on_report_data() {
 fn evidence_for_another_nonce_on_the_same_connection_fails_report_data_only() {
     let f = Fixture::new();
     let server = f.start(&[]);
-    let policy = Policy::mock(&f.root, &[f.measurement_of(&binary("veil-server"), false)]);
+    let policy = Policy::from_toml(&format!(
+        "tee = [\"mock\"]\nmock_roots = [\"{}\"]\nmeasurements = [\"{}\"]",
+        f.root,
+        hex::encode(f.measurement_of(&binary("veil-server"), false))
+    ))
+    .expect("the policy parses");
     let (nonce_a, nonce_b) = ([0xA; 32], [0xB; 32]);
     let target = Target::parse(server.url()).expect("the server's URL");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -326,17 +331,15 @@ fn evidence_for_another_nonce_on_the_same_connection_fails_report_data_only() {
         .expect("the evidence has a binding");
     // What a client computes (client/src/remote.rs, `attest`), for a given nonce.
     let expected = |nonce: &[u8]| {
-        let report_data = Transcript {
+        let transcript = Transcript {
             purpose: Purpose::ClientSession,
-            nonce,
+            nonce: Nonce::new(nonce).expect("a valid nonce"),
             spki_sha256: session.spki_sha256,
             exporter: Some(session.exporter),
             wrap_pk: binding.wrap_pk,
             model_sha256: binding.model_sha256,
-        }
-        .report_data()
-        .expect("a valid nonce");
-        Expected::new(report_data, SystemTime::now())
+        };
+        Expected::new(&transcript, SystemTime::now())
     };
 
     // For the nonce it was requested with, the evidence passes: the channel and keys match.

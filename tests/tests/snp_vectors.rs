@@ -4,23 +4,28 @@
 use std::time::Duration;
 
 use veil_attestation::report::Product;
-use veil_attestation::{Check, Expected, Policy, Rejection};
+use veil_attestation::{Check, Offline, Policy, Rejection};
 use veil_tests::vectors::{self, Vector};
 
-/// A policy that accepts every genuine vector (any VMPL, debug allowed).
-fn permissive() -> Policy {
-    let mut p = Policy::genuine_snp();
-    p.vmpl = vec![0, 1, 2, 3];
-    p.allow_debug = true;
-    p
+/// A policy that accepts every genuine vector (any VMPL, debug allowed), with `extra`
+/// policy-file lines (a policy is changed only through its file form).
+fn permissive_with(extra: &str) -> Policy {
+    Policy::from_toml(&format!("vmpl = [0, 1, 2, 3]\nallow_debug = true\n{extra}"))
+        .expect("the test policy parses")
 }
 
-fn expected(v: &Vector) -> Expected {
-    Expected::new(v.parsed().report_data(), v.valid_at)
+fn permissive() -> Policy {
+    permissive_with("any_measurement = true")
+}
+
+/// The vectors' report data is not a Veil transcript: they are appraised offline, with
+/// their own report data expected.
+fn expected(v: &Vector) -> Offline {
+    Offline::report_data(v.parsed().report_data(), v.valid_at)
 }
 
 fn reject(policy: &Policy, v: &Vector, evidence: &veil_attestation::Evidence) -> Rejection {
-    match policy.appraise(evidence, &expected(v)) {
+    match policy.appraise_offline(evidence, &expected(v)) {
         Ok(_) => panic!("{}: mutated evidence was accepted", v.set.name),
         Err(r) => r,
     }
@@ -35,7 +40,7 @@ fn every_real_vector_verifies() {
     assert_eq!(all.len(), 17, "the manifest lists 17 verifiable sets");
     for v in &all {
         let appraisal = permissive()
-            .appraise(&v.evidence(), &expected(v))
+            .appraise_offline(&v.evidence(), &expected(v))
             .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
         assert_eq!(appraisal.product().name(), v.set.product, "{}", v.set.name);
         assert!(!appraisal.is_mock());
@@ -48,7 +53,7 @@ fn vectors_verify_with_built_in_roots_only() {
         v.chain
             .retain(|c| c.subject_cn().is_some_and(|cn| cn.starts_with("ARK-")));
         permissive()
-            .appraise(&v.evidence(), &expected(&v))
+            .appraise_offline(&v.evidence(), &expected(&v))
             .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
     }
 }
@@ -57,7 +62,7 @@ fn vectors_verify_with_built_in_roots_only() {
 fn default_policy_accepts_vmpl0_non_debug_vectors_and_rejects_the_debug_one() {
     for v in vectors::all() {
         let r = v.parsed();
-        let result = Policy::genuine_snp().appraise(&v.evidence(), &expected(&v));
+        let result = Policy::genuine_snp().appraise_offline(&v.evidence(), &expected(&v));
         let debug = r.policy() & (1 << 19) != 0;
         match (debug, r.vmpl()) {
             (false, 0) => {
@@ -82,10 +87,9 @@ fn the_debug_vector_is_accepted_when_the_policy_allows_debug() {
     let Some(v) = vectors::named("go-sev-guest/milan") else {
         return;
     };
-    let mut policy = Policy::genuine_snp();
-    policy.allow_debug = true;
+    let policy = Policy::from_toml("any_measurement = true\nallow_debug = true").expect("parses");
     policy
-        .appraise(&v.evidence(), &expected(&v))
+        .appraise_offline(&v.evidence(), &expected(&v))
         .expect("debug allowed");
 }
 
@@ -130,14 +134,16 @@ fn every_bit_of_the_signed_region_matters() {
         let report = v.parsed();
         let policy = permissive();
         let base = policy
-            .appraise(&v.evidence(), &expected(&v))
+            .appraise_offline(&v.evidence(), &expected(&v))
             .expect("verifies");
         for bit in 0..(0x2A0 * 8) {
             let mut raw = report.as_bytes().to_vec();
             raw[bit / 8] ^= 1 << (bit % 8);
             let mut e = v.evidence();
             e.report = raw;
-            if let Ok(ok) = policy.appraise(&e, &Expected::new(base.report_data(), v.valid_at)) {
+            if let Ok(ok) =
+                policy.appraise_offline(&e, &Offline::report_data(base.report_data(), v.valid_at))
+            {
                 panic!(
                     "{}: bit {bit} flipped and still accepted: {:?}",
                     v.set.name,
@@ -154,7 +160,7 @@ fn wrong_expected_report_data_is_rejected() {
         let mut want = v.parsed().report_data();
         want[63] ^= 0x80;
         let r = permissive()
-            .appraise(&v.evidence(), &Expected::new(want, v.valid_at))
+            .appraise_offline(&v.evidence(), &Offline::report_data(want, v.valid_at))
             .expect_err("rejected");
         assert!(r.failed(Check::ReportData), "{r}");
         assert_eq!(r.failures().count(), 1, "{r}");
@@ -164,38 +170,41 @@ fn wrong_expected_report_data_is_rejected() {
 #[test]
 fn a_wrong_measurement_is_rejected() {
     for v in vectors::all() {
-        let mut policy = permissive();
-        policy.any_measurement = false;
+        let with = |m: &[[u8; 48]]| {
+            let list: Vec<String> = m
+                .iter()
+                .map(|m| format!("\"{}\"", hex::encode(m)))
+                .collect();
+            permissive_with(&format!("measurements = [{}]", list.join(", ")))
+        };
         let mut m = v.parsed().measurement();
-        policy.measurements = vec![hex::encode(m)];
-        policy
-            .appraise(&v.evidence(), &expected(&v))
+        with(&[m])
+            .appraise_offline(&v.evidence(), &expected(&v))
             .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
         m[0] ^= 1;
-        policy.measurements = vec![hex::encode(m)];
-        let r = reject(&policy, &v, &v.evidence());
+        let r = reject(&with(&[m]), &v, &v.evidence());
         assert!(r.failed(Check::Measurement), "{r}");
-        policy.measurements.clear();
-        assert!(reject(&policy, &v, &v.evidence()).failed(Check::Measurement));
+        assert!(reject(&with(&[]), &v, &v.evidence()).failed(Check::Measurement));
     }
 }
 
 #[test]
 fn a_tcb_minimum_above_the_report_is_rejected() {
     for v in vectors::all() {
-        let mut policy = permissive();
         let tcb = veil_attestation::Tcb::from_raw(
             v.parsed().reported_tcb_raw(),
             Product::from_name(&v.set.product).expect("product"),
         );
-        let min = policy.min_tcb.entry("all".into()).or_default();
-        min.snp = tcb.snp;
-        min.microcode = tcb.microcode;
-        policy
-            .appraise(&v.evidence(), &expected(&v))
+        let with = |snp: u8| {
+            permissive_with(&format!(
+                "any_measurement = true\n[min_tcb.all]\nsnp = {snp}\nmicrocode = {}",
+                tcb.microcode
+            ))
+        };
+        with(tcb.snp)
+            .appraise_offline(&v.evidence(), &expected(&v))
             .unwrap_or_else(|r| panic!("{}: {r}", v.set.name));
-        policy.min_tcb.get_mut("all").expect("set").snp = tcb.snp + 1;
-        let r = reject(&policy, &v, &v.evidence());
+        let r = reject(&with(tcb.snp + 1), &v, &v.evidence());
         assert!(r.failed(Check::MinimumTcb), "{r}");
         assert!(r.to_string().contains("snp"), "{r}");
     }
@@ -251,9 +260,9 @@ fn certificates_outside_their_validity_are_rejected() {
     for v in vectors::all() {
         let too_early = v.vek.not_before() - Duration::from_secs(3600);
         let r = permissive()
-            .appraise(
+            .appraise_offline(
                 &v.evidence(),
-                &Expected::new(v.parsed().report_data(), too_early),
+                &Offline::report_data(v.parsed().report_data(), too_early),
             )
             .expect_err("not yet valid");
         assert!(r.failed(Check::CertificateValidity), "{r}");
@@ -274,9 +283,8 @@ fn with_crls_in_the_policy_a_real_chain_needs_a_crl_signed_by_its_own_ark() {
     ));
     for v in vectors::all() {
         let mut policy = permissive();
-        policy.crls = vec!["other.crl".to_owned(), "forged.crl".to_owned()];
-        policy.add_crl(other.clone());
-        policy.add_crl(forged.clone());
+        policy.require_crl("other.crl", other.clone());
+        policy.require_crl("forged.crl", forged.clone());
         let r = reject(&policy, &v, &v.evidence());
         let failed: Vec<Check> = r.failures().map(|o| o.check).collect();
         assert_eq!(failed, [Check::Revocation], "{}: {r}", v.set.name);
