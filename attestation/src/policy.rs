@@ -1,6 +1,6 @@
 //! The appraisal policy: what evidence its owner accepts (TOML, see `docs/policy.md`).
 //!
-//! Parse, don't validate: the file deserialises into a private [`PolicyFile`] of strings
+//! Parse, don't validate: the file deserialises into a private `PolicyFile` of strings
 //! and becomes a [`Policy`] of typed values (measurements as `[u8; 48]`, firmware
 //! versions, products) exactly once, in [`Policy::from_toml`]. Nothing is parsed again
 //! when evidence is appraised ([`crate::appraisal`]), and callers change a policy only
