@@ -33,7 +33,7 @@ use veil_sealing::{KeyId, ModelKey};
 use crate::http::{
     json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
 };
-use crate::report_cmd::load_policy;
+use crate::files::load_policy;
 use crate::CmdResult;
 
 /// How long an issued nonce may be used.

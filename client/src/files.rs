@@ -6,6 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
+use veil_attestation::{Crl, Policy};
 
 /// Largest input file read whole (reports, certificates, policies, evidence).
 const MAX_INPUT: u64 = 1 << 20;
@@ -53,4 +54,27 @@ pub fn write_new(path: &Path, bytes: &[u8], secret: bool, force: bool) -> anyhow
         .with_context(|| format!("cannot write {}", path.display()))?;
     file.sync_all()
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Loads a policy file, and the CRL files it names (relative to its directory), naming
+/// the file at fault in errors.
+///
+/// # Errors
+/// If a file cannot be read, the policy is not valid, or a CRL does not parse.
+pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    let text = String::from_utf8(read_small(path)?)
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let mut policy =
+        Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    for name in policy.crl_files().to_vec() {
+        let file = base.join(&name);
+        let crl = Crl::from_pem_or_der(
+            &read_small(&file)
+                .with_context(|| format!("policy {}: crls entry {name:?}", path.display()))?,
+        )
+        .with_context(|| format!("policy {}: CRL {}", path.display(), file.display()))?;
+        policy.add_crl(crl);
+    }
+    Ok(policy)
 }

@@ -26,7 +26,7 @@ use crate::http::{
 };
 use crate::output::print_verdict;
 use crate::remote::{Connection, Target, Upstream, UpstreamError};
-use crate::report_cmd::load_policy;
+use crate::files::load_policy;
 use crate::{CmdResult, Failure};
 
 /// Largest request body forwarded.

@@ -17,7 +17,7 @@ use crate::output::{print_claims, print_verdict, verdict_json};
 use crate::remote::{
     attest, Connection, Rejected, Session, Target, Trusted, Upstream, UpstreamError, Verified,
 };
-use crate::report_cmd::load_policy;
+use crate::files::load_policy;
 use crate::{CmdResult, Failure};
 
 /// Where and against what policy.

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use veil_attestation::{Certificate, Crl, Evidence, Offline, Policy, Product, Report, TeeKind};
 
-use crate::files::read_small;
+use crate::files::{load_policy, read_small};
 use crate::output::{print_verdict, verdict_json};
 use crate::{CmdResult, Failure};
 
@@ -176,29 +176,6 @@ fn appraisal_time(at: Option<&str>) -> anyhow::Result<SystemTime> {
             Ok(SystemTime::from(t))
         }
     }
-}
-
-/// Loads a policy file, and the CRL files it names (relative to its directory), naming
-/// the file at fault in errors.
-///
-/// # Errors
-/// If a file cannot be read, the policy is not valid, or a CRL does not parse.
-pub fn load_policy(path: &Path) -> anyhow::Result<Policy> {
-    let text = String::from_utf8(read_small(path)?)
-        .with_context(|| format!("{} is not UTF-8", path.display()))?;
-    let mut policy =
-        Policy::from_toml(&text).with_context(|| format!("policy {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new(""));
-    for name in policy.crl_files().to_vec() {
-        let file = base.join(&name);
-        let crl = Crl::from_pem_or_der(
-            &read_small(&file)
-                .with_context(|| format!("policy {}: crls entry {name:?}", path.display()))?,
-        )
-        .with_context(|| format!("policy {}: CRL {}", path.display(), file.display()))?;
-        policy.add_crl(crl);
-    }
-    Ok(policy)
 }
 
 fn verify(args: VerifyArgs) -> CmdResult {

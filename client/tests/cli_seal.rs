@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use veil_sealing::{unseal, ModelKey, UnsealOptions};
+use veil_sealing::{unseal_file, ModelKey, UnsealOptions};
 use veil_tests::harness::{text, veil};
 
 #[test]
@@ -36,14 +36,14 @@ fn seal_writes_a_sealed_file_and_a_private_key_that_open_it() {
         "never prints the key"
     );
 
-    let (header, p) = unseal(
+    let p = unseal_file(
         &std::fs::File::open(&out).expect("open"),
         &model_key,
         &UnsealOptions::default(),
     )
     .expect("unseal");
     assert_eq!(p.as_bytes(), plain.as_slice());
-    assert_eq!(header.metadata["name"], "test-model");
+    assert_eq!(p.header().metadata["name"], "test-model");
 
     // Refuses to overwrite; --inspect needs no key.
     assert_eq!(
@@ -65,7 +65,7 @@ fn seal_writes_a_sealed_file_and_a_private_key_that_open_it() {
     let a = std::fs::read(&out).expect("a");
     let b = std::fs::read(&out2).expect("b");
     assert_ne!(a[8192..8192 + 4096], b[8192..8192 + 4096]);
-    unseal(
+    unseal_file(
         &std::fs::File::open(&out2).expect("open"),
         &model_key,
         &UnsealOptions::default(),

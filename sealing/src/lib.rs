@@ -44,7 +44,7 @@ pub mod stream;
 pub use header::SealedHeader;
 pub use key::{KeyId, ModelKey};
 pub use stream::{
-    read_header, seal, unseal, unseal_file, unseal_into, unseal_reader, unseal_to, ChunkSink,
+    read_header, seal, unseal_file, unseal_into, unseal_reader, unseal_to, ChunkSink,
     Plaintext, SealOptions, UnsealOptions,
 };
 

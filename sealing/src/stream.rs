@@ -291,19 +291,6 @@ pub fn unseal_file(
     Ok(Plaintext { bytes, header })
 }
 
-/// [`unseal_file`], returning the header beside the plaintext.
-///
-/// # Errors
-/// As [`unseal_file`].
-pub fn unseal(
-    file: &File,
-    key: &ModelKey,
-    options: &UnsealOptions<'_>,
-) -> Result<(SealedHeader, Plaintext), SealError> {
-    let p = unseal_file(file, key, options)?;
-    Ok((p.header.clone(), p))
-}
-
 /// Like [`unseal_file`], into a buffer the caller provides (e.g. a shared-memory mapping
 /// the inference engine reads), which must be exactly `plaintext_len` bytes
 /// ([`read_header`] tells). On any failure the buffer is zeroized.

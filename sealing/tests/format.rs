@@ -5,7 +5,7 @@ use std::io::{Cursor, Seek, SeekFrom, Write};
 
 use veil_sealing::header::TAG_LEN;
 use veil_sealing::{
-    seal, unseal, unseal_reader, KeyId, ModelKey, SealError, SealOptions, SealedHeader,
+    seal, unseal_file, unseal_reader, KeyId, ModelKey, SealError, SealOptions, SealedHeader,
     UnsealOptions,
 };
 use zeroize::Zeroizing;
@@ -45,7 +45,7 @@ fn open(bytes: &[u8], key: &ModelKey) -> Result<Vec<u8>, SealError> {
         verify_digest: true,
         ..UnsealOptions::default()
     };
-    let from_file = unseal(&file_of(bytes), key, &opts).map(|(_, p)| p.as_bytes().to_vec());
+    let from_file = unseal_file(&file_of(bytes), key, &opts).map(|p| p.as_bytes().to_vec());
     // The reader path must reach the same verdict.
     let from_reader =
         unseal_reader(&mut Cursor::new(bytes), key, &opts).map(|p| p.as_bytes().to_vec());
@@ -81,7 +81,7 @@ fn thread_counts_give_the_same_plaintext() {
             threads,
             ..UnsealOptions::default()
         };
-        let (_, p) = unseal(&file_of(&bytes), &key, &opts).expect("opens");
+        let p = unseal_file(&file_of(&bytes), &key, &opts).expect("opens");
         assert_eq!(p.as_bytes(), plain.as_slice(), "{threads} threads");
     }
 }
@@ -375,13 +375,13 @@ fn a_pinned_digest_must_match() {
         expected_sha256: Some(h.model_sha256),
         ..UnsealOptions::default()
     };
-    unseal(&file_of(&bytes), &key, &ok).expect("pinned digest matches");
+    unseal_file(&file_of(&bytes), &key, &ok).expect("pinned digest matches");
     let other = UnsealOptions {
         expected_sha256: Some([0; 32]),
         ..UnsealOptions::default()
     };
     assert!(matches!(
-        unseal(&file_of(&bytes), &key, &other),
+        unseal_file(&file_of(&bytes), &key, &other).map(|_| ()),
         Err(SealError::DigestMismatch)
     ));
 }
