@@ -575,7 +575,7 @@ impl MockLaunch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::appraisal::Offline;
+    use crate::appraisal::{Offline, OfflineAppraisal, Rejection};
     use crate::check::Check;
     use crate::policy::Policy;
 
@@ -593,62 +593,81 @@ mod tests {
         MockLaunch::new(b"server executable bytes", config)
     }
 
+    /// The REPORT_DATA of the fixture's evidence.
+    const REPORT_DATA: [u8; 64] = [7; 64];
+
+    /// A fresh platform, a launch on it, and a policy naming the platform's root and the
+    /// launch's measurement: where most tests start.
+    struct Fixture {
+        now: SystemTime,
+        platform: MockPlatform,
+        launch: MockLaunch,
+        policy: Policy,
+    }
+
+    impl Fixture {
+        fn new(launch: MockLaunch) -> Self {
+            let now = SystemTime::now();
+            let platform = MockPlatform::generate(now).expect("generate");
+            let policy = Policy::mock(platform.root(), &[launch.measurement()]);
+            Fixture {
+                now,
+                platform,
+                launch,
+                policy,
+            }
+        }
+
+        /// The launch's evidence over [`REPORT_DATA`].
+        fn evidence(&self) -> Evidence {
+            self.platform.attest(&self.launch, REPORT_DATA)
+        }
+
+        /// The policy's offline verdict on `evidence`, expecting [`REPORT_DATA`] now.
+        fn appraise(&self, evidence: &Evidence) -> Result<OfflineAppraisal, Rejection> {
+            self.policy
+                .appraise_offline(evidence, &Offline::report_data(REPORT_DATA, self.now))
+        }
+    }
+
     #[test]
     fn mock_evidence_verifies_when_the_root_is_named() {
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
-        let launch = launch();
-        let evidence = platform.attest(&launch, [7; 64]);
-        let policy = Policy::mock(platform.root(), &[launch.measurement()]);
-        let appraisal = policy
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect("accepted");
+        let f = Fixture::new(launch());
+        let appraisal = f.appraise(&f.evidence()).expect("accepted");
         assert!(appraisal.is_mock());
         assert_eq!(appraisal.product(), Product::Mock);
     }
 
     #[test]
     fn mock_evidence_is_rejected_without_the_root() {
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
-        let launch = launch();
-        let evidence = platform.attest(&launch, [7; 64]);
-        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
-        policy.mock_roots.clear();
-        let rejection = policy
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect_err("rejected");
+        let mut f = Fixture::new(launch());
+        let evidence = f.evidence();
+        f.policy.mock_roots.clear();
+        let rejection = f.appraise(&evidence).expect_err("rejected");
         assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
         let named = format!(
             "MOCK root {} is not one the verifier trusts",
-            &platform.root().fingerprint()[..16]
+            &f.platform.root().fingerprint()[..16]
         );
         assert!(rejection.to_string().contains(&named), "{rejection}");
 
-        let other = MockPlatform::generate(now).expect("generate");
-        let policy = Policy::mock(other.root(), &[launch.measurement()]);
-        let rejection = policy
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect_err("rejected");
+        let other = MockPlatform::generate(f.now).expect("generate");
+        f.policy = Policy::mock(other.root(), &[f.launch.measurement()]);
+        let rejection = f.appraise(&evidence).expect_err("rejected");
         assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
         assert!(rejection.to_string().contains(&named), "{rejection}");
     }
 
     #[test]
     fn default_policy_does_not_accept_mock_evidence() {
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
-        let evidence = platform.attest(&launch(), [7; 64]);
-        let rejection = Policy::genuine_snp()
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect_err("rejected");
+        let mut f = Fixture::new(launch());
+        f.policy = Policy::genuine_snp();
+        let mut evidence = f.evidence();
+        let rejection = f.appraise(&evidence).expect_err("rejected");
         assert!(rejection.failed(Check::TeeKind), "{rejection}");
         // Claiming to be SNP does not help: the chain does not lead to an AMD root.
-        let mut evidence = evidence;
         evidence.tee = TeeKind::Snp;
-        let rejection = Policy::genuine_snp()
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect_err("rejected");
+        let rejection = f.appraise(&evidence).expect_err("rejected");
         assert!(rejection.failed(Check::TrustAnchor), "{rejection}");
     }
 
@@ -670,9 +689,7 @@ mod tests {
 
     #[test]
     fn the_policy_can_name_the_models_the_evidence_may_bind() {
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
-        let launch = launch();
+        let mut f = Fixture::new(launch());
         let transcript = crate::binding::Transcript {
             purpose: crate::binding::Purpose::ClientSession,
             nonce: crate::binding::Nonce::new(&[1; 32]).expect("nonce"),
@@ -682,24 +699,25 @@ mod tests {
             model_sha256: [0xAB; 32],
         };
         let rd = transcript.report_data();
-        let mut evidence = platform.issue(&launch, &transcript);
-        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
-        let expected = Offline::report_data(rd, now);
-        policy
+        let mut evidence = f.platform.issue(&f.launch, &transcript);
+        let expected = Offline::report_data(rd, f.now);
+        f.policy
             .appraise_offline(&evidence, &expected)
             .expect("any model by default");
-        policy.models = vec![[0xab; 32]];
-        policy
+        f.policy.models = vec![[0xab; 32]];
+        f.policy
             .appraise_offline(&evidence, &expected)
             .expect("the named model");
-        policy.models = vec![[0xcd; 32]];
-        let rejection = policy
+        f.policy.models = vec![[0xcd; 32]];
+        let rejection = f
+            .policy
             .appraise_offline(&evidence, &expected)
             .expect_err("another model");
         assert!(rejection.failed(Check::Model), "{rejection}");
         assert_eq!(rejection.failures().count(), 1, "{rejection}");
         evidence.binding = None;
-        let rejection = policy
+        let rejection = f
+            .policy
             .appraise_offline(&evidence, &expected)
             .expect_err("no binding");
         assert!(rejection.failed(Check::Model), "{rejection}");
@@ -707,66 +725,45 @@ mod tests {
 
     #[test]
     fn debug_launch_is_rejected_by_default() {
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
         let mut launch = launch();
         launch.debug = true;
-        let evidence = platform.attest(&launch, [7; 64]);
-        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
-        let rejection = policy
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect_err("rejected");
+        let mut f = Fixture::new(launch);
+        let evidence = f.evidence();
+        let rejection = f.appraise(&evidence).expect_err("rejected");
         assert!(rejection.failed(Check::Debug), "{rejection}");
-        policy.allow_debug = true;
-        policy
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect("debug allowed");
+        f.policy.allow_debug = true;
+        f.appraise(&evidence).expect("debug allowed");
     }
 
     #[test]
     fn a_product_specific_minimum_tcb_overrides_all() {
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
-        let launch = launch();
-        let evidence = platform.attest(&launch, [7; 64]);
-        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
-        policy.min_tcb.push((None, snp_at_least(MOCK_TCB.snp + 1)));
-        policy
+        let mut f = Fixture::new(launch());
+        let evidence = f.evidence();
+        f.policy
+            .min_tcb
+            .push((None, snp_at_least(MOCK_TCB.snp + 1)));
+        f.policy
             .min_tcb
             .push((Some(Product::Mock), snp_at_least(MOCK_TCB.snp)));
-        policy
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect("the Mock entry applies");
-        policy.min_tcb.retain(|(p, _)| p.is_none());
-        let rejection = policy
-            .appraise_offline(&evidence, &Offline::report_data([7; 64], now))
-            .expect_err("all applies");
+        f.appraise(&evidence).expect("the Mock entry applies");
+        f.policy.min_tcb.retain(|(p, _)| p.is_none());
+        let rejection = f.appraise(&evidence).expect_err("all applies");
         assert!(rejection.failed(Check::MinimumTcb), "{rejection}");
     }
 
     #[test]
     fn a_guest_launched_below_the_minimum_tcb_is_rejected_after_an_update() {
         // The platform now runs the minimum, but the guest was launched before the update.
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
-        let mut launch = launch();
-        let mut policy = Policy::mock(platform.root(), &[launch.measurement()]);
-        policy.min_tcb.push((None, snp_at_least(MOCK_TCB.snp)));
-        policy
-            .appraise_offline(
-                &platform.attest(&launch, [7; 64]),
-                &Offline::report_data([7; 64], now),
-            )
+        let mut f = Fixture::new(launch());
+        f.policy.min_tcb.push((None, snp_at_least(MOCK_TCB.snp)));
+        f.appraise(&f.evidence())
             .expect("launched at the current TCB");
-        launch.launch_tcb = Some(Tcb {
+        f.launch.launch_tcb = Some(Tcb {
             snp: MOCK_TCB.snp - 1,
             ..MOCK_TCB
         });
-        let rejection = policy
-            .appraise_offline(
-                &platform.attest(&launch, [7; 64]),
-                &Offline::report_data([7; 64], now),
-            )
+        let rejection = f
+            .appraise(&f.evidence())
             .expect_err("launched below the minimum");
         let failed: Vec<String> = rejection
             .failures()
@@ -779,13 +776,8 @@ mod tests {
             "{failed:?}"
         );
         // Without a minimum, the launch TCB is not constrained.
-        policy.min_tcb.clear();
-        policy
-            .appraise_offline(
-                &platform.attest(&launch, [7; 64]),
-                &Offline::report_data([7; 64], now),
-            )
-            .expect("no minimum");
+        f.policy.min_tcb.clear();
+        f.appraise(&f.evidence()).expect("no minimum");
     }
 
     #[test]
@@ -824,9 +816,8 @@ mod tests {
 
     #[test]
     fn platform_survives_a_round_trip_through_its_files() {
-        let now = SystemTime::now();
-        let platform = MockPlatform::generate(now).expect("generate");
-        let files = platform.files();
+        let f = Fixture::new(launch());
+        let files = f.platform.files();
         let again = MockPlatform::from_files(|n| {
             files
                 .iter()
@@ -834,12 +825,8 @@ mod tests {
                 .map(|f| f.contents.clone())
         })
         .expect("loads");
-        assert_eq!(again.root(), platform.root());
-        let launch = launch();
-        let evidence = again.attest(&launch, [1; 64]);
-        let policy = Policy::mock(platform.root(), &[launch.measurement()]);
-        policy
-            .appraise_offline(&evidence, &Offline::report_data([1; 64], now))
+        assert_eq!(again.root(), f.platform.root());
+        f.appraise(&again.attest(&f.launch, REPORT_DATA))
             .expect("accepted");
         // A missing key is named.
         let err = MockPlatform::from_files(|n| {

@@ -6,12 +6,13 @@
 //! `../shared/vectors/measure` beside the checkout), never copied. When they are absent
 //! the tests print SKIPPED, unless `VEIL_REQUIRE_VECTORS=1` (as in CI), where they fail.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use veil_attestation::measure::{
     firmware_digest, vcpu_signature, KernelHashes, MeasureError, SnpLaunch, SvsmLaunch, Vmm,
 };
+use veil_tests::measure_vectors::dir;
 
 #[derive(Debug, Deserialize)]
 struct Case {
@@ -48,29 +49,6 @@ struct Manifest {
     ovmf_hashes: Vec<OvmfHash>,
     error_cases: Vec<Case>,
     legacy_sev_cases: Vec<Case>,
-}
-
-/// The vectors directory, or `None` (saying SKIPPED) when absent; with
-/// `VEIL_REQUIRE_VECTORS=1` absence is a failure.
-fn dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("VEIL_MEASURE_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/measure")
-        });
-    if dir.join("manifest.json").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
-        "VEIL_REQUIRE_VECTORS=1 but no measurement vectors at {}",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: no measurement vectors at {} (set VEIL_MEASURE_VECTORS)",
-        dir.display()
-    );
-    None
 }
 
 fn manifest(dir: &Path) -> Manifest {

@@ -3,10 +3,11 @@
 //! read by path; SKIPPED when absent unless `VEIL_REQUIRE_VECTORS=1`), the JSON form,
 //! refusals, and a written policy that Veil's loader accepts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use veil_attestation::Policy;
+use veil_tests::measure_vectors::dir as vectors;
 
 fn veil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_veil"))
@@ -23,29 +24,48 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn vectors() -> Option<PathBuf> {
-    let dir = std::env::var_os("VEIL_MEASURE_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/measure")
-        });
-    if dir.join("manifest.json").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
-        "VEIL_REQUIRE_VECTORS=1 but no measurement vectors at {}",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: no measurement vectors at {} (set VEIL_MEASURE_VECTORS)",
-        dir.display()
-    );
-    None
+/// `veil measure snp`, then each group of flags in turn.
+fn measure(flags: &[&[&str]]) -> Output {
+    veil(&[&["measure", "snp"][..], &flags.concat()].concat())
 }
+
+/// `veil policy snp` with `flags`, writing to `out`.
+fn policy(out: &Path, flags: &[&str]) -> Output {
+    let out = out.to_str().expect("utf8");
+    veil(&[&["policy", "snp", "-o", out][..], flags].concat())
+}
+
+/// The firmware `ovmf` with `empty` as both kernel and initrd.
+fn boot<'a>(ovmf: &'a str, empty: &'a str) -> [&'a str; 6] {
+    ["--ovmf", ovmf, "--kernel", empty, "--initrd", empty]
+}
+
+/// `vcpus` EPYC-v4 vCPUs under QEMU with the guest features `gf`.
+fn qemu<'a>(vcpus: &'a str, gf: &'a str) -> [&'a str; 8] {
+    [
+        "--vcpus",
+        vcpus,
+        "--vcpu-type",
+        "EPYC-v4",
+        "--vmm",
+        "qemu",
+        "--guest-features",
+        gf,
+    ]
+}
+
+/// The command line of the vectors' `append` cases.
+const APPEND: [&str; 2] = ["--append", "console=ttyS0 loglevel=7"];
+/// Four vCPUs on GCE with guest features 0x1 (`snp-gce-amdsev-4vcpu-emptykernel-gf1`).
+const GCE_4VCPU_GF1: [&str; 6] = ["--vcpus", "4", "--vmm", "gce", "--guest-features", "0x1"];
 
 fn path(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
+}
+
+/// The paths of the vectors' firmware `ovmf` and of their empty kernel (`empty.bin`).
+fn ovmf_and_empty(dir: &Path, ovmf: &str) -> (String, String) {
+    (path(dir, ovmf), path(dir, "empty.bin"))
 }
 
 // snp-amdsev-1vcpu-emptykernel-append-gf21 and snp-gce-amdsev-4vcpu-emptykernel-gf1 of
@@ -57,30 +77,8 @@ const SVSM_2VCPU: &str = "9b94745036aafddf4f7f8b00c7513abb5b7703178cb95aaa57928b
 #[test]
 fn measure_snp_prints_the_expected_measurement() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (
-        path(&dir, "ovmf_AmdSev_suffix.bin"),
-        path(&dir, "empty.bin"),
-    );
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        &ovmf,
-        "--kernel",
-        &empty,
-        "--initrd",
-        &empty,
-        "--append",
-        "console=ttyS0 loglevel=7",
-        "--vcpus",
-        "1",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "0x21",
-    ]);
+    let (ovmf, empty) = ovmf_and_empty(&dir, "ovmf_AmdSev_suffix.bin");
+    let o = measure(&[&boot(&ovmf, &empty), &APPEND, &qemu("1", "0x21")]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
@@ -88,25 +86,11 @@ fn measure_snp_prints_the_expected_measurement() {
     );
 
     // The same with the signature instead of the type name.
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        &ovmf,
-        "--kernel",
-        &empty,
-        "--initrd",
-        &empty,
-        "--append",
-        "console=ttyS0 loglevel=7",
-        "--vcpus",
-        "1",
-        "--vcpu-sig",
-        "800f12",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "21",
+    let o = measure(&[
+        &boot(&ovmf, &empty),
+        &APPEND,
+        &["--vcpus", "1", "--vcpu-sig", "800f12", "--vmm", "qemu"],
+        &["--guest-features", "21"],
     ]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
@@ -119,52 +103,18 @@ fn measure_snp_prints_the_expected_measurement() {
 #[test]
 fn measure_snp_gce_needs_no_vcpu_type() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (
-        path(&dir, "ovmf_AmdSev_suffix.bin"),
-        path(&dir, "empty.bin"),
-    );
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        &ovmf,
-        "--kernel",
-        &empty,
-        "--initrd",
-        &empty,
-        "--vcpus",
-        "4",
-        "--vmm",
-        "gce",
-        "--guest-features",
-        "0x1",
-    ]);
+    let (ovmf, empty) = ovmf_and_empty(&dir, "ovmf_AmdSev_suffix.bin");
+    let gce = |more: &[&str]| measure(&[&boot(&ovmf, &empty), &GCE_4VCPU_GF1, more]);
+    let o = gce(&[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), GCE_4VCPU);
-    let mut json = vec![
-        "measure",
-        "snp",
-        "--ovmf",
-        &ovmf,
-        "--kernel",
-        &empty,
-        "--initrd",
-        &empty,
-        "--vcpus",
-        "4",
-        "--vmm",
-        "gce",
-        "--guest-features",
-        "0x1",
-        "--json",
-    ];
-    let o = veil(&json);
+    let o = gce(&["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["measurement"], GCE_4VCPU);
     assert!(v["vcpu_sig"].is_null(), "{v}");
     // A signature given is ignored by GCE, and recorded.
-    json.extend(["--vcpu-sig", "0x800f12"]);
-    let v: serde_json::Value = serde_json::from_slice(&veil(&json).stdout).expect("JSON");
+    let o = gce(&["--json", "--vcpu-sig", "0x800f12"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["measurement"], GCE_4VCPU);
     assert_eq!(v["vcpu_sig"], "0x800f12");
 }
@@ -172,21 +122,10 @@ fn measure_snp_gce_needs_no_vcpu_type() {
 #[test]
 fn measure_snp_svsm() {
     let Some(dir) = vectors() else { return };
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        &path(&dir, "svsm_ovmf.fd"),
-        "--svsm",
-        &path(&dir, "svsm.bin"),
-        "--vars-size",
-        "540672",
-        "--vcpus",
-        "2",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--vmm",
-        "qemu",
+    let (ovmf, svsm) = (path(&dir, "svsm_ovmf.fd"), path(&dir, "svsm.bin"));
+    let o = measure(&[
+        &["--ovmf", &ovmf, "--svsm", &svsm, "--vars-size", "540672"],
+        &["--vcpus", "2", "--vcpu-type", "EPYC-v4", "--vmm", "qemu"],
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), SVSM_2VCPU);
@@ -195,30 +134,12 @@ fn measure_snp_svsm() {
 #[test]
 fn measure_snp_json_names_every_input_with_its_digest() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (
-        path(&dir, "ovmf_AmdSev_suffix.bin"),
-        path(&dir, "empty.bin"),
-    );
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        &ovmf,
-        "--kernel",
-        &empty,
-        "--initrd",
-        &empty,
-        "--append",
-        "console=ttyS0 loglevel=7",
-        "--vcpus",
-        "1",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "0x21",
-        "--json",
+    let (ovmf, empty) = ovmf_and_empty(&dir, "ovmf_AmdSev_suffix.bin");
+    let o = measure(&[
+        &boot(&ovmf, &empty),
+        &APPEND,
+        &qemu("1", "0x21"),
+        &["--json"],
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
@@ -244,28 +165,8 @@ fn measure_snp_json_names_every_input_with_its_digest() {
 #[test]
 fn measure_snp_refuses_a_kernel_on_firmware_without_kernel_hashes() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (
-        path(&dir, "ovmf_OvmfX64_suffix.bin"),
-        path(&dir, "empty.bin"),
-    );
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        &ovmf,
-        "--kernel",
-        &empty,
-        "--initrd",
-        &empty,
-        "--vcpus",
-        "1",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "0x21",
-    ]);
+    let (ovmf, empty) = ovmf_and_empty(&dir, "ovmf_OvmfX64_suffix.bin");
+    let o = measure(&[&boot(&ovmf, &empty), &qemu("1", "0x21")]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains(
@@ -281,19 +182,9 @@ fn measure_snp_refuses_a_kernel_on_firmware_without_kernel_hashes() {
 fn measure_snp_names_a_missing_file() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let missing = tmp.path().join("no-such-OVMF.fd");
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        missing.to_str().expect("utf8"),
-        "--vcpus",
-        "1",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "0x1",
+    let o = measure(&[
+        &["--ovmf", missing.to_str().expect("utf8")],
+        &qemu("1", "0x1"),
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--ovmf: cannot read"), "{}", text(&o));
@@ -306,24 +197,17 @@ fn measure_snp_qemu_needs_a_vcpu_type_and_knows_its_names() {
     let fw = tmp.path().join("fw.bin");
     std::fs::write(&fw, [0u8; 4096]).expect("write");
     let fw = fw.to_str().expect("utf8");
-    let base = [
-        "measure",
-        "snp",
-        "--ovmf",
-        fw,
-        "--vcpus",
-        "1",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "1",
-    ];
-    let o = veil(&base);
+    let run = |vcpus: &str, vmm: &str, more: &[&str]| {
+        measure(&[
+            &["--ovmf", fw, "--vcpus", vcpus, "--vmm", vmm],
+            &["--guest-features", "1"],
+            more,
+        ])
+    };
+    let o = run("1", "qemu", &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--vcpu-type"), "{}", text(&o));
-    let mut args = base.to_vec();
-    args.extend(["--vcpu-type", "Skylake"]);
-    let o = veil(&args);
+    let o = run("1", "qemu", &["--vcpu-type", "Skylake"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("unknown vCPU type \"Skylake\""),
@@ -331,31 +215,9 @@ fn measure_snp_qemu_needs_a_vcpu_type_and_knows_its_names() {
         text(&o)
     );
     // Usage errors are clap's: exit 2.
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        fw,
-        "--vcpus",
-        "0",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "1",
-    ]);
+    let o = run("0", "qemu", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        fw,
-        "--vcpus",
-        "1",
-        "--vmm",
-        "krun",
-        "--guest-features",
-        "1",
-    ]);
+    let o = run("1", "krun", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
@@ -368,28 +230,27 @@ const MODEL: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa998877665544332
 fn policy_snp_writes_a_policy_that_loads_with_the_fields_given() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("policy.toml");
-    let o = veil(&[
-        "policy",
-        "snp",
-        "--measurement",
-        M1,
-        "--measurement",
-        M2,
-        "--host-data",
-        HOST_DATA,
-        "--model",
-        MODEL,
-        "--min-tcb",
-        "bootloader=3,tee=0,snp=8,microcode=115",
-        "--min-tcb",
-        "turin:bootloader=1,fmc=2",
-        "--product",
-        "genoa",
-        "--product",
-        "turin",
-        "-o",
-        out.to_str().expect("utf8"),
-    ]);
+    let o = policy(
+        &out,
+        &[
+            "--measurement",
+            M1,
+            "--measurement",
+            M2,
+            "--host-data",
+            HOST_DATA,
+            "--model",
+            MODEL,
+            "--min-tcb",
+            "bootloader=3,tee=0,snp=8,microcode=115",
+            "--min-tcb",
+            "turin:bootloader=1,fmc=2",
+            "--product",
+            "genoa",
+            "--product",
+            "turin",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let toml = std::fs::read_to_string(&out).expect("written");
     Policy::from_toml(&toml).expect("Veil's loader accepts it");
@@ -439,14 +300,7 @@ fn policy_snp_writes_a_policy_that_loads_with_the_fields_given() {
     assert_eq!(p["vmpl"][0].as_integer(), Some(0));
 
     // Refuses to replace it without --force.
-    let o = veil(&[
-        "policy",
-        "snp",
-        "--measurement",
-        M1,
-        "-o",
-        out.to_str().expect("utf8"),
-    ]);
+    let o = policy(&out, &["--measurement", M1]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("--force"), "{}", text(&o));
 }
@@ -455,7 +309,6 @@ fn policy_snp_writes_a_policy_that_loads_with_the_fields_given() {
 fn policy_snp_refuses_bad_hex_by_flag_name() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("policy.toml");
-    let out = out.to_str().expect("utf8");
     for (args, flag) in [
         (
             vec!["--measurement", "abcd"],
@@ -480,55 +333,28 @@ fn policy_snp_refuses_bad_hex_by_flag_name() {
         ),
         (vec!["--measurement", M1, "--product", "mock"], "--product"),
     ] {
-        let mut all = vec!["policy", "snp", "-o", out];
-        all.extend(args.iter().copied());
-        let o = veil(&all);
+        let o = policy(&out, &args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(flag), "{args:?}: {}", text(&o));
-        assert!(!Path::new(out).exists(), "{args:?}: nothing written");
+        assert!(!out.exists(), "{args:?}: nothing written");
     }
     // No measurement at all is a usage error.
-    let o = veil(&["policy", "snp", "-o", out]);
+    let o = policy(&out, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 #[test]
 fn measure_then_policy_in_one_step() {
     let Some(dir) = vectors() else { return };
-    let (ovmf, empty) = (
-        path(&dir, "ovmf_AmdSev_suffix.bin"),
-        path(&dir, "empty.bin"),
-    );
-    let o = veil(&[
-        "measure",
-        "snp",
-        "--ovmf",
-        &ovmf,
-        "--kernel",
-        &empty,
-        "--vcpus",
-        "4",
-        "--vcpu-type",
-        "EPYC-v4",
-        "--vmm",
-        "qemu",
-        "--guest-features",
-        "0x1",
-    ]);
+    let (ovmf, empty) = ovmf_and_empty(&dir, "ovmf_AmdSev_suffix.bin");
+    let o = measure(&[&["--ovmf", &ovmf, "--kernel", &empty], &qemu("4", "0x1")]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let m = String::from_utf8_lossy(&o.stdout).trim().to_owned();
     // snp-amdsev-4vcpu-emptykernel-noappend-gf1
     assert!(m.starts_with("5061fffb019493a9"), "{m}");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("p.toml");
-    let o = veil(&[
-        "policy",
-        "snp",
-        "--measurement",
-        &m,
-        "-o",
-        out.to_str().expect("utf8"),
-    ]);
+    let o = policy(&out, &["--measurement", &m]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let p = Policy::from_toml(&std::fs::read_to_string(&out).expect("read")).expect("loads");
     let mut want = [0u8; 48];
@@ -547,14 +373,7 @@ fn policy_snp_appraises_real_snp_evidence_by_measurement() {
     let own = hex::encode(v.parsed().measurement());
     for (name, m, accepted) in [("own", own.as_str(), true), ("other", M1, false)] {
         let out = tmp.path().join(format!("{name}.toml"));
-        let o = veil(&[
-            "policy",
-            "snp",
-            "--measurement",
-            m,
-            "-o",
-            out.to_str().expect("utf8"),
-        ]);
+        let o = policy(&out, &["--measurement", m]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let p = Policy::from_toml(&std::fs::read_to_string(&out).expect("read")).expect("loads");
         let verdict =

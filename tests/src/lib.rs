@@ -1,11 +1,49 @@
 //! End-to-end tests of Veil; the tests live in `tests/tests/`. This library holds what
-//! they share: loading the real AMD SEV-SNP vectors ([`vectors`]), and running the real
-//! `veil` and `veil-server` binaries on loopback with the mock TEE ([`harness`]).
+//! they share: loading the real AMD SEV-SNP vectors ([`vectors`]), finding the measurement
+//! vectors ([`measure_vectors`]), and running the real `veil` and `veil-server` binaries on
+//! loopback with the mock TEE ([`harness`]).
 
 // Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
 #![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
+
 pub mod harness;
+
+/// A directory of `shared/vectors`: `$var`, by default `../shared/vectors/<default>` beside
+/// the checkout, when it holds a `manifest.json`. Otherwise `None`, saying SKIPPED, or with
+/// `VEIL_REQUIRE_VECTORS=1` (as in CI) a panic; `what` names the vectors in both messages.
+fn shared_vectors(var: &str, default: &str, what: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/vectors")
+            .join(default)
+    });
+    if dir.join("manifest.json").is_file() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
+        "VEIL_REQUIRE_VECTORS=1 but no {what} at {}",
+        dir.display()
+    );
+    eprintln!("SKIPPED: no {what} at {} (set {var})", dir.display());
+    None
+}
+
+pub mod measure_vectors {
+    //! The measurement vectors in `$VEIL_MEASURE_VECTORS` (default
+    //! `../shared/vectors/measure` beside the checkout): firmware images, kernels and the
+    //! `manifest.json` of expected launch measurements. Read by path, never copied.
+
+    use std::path::PathBuf;
+
+    /// The measurement vectors directory, or `None` (saying SKIPPED) when it is absent.
+    /// With `VEIL_REQUIRE_VECTORS=1` (as in CI) absence is a panic.
+    pub fn dir() -> Option<PathBuf> {
+        super::shared_vectors("VEIL_MEASURE_VECTORS", "measure", "measurement vectors")
+    }
+}
 
 pub mod vectors {
     //! The real, AMD-signed SEV-SNP vectors in `$VEIL_SNP_VECTORS` (default
@@ -85,24 +123,7 @@ pub mod vectors {
     /// The vectors directory, or `None` (with a message saying the tests skipped) when it
     /// is absent. With `VEIL_REQUIRE_VECTORS=1` (as in CI) absence is a panic.
     pub fn dir() -> Option<PathBuf> {
-        let dir = std::env::var_os("VEIL_SNP_VECTORS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/snp")
-            });
-        if dir.join("manifest.json").is_file() {
-            return Some(dir);
-        }
-        assert!(
-            std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
-            "VEIL_REQUIRE_VECTORS=1 but no SNP vectors at {}",
-            dir.display()
-        );
-        eprintln!(
-            "SKIPPED: no SNP vectors at {} (set VEIL_SNP_VECTORS)",
-            dir.display()
-        );
-        None
+        super::shared_vectors("VEIL_SNP_VECTORS", "snp", "SNP vectors")
     }
 
     fn read(dir: &Path, rel: &str) -> Vec<u8> {
