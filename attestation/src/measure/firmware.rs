@@ -17,52 +17,44 @@ use super::MeasureError;
 /// An EFI GUID in the byte order of its in-memory (`bytes_le`) encoding.
 pub(crate) type Guid = [u8; 16];
 
-/// `bytes_le` of a GUID given as its text fields (`a-b-c-dddd-dddddddddddd`).
-pub(crate) const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> Guid {
-    let a = a.to_le_bytes();
-    let b = b.to_le_bytes();
-    let c = c.to_le_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6],
-        d[7],
-    ]
+/// `bytes_le` of a GUID given in its text form (`a-b-c-d-e`): the fields `a`, `b` and `c`
+/// little-endian, `d` and `e` as written. Malformed text is a panic, so a build error where
+/// the GUID is a `const`.
+pub(crate) const fn guid(text: &str) -> Guid {
+    /// Where each byte of `bytes_le` stands in the text.
+    const AT: [usize; 16] = [6, 4, 2, 0, 11, 9, 16, 14, 19, 21, 24, 26, 28, 30, 32, 34];
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => panic!("a GUID's text holds hex digits"),
+        }
+    }
+    let t = text.as_bytes();
+    assert!(
+        t.len() == 36 && t[8] == b'-' && t[13] == b'-' && t[18] == b'-' && t[23] == b'-',
+        "a GUID's text is 8-4-4-4-12 hex digits"
+    );
+    let mut out = [0; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = nibble(t[AT[i]]) << 4 | nibble(t[AT[i] + 1]);
+        i += 1;
+    }
+    out
 }
 
-/// `96b582de-1fb2-45f7-baea-a366c55a082d`: the footer of the GUIDed table.
-const TABLE_FOOTER: Guid = guid(
-    0x96b5_82de,
-    0x1fb2,
-    0x45f7,
-    [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d],
-);
-/// `dc886566-984a-4798-a75e-5585a7bf67cc`: where the SEV metadata is.
-const SEV_METADATA: Guid = guid(
-    0xdc88_6566,
-    0x984a,
-    0x4798,
-    [0xa7, 0x5e, 0x55, 0x85, 0xa7, 0xbf, 0x67, 0xcc],
-);
-/// `7255371f-3a3b-4b04-927b-1da6efa8d454`: the GPA of the kernel-hashes table.
-const SEV_HASH_TABLE_RV: Guid = guid(
-    0x7255_371f,
-    0x3a3b,
-    0x4b04,
-    [0x92, 0x7b, 0x1d, 0xa6, 0xef, 0xa8, 0xd4, 0x54],
-);
-/// `00f771de-1a7e-4fcb-890e-68c77e2fb44e`: the AP reset vector (SEV-ES reset block).
-const SEV_ES_RESET_BLOCK: Guid = guid(
-    0x00f7_71de,
-    0x1a7e,
-    0x4fcb,
-    [0x89, 0x0e, 0x68, 0xc7, 0x7e, 0x2f, 0xb4, 0x4e],
-);
-/// `a789a612-0597-4c4b-a49f-cbb1fe9d1ddd`: Coconut-SVSM's entry point (offset in the image).
-const SVSM_INFO: Guid = guid(
-    0xa789_a612,
-    0x0597,
-    0x4c4b,
-    [0xa4, 0x9f, 0xcb, 0xb1, 0xfe, 0x9d, 0x1d, 0xdd],
-);
+/// The footer of the GUIDed table.
+const TABLE_FOOTER: Guid = guid("96b582de-1fb2-45f7-baea-a366c55a082d");
+/// Where the SEV metadata is.
+const SEV_METADATA: Guid = guid("dc886566-984a-4798-a75e-5585a7bf67cc");
+/// The GPA of the kernel-hashes table.
+const SEV_HASH_TABLE_RV: Guid = guid("7255371f-3a3b-4b04-927b-1da6efa8d454");
+/// The AP reset vector (SEV-ES reset block).
+const SEV_ES_RESET_BLOCK: Guid = guid("00f771de-1a7e-4fcb-890e-68c77e2fb44e");
+/// Coconut-SVSM's entry point (offset in the image).
+const SVSM_INFO: Guid = guid("a789a612-0597-4c4b-a49f-cbb1fe9d1ddd");
 
 /// Size of a table entry's trailer: `size u16le ‖ guid[16]`.
 const ENTRY_TRAILER: usize = 18;

@@ -109,10 +109,6 @@ pub(crate) fn reset_vmsa(
     a.seg(SS, 0, ss, 0xffff, 0);
     a.seg(DS, 0, 0x93, 0xffff, 0);
     a.seg(FS, 0, 0x93, 0xffff, 0);
-    a.seg(GS, 0, 0x93, 0xffff, 0);
-    a.seg(GDTR, 0, 0, 0xffff, 0);
-    a.seg(IDTR, 0, 0, 0xffff, 0);
-    a.seg(LDTR, 0, 0x82, 0xffff, 0);
     a.seg(TR, 0, tr, 0xffff, 0);
     common(&mut a);
     a.u64(CR0, 0x10);
@@ -137,10 +133,6 @@ pub(crate) fn svsm_vmsa(eip: u64, vcpu_sig: u32) -> Box<[u8; 4096]> {
     a.seg(SS, 16, 0xc93, 0xffff_ffff, 0);
     a.seg(DS, 16, 0xc93, 0xffff_ffff, 0);
     a.seg(FS, 16, 0xc93, 0xffff_ffff, 0);
-    a.seg(GS, 0, 0x93, 0xffff, 0);
-    a.seg(GDTR, 0, 0, 0xffff, 0);
-    a.seg(IDTR, 0, 0, 0xffff, 0);
-    a.seg(LDTR, 0, 0x82, 0xffff, 0);
     a.seg(TR, 0, 0x8b, 0xffff, 0);
     common(&mut a);
     a.u64(CR0, 0x11);
@@ -152,8 +144,13 @@ pub(crate) fn svsm_vmsa(eip: u64, vcpu_sig: u32) -> Box<[u8; 4096]> {
     a.0
 }
 
-/// Registers every variant sets alike.
+/// Registers every variant sets alike: GS and the descriptor tables stay at their reset
+/// values even under the SVSM's flat protected-mode segments.
 fn common(a: &mut SaveArea) {
+    a.seg(GS, 0, 0x93, 0xffff, 0);
+    a.seg(GDTR, 0, 0, 0xffff, 0);
+    a.seg(IDTR, 0, 0, 0xffff, 0);
+    a.seg(LDTR, 0, 0x82, 0xffff, 0);
     a.u64(EFER, 0x1000); // KVM sets EFER.SVME
     a.u64(CR4, 0x40); // CR4.MCE
     a.u64(DR7, 0x400);
