@@ -30,10 +30,10 @@ use veil_attestation::broker::{
 use veil_attestation::{KeyRelease, Nonce, Policy, Rejection};
 use veil_sealing::{KeyId, ModelKey};
 
+use crate::files::load_policy;
 use crate::http::{
     json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
 };
-use crate::files::load_policy;
 use crate::CmdResult;
 
 /// How long an issued nonce may be used.

@@ -21,12 +21,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use veil_attestation::Policy;
 
+use crate::files::load_policy;
 use crate::http::{
     json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
 };
 use crate::output::print_verdict;
 use crate::remote::{Connection, Target, Upstream, UpstreamError};
-use crate::files::load_policy;
 use crate::{CmdResult, Failure};
 
 /// Largest request body forwarded.

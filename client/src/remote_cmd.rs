@@ -13,11 +13,11 @@ use tokio::io::AsyncBufReadExt;
 use veil_attestation::KeyRelease;
 use veil_sealing::ModelKey;
 
+use crate::files::load_policy;
 use crate::output::{print_claims, print_verdict, verdict_json};
 use crate::remote::{
     attest, Connection, Rejected, Session, Target, Trusted, Upstream, UpstreamError, Verified,
 };
-use crate::files::load_policy;
 use crate::{CmdResult, Failure};
 
 /// Where and against what policy.

@@ -44,8 +44,8 @@ pub mod stream;
 pub use header::SealedHeader;
 pub use key::{KeyId, ModelKey};
 pub use stream::{
-    read_header, seal, unseal_file, unseal_into, unseal_reader, unseal_to, ChunkSink,
-    Plaintext, SealOptions, UnsealOptions,
+    read_header, seal, unseal_file, unseal_into, unseal_reader, unseal_to, ChunkSink, Plaintext,
+    SealOptions, UnsealOptions,
 };
 
 /// Why sealing or unsealing failed. Coarse on purpose: no oracle beyond these reasons,
