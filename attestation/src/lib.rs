@@ -56,6 +56,7 @@ pub mod policy;
 pub mod release;
 pub mod report;
 pub mod revocation;
+pub mod tsm;
 mod wire;
 
 pub use appraisal::{Appraisal, Claims, Expected, Offline, OfflineAppraisal, Rejection};
@@ -70,3 +71,4 @@ pub use policy::{Policy, PolicyError};
 pub use release::{KeyRelease, ReleaseError, WrappingKey};
 pub use report::{Product, Report, ReportError, SigningKey, Tcb};
 pub use revocation::{Crl, CrlError};
+pub use tsm::{ConfigFsTsm, TsmAttester, TsmError, TsmFs};
