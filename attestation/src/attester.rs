@@ -11,11 +11,9 @@ pub enum AttestError {
     /// The SEV-SNP guest device refused or is absent.
     #[error("SEV-SNP guest device: {0}")]
     Device(String),
-    /// The platform returned no VCEK/VLEK certificate with the report.
-    #[error(
-        "the platform returned no VCEK or VLEK certificate; configure the host's certificate table"
-    )]
-    NoCertificates,
+    /// configfs-tsm refused or returned something unusable.
+    #[error(transparent)]
+    Tsm(crate::tsm::TsmError),
 }
 
 /// Produces evidence.
@@ -84,29 +82,56 @@ impl Attester for MockAttester {
     }
 }
 
-/// The real SEV-SNP attester: an extended report from `/dev/sev-guest`, with the
-/// certificates the host supplies.
+/// The real SEV-SNP attester: configfs-tsm when the kernel offers it
+/// ([`crate::tsm::TSM_REPORT_ROOT`], Linux ≥ 6.7), else an extended report from
+/// `/dev/sev-guest`; with whatever certificates the host supplies, possibly none (the
+/// verifier completes the chain).
 #[cfg(feature = "sev")]
-#[derive(Debug, Default)]
 pub struct SnpAttester {
     vmpl: u32,
+    tsm: Box<dyn crate::tsm::TsmFs>,
+}
+
+#[cfg(feature = "sev")]
+impl std::fmt::Debug for SnpAttester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnpAttester")
+            .field("vmpl", &self.vmpl)
+            .field("tsm_present", &self.tsm.is_present())
+            .finish()
+    }
+}
+
+#[cfg(feature = "sev")]
+impl Default for SnpAttester {
+    fn default() -> Self {
+        Self::new(0)
+    }
 }
 
 #[cfg(feature = "sev")]
 impl SnpAttester {
-    /// An attester requesting reports at this VMPL (0 for a guest without an SVSM).
+    /// An attester requesting reports at this VMPL (0 for a guest without an SVSM), over
+    /// the kernel's configfs-tsm when present.
     pub fn new(vmpl: u32) -> Self {
-        SnpAttester { vmpl }
-    }
-}
-
-#[cfg(feature = "sev")]
-impl Attester for SnpAttester {
-    fn tee(&self) -> TeeKind {
-        TeeKind::Snp
+        Self::with_tsm(vmpl, Box::new(crate::tsm::ConfigFsTsm::system()))
     }
 
-    fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
+    /// The same, over this configfs-tsm (tests pass a fake).
+    pub fn with_tsm(vmpl: u32, tsm: Box<dyn crate::tsm::TsmFs>) -> Self {
+        SnpAttester { vmpl, tsm }
+    }
+
+    /// Which interface a report would use now: `"configfs-tsm"` or `"sev-guest ioctl"`.
+    pub fn interface(&self) -> &'static str {
+        if self.tsm.is_present() {
+            "configfs-tsm"
+        } else {
+            "sev-guest ioctl"
+        }
+    }
+
+    fn ioctl_report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
         use sev::firmware::guest::Firmware;
         use sev::firmware::host::CertType;
         let mut fw = Firmware::open().map_err(|e| AttestError::Device(e.to_string()))?;
@@ -120,10 +145,16 @@ impl Attester for SnpAttester {
                 .find(|c| c.cert_type == t)
                 .map(|c| c.data.clone())
         };
-        let vek = pick(CertType::VCEK)
-            .or_else(|| pick(CertType::VLEK))
-            .ok_or(AttestError::NoCertificates)?;
-        let mut certificates = vec![vek];
+        let vlek = crate::report::Report::from_bytes(&report)
+            .map(|r| r.signing_key() == crate::report::SigningKey::Vlek)
+            .unwrap_or(false);
+        let vek = if vlek {
+            pick(CertType::VLEK)
+        } else {
+            pick(CertType::VCEK)
+        };
+        // Possibly none: upstream KVM hosts give no certificates.
+        let mut certificates: Vec<Vec<u8>> = vek.into_iter().collect();
         certificates.extend(pick(CertType::ASK));
         certificates.extend(pick(CertType::ARK));
         Ok(Evidence {
@@ -132,5 +163,69 @@ impl Attester for SnpAttester {
             certificates,
             binding: None,
         })
+    }
+}
+
+#[cfg(feature = "sev")]
+impl Attester for SnpAttester {
+    fn tee(&self) -> TeeKind {
+        TeeKind::Snp
+    }
+
+    fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
+        if self.tsm.is_present() {
+            let tsm = crate::tsm::TsmAttester::new(&*self.tsm, self.vmpl)?;
+            match tsm.tsm_report(report_data) {
+                // configfs without a provider: the ioctl may still work (or say why not).
+                Err(crate::tsm::TsmError::NoProvider) => {}
+                other => return Ok(other?),
+            }
+        }
+        self.ioctl_report(report_data)
+    }
+}
+
+#[cfg(all(test, feature = "sev"))]
+mod tests {
+    use super::*;
+    use crate::tsm::fake::{FakeMode, FakeTsm};
+
+    fn fake(mode: FakeMode) -> FakeTsm {
+        let platform = MockPlatform::generate(std::time::SystemTime::now()).expect("platform");
+        FakeTsm::new(platform, MockLaunch::new(b"x", Default::default())).with_mode(mode)
+    }
+
+    #[test]
+    fn snp_attester_uses_configfs_tsm_when_present() {
+        let attester = SnpAttester::with_tsm(0, Box::new(fake(FakeMode::Normal)));
+        assert_eq!(attester.interface(), "configfs-tsm");
+        let evidence = attester.report([3; 64]).expect("evidence from the fake");
+        assert_eq!(evidence.tee, TeeKind::Snp);
+        assert_eq!(evidence.certificates.len(), 3);
+    }
+
+    #[test]
+    fn snp_attester_falls_back_to_the_ioctl_without_configfs_or_provider() {
+        let absent =
+            SnpAttester::with_tsm(0, Box::new(crate::tsm::ConfigFsTsm::new("/nonexistent")));
+        assert_eq!(absent.interface(), "sev-guest ioctl");
+        let no_provider = SnpAttester::with_tsm(0, Box::new(fake(FakeMode::NoProvider)));
+        // Without /dev/sev-guest (this machine), both end at the device.
+        if !std::path::Path::new("/dev/sev-guest").exists() {
+            for a in [absent, no_provider] {
+                assert!(matches!(a.report([0; 64]), Err(AttestError::Device(_))));
+            }
+        }
+    }
+
+    #[test]
+    fn snp_attester_does_not_fall_back_on_other_configfs_errors() {
+        let attester = SnpAttester::with_tsm(0, Box::new(fake(FakeMode::RacingWriter)));
+        assert!(matches!(
+            attester.report([0; 64]),
+            Err(AttestError::Tsm(
+                crate::tsm::TsmError::GenerationRaced { .. }
+            ))
+        ));
     }
 }
