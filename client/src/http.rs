@@ -4,9 +4,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -34,8 +35,14 @@ pub trait Handler: Send + Sync + 'static {
 /// connection, TCP_NODELAY (streamed tokens are small writes), and a
 /// [`HEADER_READ_TIMEOUT`] for each request's headers.
 ///
+/// It first raises the soft limit on open descriptors to the hard limit
+/// ([`raise_descriptor_limit`]). An error from `accept()` (most often "Too many open
+/// files") never ends the loop: it is logged at most once a second, with a count of the
+/// ones left out, and the loop sleeps a little (50 ms, growing to 800 ms while it lasts)
+/// before it accepts again.
+///
 /// # Errors
-/// If accepting fails fatally.
+/// None today; the `Result` is kept for the callers.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -44,11 +51,30 @@ pub async fn serve<H: Handler>(
 where
     <H::Body as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    eprintln!("veil: {}", raise_descriptor_limit());
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => accepted.context("accepting a connection")?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => return Ok(()),
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => {
+                backoff.succeeded();
+                a
+            }
+            Err(e) => {
+                let pause = backoff.failed(Instant::now(), |suppressed| {
+                    eprintln!(
+                        "veil: accepting a connection failed: {e} ({suppressed} more such errors not shown); retrying"
+                    );
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
         };
         let _ = tcp.set_nodelay(true);
         let handler = Arc::clone(&handler);
@@ -63,6 +89,81 @@ where
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
+    }
+}
+
+/// Raises the soft limit on open descriptors (`RLIMIT_NOFILE`) to the hard limit, so
+/// that a burst of connections meets the limit the administrator set, not the lower
+/// default; returns what it became, for the start-up log.
+pub fn raise_descriptor_limit() -> String {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    if before.current == before.maximum {
+        return format!(
+            "open-descriptor limit {} (already the hard limit)",
+            show(before.current)
+        );
+    }
+    let raised = Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => format!(
+            "open-descriptor limit raised from {} to the hard limit {}",
+            show(before.current),
+            show(before.maximum)
+        ),
+        Err(e) => format!(
+            "open-descriptor limit stays {} (raising it to {} failed: {e})",
+            show(before.current),
+            show(before.maximum)
+        ),
+    }
+}
+
+/// How an accept loop paces itself while `accept()` fails: the pause grows from
+/// [`AcceptBackoff::FIRST_PAUSE`] to [`AcceptBackoff::LONGEST_PAUSE`], and one line is
+/// logged per [`AcceptBackoff::LOG_EVERY`] at most, counting the errors left out.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    pause: Option<Duration>,
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptBackoff {
+    /// The pause after the first error of a run.
+    pub const FIRST_PAUSE: Duration = Duration::from_millis(50);
+    /// The longest pause, however long the errors last.
+    pub const LONGEST_PAUSE: Duration = Duration::from_millis(800);
+    /// At most one log line per this long.
+    pub const LOG_EVERY: Duration = Duration::from_secs(1);
+
+    /// Records an error at `now`: calls `log` with the number of errors not logged since
+    /// the last line if a line is due, and returns how long to pause.
+    pub fn failed(&mut self, now: Instant, log: impl FnOnce(u64)) -> Duration {
+        let due = self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= Self::LOG_EVERY);
+        if due {
+            log(self.suppressed);
+            self.last_logged = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        let pause = self
+            .pause
+            .map_or(Self::FIRST_PAUSE, |p| (p * 2).min(Self::LONGEST_PAUSE));
+        self.pause = Some(pause);
+        pause
+    }
+
+    /// Records an accepted connection: the next error starts from the first pause again.
+    pub fn succeeded(&mut self) {
+        self.pause = None;
     }
 }
 
@@ -159,6 +260,26 @@ pub fn reload_on_sighup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_errors_are_logged_once_a_second_and_the_pause_grows_to_a_bound() {
+        let mut b = AcceptBackoff::default();
+        let start = Instant::now();
+        let mut logged = Vec::new();
+        let mut pauses = Vec::new();
+        for i in 0..40u32 {
+            let now = start + Duration::from_millis(50) * i;
+            pauses.push(b.failed(now, |n| logged.push(n)));
+        }
+        // 2 s of errors every 50 ms: one line at 0 s and one at 1 s, the second counting
+        // the 19 in between.
+        assert_eq!(logged, [0, 19]);
+        assert_eq!(pauses[0], AcceptBackoff::FIRST_PAUSE);
+        assert!(pauses[1] > pauses[0]);
+        assert_eq!(pauses[39], AcceptBackoff::LONGEST_PAUSE);
+        b.succeeded();
+        assert_eq!(b.failed(start, |_| ()), AcceptBackoff::FIRST_PAUSE);
+    }
 
     #[tokio::test]
     async fn a_body_up_to_the_limit_is_read_whole() {

@@ -24,7 +24,22 @@ struct Broker {
 impl Broker {
     /// `veil broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
     fn start(policy: &Path, keys: &Path, log: &Path) -> Broker {
-        let mut command = Command::new(binary("veil"));
+        Broker::start_in(Command::new(binary("veil")), policy, keys, log)
+    }
+
+    /// The same, under a limit of `limit` open descriptors, soft and hard (so raising the
+    /// soft limit to the hard one gains nothing).
+    fn start_with_descriptor_limit(limit: u32, policy: &Path, keys: &Path, log: &Path) -> Broker {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(binary("veil"));
+        Broker::start_in(command, policy, keys, log)
+    }
+
+    /// `command broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
+    fn start_in(mut command: Command, policy: &Path, keys: &Path, log: &Path) -> Broker {
         command
             .arg("broker")
             .arg("--policy")
@@ -276,4 +291,53 @@ fn evidence_a_server_gave_a_user_does_not_buy_the_key() {
         "{body}"
     );
     assert!(!broker.log().contains("released"), "{}", broker.log());
+}
+
+#[test]
+fn a_broker_out_of_descriptors_keeps_serving_once_they_are_freed() {
+    // Under a 48-descriptor limit, 80 idle connections leave accept() failing with
+    // "Too many open files"; the broker must log that at a bounded rate, wait, and go on
+    // serving once the connections are closed, not exit.
+    let f = Fixture::new();
+    let broker = Broker::start_with_descriptor_limit(
+        48,
+        &f.good_policy(),
+        &keys_dir(&f, "owner", &f.key),
+        &f.path("broker.log"),
+    );
+    let addr = broker.url.trim_start_matches("http://").to_owned();
+    let idle: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(&addr).expect("the kernel completes the handshake"))
+        .collect();
+    // Long enough for the broker to run out and to retry a few times.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(idle);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let alive = TcpStream::connect(&addr).is_ok();
+        if alive {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker no longer accepts; log:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = broker.request("GET", "/health", "");
+    assert_eq!(status, 200, "{body}\n{}", broker.log());
+    let (status, challenge) = broker.request("POST", "/v1/challenge", "");
+    assert_eq!(status, 200, "{challenge}");
+    assert!(challenge["nonce"].is_string(), "{challenge}");
+
+    let log = broker.log();
+    assert!(log.contains("open-descriptor limit 48"), "{log}");
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("accepting a connection failed"))
+        .count();
+    // At most one line a second over the ~1.5 s it lasted (plus the first).
+    assert!((1..=3).contains(&errors), "{errors} lines:\n{log}");
 }
