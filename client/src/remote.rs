@@ -23,8 +23,9 @@
 //! # }
 //! ```
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
 use http_body_util::{BodyExt, Full};
@@ -39,13 +40,75 @@ use veil_attestation::{Appraisal, Evidence, Expected, Policy, Rejection, TeeKind
 
 use crate::pin::{cert_spki_sha256, client_config, PinMode};
 
-/// Where a server is: `https://HOST:PORT`.
+/// Where a server is: `https://HOST:PORT`, and how long each step of talking to it may
+/// take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// Host name or address.
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// The deadline of each step.
+    pub deadlines: Deadlines,
+}
+
+/// How long each step of a request may take before it fails, naming the step. No wait on
+/// a server is unbounded: a listener that never speaks, a TLS server that never answers
+/// and a body that trickles in all end in an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The TCP connection (default 10 s).
+    pub connect: Duration,
+    /// The TLS handshake (default 10 s).
+    pub handshake: Duration,
+    /// From sending a request to the response's status and headers (default 30 s).
+    pub response: Duration,
+    /// Reading a whole (non-streamed) response body (default 60 s).
+    pub body: Duration,
+    /// The longest gap between two chunks of a streamed completion (default 60 s); a
+    /// stream as a whole may last as long as it keeps sending.
+    pub idle: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            connect: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+            response: Duration::from_secs(30),
+            body: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Deadlines {
+    /// The same deadline for every step.
+    pub fn all(each: Duration) -> Self {
+        Deadlines {
+            connect: each,
+            handshake: each,
+            response: each,
+            body: each,
+            idle: each,
+        }
+    }
+}
+
+/// Runs `step`, or fails after `within` with "`what` within N s" (`what` names the step
+/// and what did not happen: "TLS handshake with HOST:PORT: no answer").
+///
+/// # Errors
+/// The step's own error, or the timeout.
+pub async fn within<T>(
+    within: Duration,
+    what: impl FnOnce() -> String,
+    step: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(within, step).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("{} within {} s", what(), within.as_secs_f64())),
+    }
 }
 
 impl Target {
@@ -73,7 +136,19 @@ impl Target {
                 .trim_end_matches(']')
                 .to_owned(),
             port,
+            deadlines: Deadlines::default(),
         })
+    }
+
+    /// `HOST:PORT`, for messages.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// The same target with other deadlines.
+    #[must_use]
+    pub fn with_deadlines(self, deadlines: Deadlines) -> Self {
+        Target { deadlines, ..self }
     }
 }
 
@@ -86,27 +161,43 @@ pub struct Session {
     pub spki_sha256: [u8; 32],
     /// This connection's RFC 9266 exporter.
     pub exporter: [u8; 32],
-    host: String,
+    /// Where it goes, and the deadlines of each step.
+    target: Arc<Target>,
 }
 
 impl Session {
     /// Connects with the given certificate policy.
     ///
     /// # Errors
-    /// If the connection or handshake fails (a pin mismatch is a handshake failure).
+    /// If the connection or handshake fails (a pin mismatch is a handshake failure), or
+    /// either takes longer than its deadline.
     async fn connect(target: &Target, mode: PinMode) -> anyhow::Result<Self> {
-        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .with_context(|| format!("cannot connect to {}:{}", target.host, target.port))?;
+        let authority = target.authority();
+        let deadlines = target.deadlines;
+        let tcp = within(
+            deadlines.connect,
+            || format!("connecting to {authority}: no answer"),
+            async {
+                tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                    .await
+                    .with_context(|| format!("cannot connect to {authority}"))
+            },
+        )
+        .await?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(target.host.clone())
             .map_err(|_| anyhow!("{:?} is not a valid server name", target.host))?;
-        let tls = tokio_rustls::TlsConnector::from(client_config(mode))
-            .connect(name, tcp)
-            .await
-            .with_context(|| {
-                format!("TLS handshake with {}:{} failed", target.host, target.port)
-            })?;
+        let tls = within(
+            deadlines.handshake,
+            || format!("TLS handshake with {authority}: no answer"),
+            async {
+                tokio_rustls::TlsConnector::from(client_config(mode))
+                    .connect(name, tcp)
+                    .await
+                    .with_context(|| format!("TLS handshake with {authority} failed"))
+            },
+        )
+        .await?;
         let (_, conn) = tls.get_ref();
         let cert = conn
             .peer_certificates()
@@ -127,11 +218,38 @@ impl Session {
             sender,
             spki_sha256,
             exporter,
-            host: target.host.clone(),
+            target: Arc::new(target.clone()),
         })
     }
 
-    /// Sends a request on this connection.
+    /// The deadlines of this connection's target.
+    pub fn deadlines(&self) -> Deadlines {
+        self.target.deadlines
+    }
+
+    /// Sends a request and waits for its status and headers for at most
+    /// [`Deadlines::response`].
+    ///
+    /// # Errors
+    /// If the connection fails or the server does not answer in time.
+    pub async fn send_within_deadline(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Response<Incoming>> {
+        let limit = self.target.deadlines.response;
+        let authority = self.target.authority();
+        within(
+            limit,
+            || format!("{method} {} to {authority}: no answer", without_query(path)),
+            self.send(method, path, body),
+        )
+        .await
+    }
+
+    /// Sends a request on this connection, with no deadline on the answer (the caller
+    /// bounds it; [`Session::send_within_deadline`] and [`Session::fetch`] do).
     ///
     /// # Errors
     /// If the connection fails.
@@ -145,7 +263,7 @@ impl Session {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", &self.host);
+            .header("host", &self.target.host);
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
@@ -163,25 +281,44 @@ impl Session {
         self.sender.is_closed()
     }
 
-    /// Sends a request and reads the whole body (at most 1 MiB).
+    /// Sends a request and reads the whole body (at most 1 MiB), each within its deadline
+    /// ([`Deadlines::response`] for the headers, [`Deadlines::body`] for the body).
     ///
     /// # Errors
-    /// If the connection fails or the body is too large.
+    /// If the connection fails, the body is too large, or a deadline passes.
     pub async fn fetch(
         &mut self,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
-        let resp = self.send(method, path, body).await?;
+        let resp = self.send_within_deadline(method, path, body).await?;
         let status = resp.status();
-        let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| anyhow!("reading the response: {e}"))?
-            .to_bytes();
+        let authority = self.target.authority();
+        let bytes = within(
+            self.target.deadlines.body,
+            || {
+                format!(
+                    "the body of the answer to {method} {} from {authority}: not complete",
+                    without_query(path)
+                )
+            },
+            async {
+                http_body_util::Limited::new(resp.into_body(), 1 << 20)
+                    .collect()
+                    .await
+                    .map_err(|e| anyhow!("reading the response: {e}"))
+            },
+        )
+        .await?
+        .to_bytes();
         Ok((status, bytes))
     }
+}
+
+/// `path` without its query (which may carry a nonce), for messages.
+fn without_query(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
 }
 
 /// Unverified connections, for tests and tools that must see what a server does before

@@ -16,7 +16,8 @@ use veil_sealing::ModelKey;
 use crate::files::load_policy;
 use crate::output::{print_claims, print_verdict, verdict_json};
 use crate::remote::{
-    attest, Connection, Rejected, Session, Target, Trusted, Upstream, UpstreamError, Verified,
+    attest, within, Connection, Deadlines, Rejected, Session, Target, Trusted, Upstream,
+    UpstreamError, Verified,
 };
 use crate::{CmdResult, Failure};
 
@@ -28,6 +29,25 @@ pub struct RemoteArgs {
     /// Appraisal policy (TOML).
     #[arg(long)]
     pub policy: PathBuf,
+    /// Seconds each step may take: connecting, the TLS handshake, the answer's headers,
+    /// a whole answer body, and the gap between two chunks of a streamed answer (default
+    /// 10, 10, 30, 60 and 60 s).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: Option<u64>,
+}
+
+impl RemoteArgs {
+    /// The server, with the deadlines asked for.
+    ///
+    /// # Errors
+    /// If the URL does not parse.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        let target = Target::parse(&self.url)?;
+        Ok(match self.timeout {
+            Some(s) => target.with_deadlines(Deadlines::all(Duration::from_secs(s))),
+            None => target,
+        })
+    }
 }
 
 /// `veil verify`
@@ -119,7 +139,7 @@ pub(crate) fn rejected(r: &Rejected) -> Failure {
 
 async fn verified(remote: &RemoteArgs, quiet: bool) -> Result<Verified, Failure> {
     let policy = load_policy(&remote.policy)?;
-    let target = Target::parse(&remote.url)?;
+    let target = remote.target()?;
     let verified = attest(&target, &policy).await?.map_err(|r| rejected(&r))?;
     if !quiet {
         print_verdict(Ok(verified.appraisal()), verified.appraisal().is_mock());
@@ -134,7 +154,7 @@ async fn verified(remote: &RemoteArgs, quiet: bool) -> Result<Verified, Failure>
 pub fn verify(args: VerifyArgs) -> CmdResult {
     runtime()?.block_on(async {
         let policy = load_policy(&args.remote.policy)?;
-        let target = Target::parse(&args.remote.url)?;
+        let target = args.remote.target()?;
         let outcome = attest(&target, &policy).await?;
         let (verdict, evidence, spki, mock) = match &outcome {
             Ok(v) => (
@@ -301,7 +321,7 @@ pub fn ask(args: AskArgs) -> CmdResult {
 pub fn chat(args: ChatArgs) -> CmdResult {
     runtime()?.block_on(async {
         let policy = load_policy(&args.remote.policy)?;
-        let upstream = Upstream::new(Target::parse(&args.remote.url)?, policy);
+        let upstream = Upstream::new(args.remote.target()?, policy);
         let mut session = connect_verified(&upstream).await?;
         eprintln!("verified; type a message (/reset forgets the conversation, /quit leaves)");
         let mut history: Vec<Value> = Vec::new();
@@ -372,9 +392,10 @@ pub async fn stream_chat(
     request: &Value,
     out: &mut dyn Write,
 ) -> anyhow::Result<String> {
+    let deadlines = session.session().deadlines();
     let resp = session
         .session()
-        .send(
+        .send_within_deadline(
             "POST",
             "/v1/chat/completions",
             Some(serde_json::to_vec(request)?),
@@ -382,11 +403,15 @@ pub async fn stream_chat(
         .await?;
     if !resp.status().is_success() {
         let status = resp.status();
-        let bytes = http_body_util::Limited::new(resp.into_body(), 1 << 16)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let bytes = tokio::time::timeout(
+            deadlines.body,
+            http_body_util::Limited::new(resp.into_body(), 1 << 16).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
         bail!(
             "the server answered {status}: {}",
             String::from_utf8_lossy(&bytes)
@@ -395,7 +420,15 @@ pub async fn stream_chat(
     let mut body = resp.into_body();
     let mut pending = Vec::new();
     let mut answer = String::new();
-    while let Some(frame) = body.frame().await {
+    // The stream may last as long as generation does, but never stalls for longer than
+    // the idle deadline.
+    while let Some(frame) = within(
+        deadlines.idle,
+        || "the streamed answer: no next chunk".to_owned(),
+        async { Ok(body.frame().await) },
+    )
+    .await?
+    {
         let frame = frame.map_err(|e| anyhow!("the stream broke: {e}"))?;
         let Some(data) = frame.data_ref() else {
             continue;
