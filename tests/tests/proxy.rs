@@ -30,7 +30,16 @@ fn start_proxy_with_stderr(
     upstream: &str,
     policy: &str,
 ) -> (Proxy, SocketAddr, mpsc::Receiver<String>) {
-    let mut child = Command::new(binary("veil"))
+    start_proxy_in(Command::new(binary("veil")), upstream, policy)
+}
+
+/// [`start_proxy_with_stderr`] with `command` as the `veil` to run.
+fn start_proxy_in(
+    mut command: Command,
+    upstream: &str,
+    policy: &str,
+) -> (Proxy, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = command
         .args(["proxy", "--upstream", upstream, "--policy", policy])
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -287,4 +296,47 @@ fn the_official_openai_python_sdk_works_through_the_proxy() {
         v["streamed"], v["text"],
         "greedy: the stream and the completion agree: {v}"
     );
+}
+
+#[test]
+fn a_proxy_out_of_descriptors_keeps_serving_once_they_are_freed() {
+    // Under a 48-descriptor limit (soft and hard, so raising the soft one gains nothing),
+    // 80 idle connections leave accept() failing with "Too many open files"; the proxy
+    // must go on serving once they are closed, not exit.
+    let f = Fixture::new();
+    let server = f.start(&[]);
+    let policy = f.good_policy().display().to_string();
+    let o = veil(&[
+        "provision",
+        server.url(),
+        "--policy",
+        &policy,
+        "--key",
+        &f.key_arg(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let mut limited = Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
+        .arg(binary("veil"));
+    let (_proxy, addr, lines) = start_proxy_in(limited, server.url(), &policy);
+    wait_for_line(&lines, "open-descriptor limit 48");
+
+    let idle: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(addr).expect("the kernel completes the handshake"))
+        .collect();
+    wait_for_line(&lines, "accepting a connection failed");
+    drop(idle);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy no longer accepts"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http(addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
 }
