@@ -10,6 +10,7 @@ pub mod broker;
 pub mod demo;
 pub mod files;
 pub mod http;
+pub mod kds;
 pub mod measure_cmd;
 pub mod mock_cmd;
 pub mod output;

@@ -7,7 +7,11 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use veil_attestation::{Certificate, Crl, Evidence, Offline, Policy, Product, Report, TeeKind};
 
+use veil_attestation::kds;
+use veil_attestation::VcekRequest;
+
 use crate::files::{load_policy, read_small};
+use crate::kds::{KdsArgs, Retry};
 use crate::output::{print_verdict, verdict_json};
 use crate::{CmdResult, Failure};
 
@@ -25,8 +29,9 @@ pub enum ReportCommand {
         #[arg(long)]
         product: Option<String>,
     },
-    /// Verify a report offline: certificate chain, signature, and policy.
-    Verify(VerifyArgs),
+    /// Verify a report: certificate chain (a VCEK missing from --certs and the evidence
+    /// comes from the KDS cache or AMD's KDS), signature, and policy.
+    Verify(Box<VerifyArgs>),
 }
 
 /// `veil report verify`
@@ -58,6 +63,13 @@ pub struct VerifyArgs {
     /// Print a machine-readable verdict.
     #[arg(long)]
     pub json: bool,
+    /// The product of a v2 report, whose CPUID bytes are absent (Milan or Genoa), for
+    /// fetching its VCEK.
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Where a VCEK missing from the certs directory and the evidence comes from.
+    #[command(flatten)]
+    pub kds: KdsArgs,
 }
 
 /// Runs a `veil report` command.
@@ -71,7 +83,7 @@ pub fn run(cmd: ReportCommand) -> CmdResult {
             json,
             product,
         } => show(&file, json, product.as_deref()),
-        ReportCommand::Verify(args) => verify(args),
+        ReportCommand::Verify(args) => verify(*args),
     }
 }
 
@@ -140,27 +152,54 @@ fn cert_file(dir: &Path, names: &[&str]) -> anyhow::Result<Option<Vec<Certificat
     Ok(None)
 }
 
-fn certificates_from_dir(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let vek =
-        cert_file(dir, &["vcek.pem", "vcek.der", "vlek.pem", "vlek.der"])?.ok_or_else(|| {
-            anyhow!(
-                "{} has no vcek.pem, vcek.der, vlek.pem or vlek.der",
-                dir.display()
-            )
-        })?;
-    let mut certs: Vec<Vec<u8>> = vec![vek[0].as_der().to_vec()];
+/// A certs directory's VEK (DER) if it has one, and its other certificates (DER).
+type DirCerts = (Option<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The certificates of `dir`: its VEK if it has one (`None` otherwise), then its
+/// ASK/ASVK and ARK.
+fn certificates_from_dir(dir: &Path) -> anyhow::Result<DirCerts> {
+    let vek = cert_file(dir, &["vcek.pem", "vcek.der", "vlek.pem", "vlek.der"])?
+        .map(|v| v[0].as_der().to_vec());
+    let mut others: Vec<Vec<u8>> = Vec::new();
     for names in [
         &["ask.pem", "ask.der"][..],
         &["asvk.pem", "asvk.der"],
         &["ark.pem", "ark.der"],
     ] {
         for c in cert_file(dir, names)?.unwrap_or_default() {
-            if !certs.iter().any(|d| d == c.as_der()) {
-                certs.push(c.as_der().to_vec());
+            let der = c.as_der().to_vec();
+            if vek.as_ref() != Some(&der) && !others.contains(&der) {
+                others.push(der);
             }
         }
     }
-    Ok(certs)
+    Ok((vek, others))
+}
+
+/// The VCEK of `report`, from the KDS cache or KDS itself.
+fn fetch_vcek(report: &Report, args: &VerifyArgs) -> anyhow::Result<Vec<u8>> {
+    let named = match &args.product {
+        Some(name) => Some(
+            Product::from_name(name)
+                .filter(|p| *p != Product::Mock)
+                .ok_or_else(|| anyhow!("--product {name:?} is not Milan, Genoa or Turin"))?,
+        ),
+        None => None,
+    };
+    let product = match (kds::report_product(report), named) {
+        (Some(found), Some(named)) if found != named => {
+            bail!("--product {named} contradicts the report, which names {found}")
+        }
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => bail!(
+            "this v2 report does not say whether it is Milan or Genoa: pass --product, \
+             or a certs directory holding its VCEK"
+        ),
+    };
+    let request = VcekRequest::from_report(report, product)?;
+    let cert = crate::kds::vcek(&args.kds, &request, Retry::default())
+        .context("the VCEK is not in the certs directory or the evidence")?;
+    Ok(cert.as_der().to_vec())
 }
 
 /// Parses `--at`.
@@ -180,28 +219,34 @@ fn appraisal_time(at: Option<&str>) -> anyhow::Result<SystemTime> {
 
 fn verify(args: VerifyArgs) -> CmdResult {
     let (report, evidence) = load_report(&args.file)?;
-    let mut evidence = match (evidence, &args.certs) {
-        (Some(mut e), Some(dir)) => {
-            e.certificates = certificates_from_dir(dir)?;
-            e
-        }
-        (Some(e), None) => e,
-        (None, Some(dir)) => {
-            let certificates = certificates_from_dir(dir)?;
-            Evidence {
-                tee: TeeKind::Snp,
-                report: report.as_bytes().to_vec(),
-                certificates,
-                binding: None,
+    let mut evidence = evidence.unwrap_or_else(|| Evidence {
+        tee: TeeKind::Snp,
+        report: report.as_bytes().to_vec(),
+        certificates: Vec::new(),
+        binding: None,
+    });
+    // The certs directory's VEK replaces the evidence's; without one, the evidence's is
+    // kept, and without that, the VCEK is fetched (or read from the KDS cache).
+    let (dir_vek, dir_others) = match &args.certs {
+        Some(dir) => certificates_from_dir(dir)?,
+        None => (None, Vec::new()),
+    };
+    let vek = match (dir_vek, evidence.certificates.first()) {
+        (Some(v), _) => v,
+        (None, Some(v)) => v.clone(),
+        (None, None) if evidence.tee == TeeKind::Snp => fetch_vcek(&report, &args)?,
+        (None, None) => return Err(anyhow!("the evidence carries no certificates").into()),
+    };
+    if args.certs.is_some() {
+        evidence.certificates = vec![vek];
+        for c in dir_others {
+            if !evidence.certificates.contains(&c) {
+                evidence.certificates.push(c);
             }
         }
-        (None, None) => {
-            return Err(anyhow!(
-                "--certs DIR is required for a raw report (it holds vcek.pem or vlek.pem)"
-            )
-            .into())
-        }
-    };
+    } else if evidence.certificates.is_empty() {
+        evidence.certificates = vec![vek];
+    }
     // The mock platform's VCEK is issued by SEV-Mock: appraise it as MOCK evidence, which
     // only passes if the policy (or --mock-root) names the mock root.
     let first = evidence
