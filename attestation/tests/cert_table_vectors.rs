@@ -25,23 +25,10 @@ struct Manifest {
     sets: Vec<Set>,
 }
 
+/// The real vectors' directory (the one lookup, in veil-tests: SKIPPED when absent,
+/// a failure when `VEIL_REQUIRE_VECTORS=1`).
 fn dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("VEIL_SNP_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/snp"));
-    if dir.join("manifest.json").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
-        "VEIL_REQUIRE_VECTORS=1 but no SNP vectors at {}",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: no SNP vectors at {} (set VEIL_SNP_VECTORS)",
-        dir.display()
-    );
-    None
+    veil_tests::vectors::dir()
 }
 
 fn certs(dir: &Path, rel: &str) -> Vec<Certificate> {

@@ -3,7 +3,7 @@
 //! the path names; the VLEK set is refused with the reason. Without the vectors the test
 //! prints SKIPPED, unless `VEIL_REQUIRE_VECTORS=1` (as in CI), where it fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use veil_attestation::kds::{self, KdsError, VcekRequest};
@@ -22,23 +22,10 @@ struct Manifest {
     sets: Vec<Set>,
 }
 
+/// The real vectors' directory (the one lookup, in veil-tests: SKIPPED when absent,
+/// a failure when `VEIL_REQUIRE_VECTORS=1`).
 fn dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("VEIL_SNP_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/snp"));
-    if dir.join("manifest.json").is_file() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
-        "VEIL_REQUIRE_VECTORS=1 but no SNP vectors at {}",
-        dir.display()
-    );
-    eprintln!(
-        "SKIPPED: no SNP vectors at {} (set VEIL_SNP_VECTORS)",
-        dir.display()
-    );
-    None
+    veil_tests::vectors::dir()
 }
 
 #[test]

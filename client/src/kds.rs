@@ -355,21 +355,9 @@ mod tests {
     }
 
     fn vectors() -> Option<PathBuf> {
-        let dir = std::env::var_os("VEIL_SNP_VECTORS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/snp")
-            });
-        if dir.join("manifest.json").is_file() {
-            return Some(dir);
-        }
-        assert!(
-            std::env::var("VEIL_REQUIRE_VECTORS").as_deref() != Ok("1"),
-            "VEIL_REQUIRE_VECTORS=1 but no SNP vectors at {}",
-            dir.display()
-        );
-        eprintln!("SKIPPED: no SNP vectors at {}", dir.display());
-        None
+        // The one lookup of the real vectors (SKIPPED when absent, a failure when
+        // VEIL_REQUIRE_VECTORS=1); only a path crosses between the two crates.
+        veil_tests::vectors::dir()
     }
 
     /// Every VCEK-signed report of the vectors: its request and the VCEK it ships.
