@@ -109,24 +109,6 @@ impl<T: TsmFs + ?Sized> TsmFs for &T {
     }
 }
 
-impl<T: TsmFs + ?Sized> TsmFs for Box<T> {
-    fn is_present(&self) -> bool {
-        (**self).is_present()
-    }
-    fn create_dir(&self, name: &str) -> io::Result<()> {
-        (**self).create_dir(name)
-    }
-    fn remove_dir(&self, name: &str) -> io::Result<()> {
-        (**self).remove_dir(name)
-    }
-    fn write(&self, name: &str, attr: &str, data: &[u8]) -> io::Result<()> {
-        (**self).write(name, attr, data)
-    }
-    fn read(&self, name: &str, attr: &str) -> io::Result<Vec<u8>> {
-        (**self).read(name, attr)
-    }
-}
-
 /// The real configfs-tsm: `std::fs` under a report directory.
 #[derive(Debug, Clone)]
 pub struct ConfigFsTsm {

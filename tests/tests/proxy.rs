@@ -19,6 +19,22 @@ impl Drop for Proxy {
     }
 }
 
+/// A server of `f`, provisioned by the owner under the good policy; and that policy's path.
+fn provisioned(f: &Fixture) -> (harness::Server, String) {
+    let server = f.start(&[]);
+    let policy = f.good_policy().display().to_string();
+    let o = veil(&[
+        "provision",
+        server.url(),
+        "--policy",
+        &policy,
+        "--key",
+        &f.key_arg(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    (server, policy)
+}
+
 /// Starts `veil proxy` on an ephemeral loopback port; returns it and its address.
 fn start_proxy(upstream: &str, policy: &str) -> (Proxy, SocketAddr) {
     let (proxy, addr, _) = start_proxy_with_stderr(upstream, policy);
@@ -265,17 +281,7 @@ fn the_official_openai_python_sdk_works_through_the_proxy() {
         return;
     }
     let f = Fixture::new();
-    let server = f.start(&[]);
-    let policy = f.good_policy().display().to_string();
-    let o = veil(&[
-        "provision",
-        server.url(),
-        "--policy",
-        &policy,
-        "--key",
-        &f.key_arg(),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (server, policy) = provisioned(&f);
     let (_proxy, addr) = start_proxy(server.url(), &policy);
 
     let o = harness::run(
@@ -304,17 +310,7 @@ fn a_proxy_out_of_descriptors_keeps_serving_once_they_are_freed() {
     // 80 idle connections leave accept() failing with "Too many open files"; the proxy
     // must go on serving once they are closed, not exit.
     let f = Fixture::new();
-    let server = f.start(&[]);
-    let policy = f.good_policy().display().to_string();
-    let o = veil(&[
-        "provision",
-        server.url(),
-        "--policy",
-        &policy,
-        "--key",
-        &f.key_arg(),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (server, policy) = provisioned(&f);
     let mut limited = Command::new("sh");
     limited
         .arg("-c")
