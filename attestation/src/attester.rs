@@ -26,6 +26,12 @@ pub trait Attester: Send + Sync {
     /// The TEE kind this attester speaks for.
     fn tee(&self) -> TeeKind;
 
+    /// The interface that produces reports, for logs and `/ready` (`"mock platform"`,
+    /// `"configfs-tsm"`, `"sev-guest ioctl"`).
+    fn interface(&self) -> String {
+        self.tee().to_string()
+    }
+
     /// Evidence whose report carries exactly `report_data`, with no stated binding (for
     /// raw uses such as `veil mock-platform attest`; servers use [`Attester::attest`]).
     ///
@@ -77,6 +83,10 @@ impl Attester for MockAttester {
         TeeKind::Mock
     }
 
+    fn interface(&self) -> String {
+        "mock platform".into()
+    }
+
     fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
         Ok(self.platform.attest(&self.launch, report_data))
     }
@@ -86,13 +96,14 @@ impl Attester for MockAttester {
 /// ([`crate::tsm::TSM_REPORT_ROOT`], Linux ≥ 6.7), else an extended report from
 /// `/dev/sev-guest`; with whatever certificates the host supplies, possibly none (the
 /// verifier completes the chain).
-#[cfg(feature = "sev")]
+///
+/// configfs-tsm needs no extra crate and is always built; the ioctl needs the `sev`
+/// feature, and a build without it says so when configfs-tsm is absent.
 pub struct SnpAttester {
     vmpl: u32,
     tsm: Box<dyn crate::tsm::TsmFs>,
 }
 
-#[cfg(feature = "sev")]
 impl std::fmt::Debug for SnpAttester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnpAttester")
@@ -102,14 +113,12 @@ impl std::fmt::Debug for SnpAttester {
     }
 }
 
-#[cfg(feature = "sev")]
 impl Default for SnpAttester {
     fn default() -> Self {
         Self::new(0)
     }
 }
 
-#[cfg(feature = "sev")]
 impl SnpAttester {
     /// An attester requesting reports at this VMPL (0 for a guest without an SVSM), over
     /// the kernel's configfs-tsm when present.
@@ -122,15 +131,28 @@ impl SnpAttester {
         SnpAttester { vmpl, tsm }
     }
 
-    /// Which interface a report would use now: `"configfs-tsm"` or `"sev-guest ioctl"`.
+    /// Which interface a report would use now: `"configfs-tsm"`, `"sev-guest ioctl"`, or
+    /// `"none"` (no configfs-tsm, and a build without the ioctl).
     pub fn interface(&self) -> &'static str {
         if self.tsm.is_present() {
             "configfs-tsm"
-        } else {
+        } else if cfg!(feature = "sev") {
             "sev-guest ioctl"
+        } else {
+            "none"
         }
     }
 
+    #[cfg(not(feature = "sev"))]
+    fn ioctl_report(&self, _report_data: [u8; 64]) -> Result<Evidence, AttestError> {
+        Err(AttestError::Device(format!(
+            "{} is absent or has no provider, and this build has no /dev/sev-guest ioctl \
+             (build with --features sev)",
+            crate::tsm::TSM_REPORT_ROOT
+        )))
+    }
+
+    #[cfg(feature = "sev")]
     fn ioctl_report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
         use sev::firmware::guest::Firmware;
         use sev::firmware::host::CertType;
@@ -166,10 +188,13 @@ impl SnpAttester {
     }
 }
 
-#[cfg(feature = "sev")]
 impl Attester for SnpAttester {
     fn tee(&self) -> TeeKind {
         TeeKind::Snp
+    }
+
+    fn interface(&self) -> String {
+        SnpAttester::interface(self).into()
     }
 
     fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
@@ -185,7 +210,7 @@ impl Attester for SnpAttester {
     }
 }
 
-#[cfg(all(test, feature = "sev"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::tsm::fake::{FakeMode, FakeTsm};
@@ -200,7 +225,8 @@ mod tests {
         let attester = SnpAttester::with_tsm(0, Box::new(fake(FakeMode::Normal)));
         assert_eq!(attester.interface(), "configfs-tsm");
         let evidence = attester.report([3; 64]).expect("evidence from the fake");
-        assert_eq!(evidence.tee, TeeKind::Snp);
+        // The fake's certificates are the mock platform's: labelled MOCK.
+        assert_eq!(evidence.tee, TeeKind::Mock);
         assert_eq!(evidence.certificates.len(), 3);
     }
 
@@ -208,7 +234,12 @@ mod tests {
     fn snp_attester_falls_back_to_the_ioctl_without_configfs_or_provider() {
         let absent =
             SnpAttester::with_tsm(0, Box::new(crate::tsm::ConfigFsTsm::new("/nonexistent")));
-        assert_eq!(absent.interface(), "sev-guest ioctl");
+        let expected = if cfg!(feature = "sev") {
+            "sev-guest ioctl"
+        } else {
+            "none"
+        };
+        assert_eq!(absent.interface(), expected);
         let no_provider = SnpAttester::with_tsm(0, Box::new(fake(FakeMode::NoProvider)));
         // Without /dev/sev-guest (this machine), both end at the device.
         if !std::path::Path::new("/dev/sev-guest").exists() {

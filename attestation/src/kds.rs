@@ -242,6 +242,12 @@ pub fn crl_cache_key(product: Product) -> String {
     format!("crl/{}/crl.der", product.name())
 }
 
+/// The cache key of `product`'s ASK and ARK as KDS serves them:
+/// `cert_chain/{product}/cert_chain.pem`.
+pub fn cert_chain_cache_key(product: Product) -> String {
+    format!("cert_chain/{}/cert_chain.pem", product.name())
+}
+
 /// Where cached collateral lives: keys are `/`-separated relative paths
 /// ([`VcekRequest::cache_key`], [`crl_cache_key`]). The client implements it over a
 /// directory; tests over a map.

@@ -95,6 +95,8 @@ pub const MOCK_TCB: Tcb = Tcb {
     microcode: 1,
 };
 /// The firmware version the mock platform reports.
+/// The common name of the mock platform's intermediate, the issuer of its VCEKs.
+pub const MOCK_ASK_CN: &str = "SEV-Mock";
 const MOCK_FIRMWARE: [u8; 3] = [1, 55, 0]; // major, minor, build
 /// The guest ABI the mock launch requires (policy bits 15:0).
 const MOCK_ABI: u64 = (1 << 8) | 51;
@@ -240,7 +242,7 @@ impl MockPlatform {
         };
         let root = issue("ARK-Mock", "ARK-Mock", &root_key, &root_key, 1, ca()?, now)?;
         let intermediate = issue(
-            "SEV-Mock",
+            MOCK_ASK_CN,
             "ARK-Mock",
             &intermediate_key,
             &root_key,
@@ -250,7 +252,7 @@ impl MockPlatform {
         )?;
         let vcek = issue(
             "SEV-VCEK",
-            "SEV-Mock",
+            MOCK_ASK_CN,
             &vcek_key,
             &intermediate_key,
             0,

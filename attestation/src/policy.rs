@@ -364,6 +364,11 @@ impl Policy {
         self.min_tcb.push((product, minimum));
     }
 
+    /// The products accepted, if the policy names them (else any AMD product).
+    pub fn products(&self) -> Option<&[Product]> {
+        self.products.as_deref()
+    }
+
     /// The accepted measurements.
     pub fn measurements(&self) -> &[[u8; 48]] {
         &self.measurements

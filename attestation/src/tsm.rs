@@ -358,7 +358,7 @@ impl<F: TsmFs> TsmAttester<F> {
                 .evidence_certificates(report.signing_key() == SigningKey::Vlek)
         };
         Ok(Evidence {
-            tee: TeeKind::Snp,
+            tee: label(&certificates),
             report: outblob,
             certificates,
             binding: None,
@@ -391,6 +391,24 @@ impl<F: TsmFs> Attester for TsmAttester<F> {
 
     fn report(&self, report_data: [u8; 64]) -> Result<Evidence, AttestError> {
         Ok(self.tsm_report(report_data)?)
+    }
+}
+
+/// The TEE kind to state for evidence with these certificates: [`TeeKind::Mock`] when the
+/// VEK is issued by the mock platform's `SEV-Mock` (as the fake in [`fake`] makes them),
+/// else [`TeeKind::Snp`]. The label is a claim the verifier checks like any other: MOCK
+/// evidence is appraised under mock roots only, and a host that slips mock certificates
+/// into a real guest's table gets its evidence refused by every SNP policy.
+pub(crate) fn label(certificates: &[Vec<u8>]) -> TeeKind {
+    let mock = certificates
+        .first()
+        .and_then(|der| crate::chain::Certificate::from_der(der).ok())
+        .and_then(|vek| vek.issuer_cn())
+        .is_some_and(|cn| cn == crate::mock::MOCK_ASK_CN);
+    if mock {
+        TeeKind::Mock
+    } else {
+        TeeKind::Snp
     }
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use veil_client::kds::Collateral;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -303,11 +304,15 @@ fn main() {
     let fresh_server = || {
         let (srv, url) = start_server(&p("m.veil"), &p("platform"), &listen, threads);
         let took = rt.block_on(async {
-            let mut a = attest(&Target::parse(&url).expect("url"), &policy)
-                .await
-                .expect("attest")
-                .map_err(|_| "the server's evidence was rejected")
-                .expect("verified");
+            let mut a = attest(
+                &Target::parse(&url).expect("url"),
+                &policy,
+                &Collateral::none(),
+            )
+            .await
+            .expect("attest")
+            .map_err(|_| "the server's evidence was rejected")
+            .expect("verified");
             let key = ModelKey::read_key_file(&p("m.key")).expect("key");
             release_key(&mut a, key, Duration::from_secs(600))
                 .await
@@ -347,7 +352,11 @@ fn main() {
         assert!(o.status.success(), "veil verify failed");
         let t = Instant::now();
         let a = rt
-            .block_on(attest(&Target::parse(&url).expect("url"), &policy))
+            .block_on(attest(
+                &Target::parse(&url).expect("url"),
+                &policy,
+                &Collateral::none(),
+            ))
             .expect("attest");
         verify_lib.push(t.elapsed().as_secs_f64());
         assert!(a.is_ok());
@@ -359,14 +368,17 @@ fn main() {
     // its speed by several per cent, for the whole life of the instance), one warm-up on
     // each side (the proxy verifies the new server then), and then the two back to back,
     // alternating which goes first. The ratio is taken per round.
-    let proxy = Arc::new(Proxy::new(&url, policy.clone()).expect("proxy"));
+    let proxy = Arc::new(Proxy::new(&url, policy.clone(), Collateral::none()).expect("proxy"));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     rt.spawn(serve(listener, Arc::clone(&proxy), std::future::pending()));
-    let upstream =
-        veil_client::remote::Upstream::new(Target::parse(&url).expect("url"), policy.clone());
+    let upstream = veil_client::remote::Upstream::new(
+        Target::parse(&url).expect("url"),
+        policy.clone(),
+        Collateral::none(),
+    );
     let (mut via_total, mut via_decode, mut local_total, mut local_decode) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut pair_total, mut pair_decode, mut pair_direct) = (Vec::new(), Vec::new(), Vec::new());

@@ -34,6 +34,7 @@ use crate::files::load_policy;
 use crate::http::{
     json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
 };
+use crate::kds::{Collateral, KdsArgs};
 use crate::CmdResult;
 
 /// How long an issued nonce may be used.
@@ -60,6 +61,9 @@ pub struct BrokerArgs {
     /// server's wrapping key.
     #[arg(long, default_value = "127.0.0.1:8444")]
     pub listen: String,
+    /// Where the VCEK of SNP evidence that carries none comes from.
+    #[command(flatten)]
+    pub kds: KdsArgs,
 }
 
 /// Why a key request was refused.
@@ -164,6 +168,7 @@ pub struct Broker {
     rng: SystemRandom,
     released: AtomicU64,
     refused: AtomicU64,
+    collateral: Collateral,
 }
 
 impl Broker {
@@ -176,7 +181,15 @@ impl Broker {
             rng: SystemRandom::new(),
             released: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            collateral: Collateral::none(),
         }
+    }
+
+    /// The same, completing SNP evidence that carries no VEK from `collateral` (without
+    /// this, such evidence is refused for want of a certificate).
+    #[must_use]
+    pub fn with_collateral(self, collateral: Collateral) -> Self {
+        Broker { collateral, ..self }
     }
 
     /// Replaces the policy: requests from now on are appraised against it.
@@ -264,7 +277,7 @@ impl Broker {
                     Ok(b) => b,
                     Err(e) => return error(BodyTooLarge::STATUS, BodyTooLarge::CODE, &e.to_string()),
                 };
-                let req: KeyRequest = match serde_json::from_slice(&body) {
+                let mut req: KeyRequest = match serde_json::from_slice(&body) {
                     Ok(r) => r,
                     Err(e) => {
                         return error(
@@ -274,6 +287,24 @@ impl Broker {
                         )
                     }
                 };
+                let products = {
+                    let policy = self.policy.read().unwrap_or_else(|p| p.into_inner());
+                    policy.products().map(<[_]>::to_vec)
+                };
+                if let Err(e) = self
+                    .collateral
+                    .complete(&mut req.evidence, products.as_deref())
+                    .await
+                {
+                    // The server's pull loop retries: KDS may be back by then.
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("veil broker: cannot complete the evidence's chain: {e:#}");
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "collateral_unavailable",
+                        &format!("the evidence carries no VEK and the broker cannot get it: {e:#}"),
+                    );
+                }
                 self.answer(&req, SystemTime::now())
             }
             (method, path) => error(
@@ -385,7 +416,7 @@ pub fn run(args: BrokerArgs) -> CmdResult {
     let policy = load_policy(&args.policy)?;
     let keys = load_keys(&args.keys)?;
     let ids: Vec<String> = keys.iter().map(|k| k.key_id().to_string()).collect();
-    let broker = Arc::new(Broker::new(policy, keys));
+    let broker = Arc::new(Broker::new(policy, keys).with_collateral(Collateral::new(&args.kds)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

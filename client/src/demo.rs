@@ -24,6 +24,7 @@ use veil_sealing::ModelKey;
 use crate::broker::Broker;
 use crate::files::write_new;
 use crate::http::serve;
+use crate::kds::Collateral;
 use crate::mock_cmd::init_platform;
 use crate::output::print_verdict;
 use crate::remote::{attest, Target};
@@ -187,7 +188,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
             "The owner verifies the server's evidence on a fresh TLS connection",
         );
         let target = Target::parse(&url)?;
-        let mut owner = match attest(&target, &policy).await? {
+        let mut owner = match attest(&target, &policy, &Collateral::none()).await? {
             Ok(v) => v,
             Err(r) => return Err(rejected(&r)),
         };
@@ -210,7 +211,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
         }
 
         step(6, "A user verifies the server the same way, then asks");
-        let user = match attest(&target, &policy).await? {
+        let user = match attest(&target, &policy, &Collateral::none()).await? {
             Ok(v) => v,
             Err(r) => return Err(rejected(&r)),
         };

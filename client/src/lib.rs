@@ -11,6 +11,7 @@ pub mod demo;
 pub mod files;
 pub mod http;
 pub mod kds;
+pub mod kds_cmd;
 pub mod measure_cmd;
 pub mod mock_cmd;
 pub mod output;

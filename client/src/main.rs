@@ -27,6 +27,9 @@ enum Command {
     /// The mock platform: a software stand-in for the AMD secure processor.
     #[command(subcommand, name = "mock-platform")]
     MockPlatform(mock_cmd::MockCommand),
+    /// AMD's key server: fill a collateral cache for offline verifiers.
+    #[command(subcommand)]
+    Kds(veil_client::kds_cmd::KdsCommand),
     /// Compute the expected launch measurement of a real TEE guest from its launch inputs.
     #[command(subcommand)]
     Measure(veil_client::measure_cmd::MeasureCommand),
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Report(cmd) => report_cmd::run(cmd),
         Command::MockPlatform(cmd) => mock_cmd::run(cmd),
+        Command::Kds(cmd) => veil_client::kds_cmd::run(cmd),
         Command::Measure(cmd) => veil_client::measure_cmd::run(cmd),
         Command::Policy(cmd) => veil_client::policy_cmd::run(cmd),
         Command::Verify(args) => remote_cmd::verify(args),

@@ -25,6 +25,7 @@ use crate::files::load_policy;
 use crate::http::{
     json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
 };
+use crate::kds::{Collateral, KdsArgs};
 use crate::output::print_verdict;
 use crate::remote::{Connection, Target, Upstream, UpstreamError};
 use crate::{CmdResult, Failure};
@@ -44,27 +45,122 @@ pub struct ProxyArgs {
     /// Appraisal policy (TOML).
     #[arg(long)]
     pub policy: PathBuf,
+    /// Web origins whose pages may call the proxy (`https://app.example`; repeatable). By
+    /// default a request with an `Origin` header is refused: the proxy serves its own
+    /// user's programs, not web pages, which could otherwise prompt the model and read the
+    /// answers.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+    /// Where the VCEK of SNP evidence that carries none comes from.
+    #[command(flatten)]
+    pub kds: KdsArgs,
 }
 
 /// The body of a proxied response: the upstream's stream, or a local answer.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// The proxy's state: one verified upstream.
+/// The proxy's state: one verified upstream, and who may call it.
 pub struct Proxy {
     upstream: Upstream,
     url: String,
+    /// The listening address, which `Host` may name besides `localhost`.
+    local: Option<std::net::IpAddr>,
+    allow_origins: Vec<String>,
 }
 
 impl Proxy {
-    /// A proxy to `url`, appraised against `policy`.
+    /// A proxy to `url`, appraised against `policy`, its evidence completed from
+    /// `collateral`.
     ///
     /// # Errors
     /// If the URL is not a Veil server URL.
-    pub fn new(url: &str, policy: Policy) -> anyhow::Result<Self> {
+    pub fn new(url: &str, policy: Policy, collateral: Collateral) -> anyhow::Result<Self> {
         Ok(Proxy {
-            upstream: Upstream::new(Target::parse(url)?, policy),
+            upstream: Upstream::new(Target::parse(url)?, policy, collateral),
             url: url.to_owned(),
+            local: None,
+            allow_origins: Vec::new(),
         })
+    }
+
+    /// The same, listening at `local` (which `Host` may name) and answering pages of
+    /// `origins` too.
+    #[must_use]
+    pub fn serving(self, local: SocketAddr, origins: &[String]) -> Self {
+        Proxy {
+            local: Some(local.ip()),
+            allow_origins: origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            ..self
+        }
+    }
+
+    /// Refuses what a web page, rather than the user's own program, would send: a `Host`
+    /// that is not this machine (DNS rebinding), an `Origin` not allowed, and a chat
+    /// request that is not `application/json` (a "simple" cross-site form or `text/plain`
+    /// POST, which browsers send without asking).
+    fn refuse(&self, parts: &hyper::http::request::Parts) -> Option<Response<ProxyBody>> {
+        let host = parts
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        if !self.is_local_host(host) {
+            return Some(local_error(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                &format!(
+                    "veil proxy answers requests for localhost or its own address, not Host {host:?} (a web page reaching it through DNS rebinding)"
+                ),
+            ));
+        }
+        if let Some(origin) = parts.headers.get(hyper::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default();
+            let wanted = origin.trim_end_matches('/').to_ascii_lowercase();
+            if !self.allow_origins.contains(&wanted) {
+                return Some(local_error(
+                    StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    &format!(
+                        "veil proxy does not answer web pages (Origin {origin:?}); allow one with --allow-origin"
+                    ),
+                ));
+            }
+        }
+        if parts.method == Method::POST {
+            let json = parts
+                .headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .and_then(|c| c.split(';').next())
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/json"));
+            if !json {
+                return Some(local_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "veil proxy takes chat requests as Content-Type: application/json",
+                ));
+            }
+        }
+        None
+    }
+
+    /// Whether `host` (a `Host` header: name or address, optional port) is this machine.
+    fn is_local_host(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            // [v6]:port
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        if name.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback() || Some(ip) == self.local,
+            Err(_) => false,
+        }
     }
 
     /// Verifies the upstream now (the proxy also does so lazily on the first request).
@@ -78,6 +174,9 @@ impl Proxy {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
+        if let Some(refused) = self.refuse(&parts) {
+            return refused;
+        }
         let path = parts.uri.path().to_owned();
         let forwarded = matches!(
             (&parts.method, path.as_str()),
@@ -188,13 +287,14 @@ pub async fn bind_loopback(listen: &str) -> anyhow::Result<TcpListener> {
 /// [`Failure::Rejected`] or [`Failure::Error`].
 pub fn run(args: ProxyArgs) -> CmdResult {
     let policy = load_policy(&args.policy)?;
-    let proxy = Arc::new(Proxy::new(&args.upstream, policy)?);
+    let proxy = Proxy::new(&args.upstream, policy, Collateral::new(&args.kds))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = bind_loopback(&args.listen).await?;
+        let proxy = Arc::new(proxy.serving(listener.local_addr()?, &args.allow_origins));
         let (reloaded, path) = (Arc::clone(&proxy), args.policy.clone());
         reload_on_sighup(format!("policy {}", path.display()), move || {
             let policy = load_policy(&path)?;

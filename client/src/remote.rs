@@ -38,6 +38,7 @@ use rustls::CertificateError;
 use veil_attestation::binding::{Nonce, Purpose, Transcript, EXPORTER_LABEL};
 use veil_attestation::{Appraisal, Evidence, Expected, Policy, Rejection, TeeKind};
 
+use crate::kds::Collateral;
 use crate::pin::{cert_spki_sha256, client_config, PinMode};
 
 /// Where a server is: `https://HOST:PORT`, and how long each step of talking to it may
@@ -421,13 +422,17 @@ pub struct Rejected {
     pub spki_sha256: [u8; 32],
 }
 
-/// Connects, attests on the same connection with a fresh 32-byte nonce, and appraises.
+/// Connects, attests on the same connection with a fresh 32-byte nonce, completes SNP
+/// evidence that carries no VEK from `collateral` (the cache, or AMD's KDS), and
+/// appraises.
 ///
 /// # Errors
-/// Network and protocol errors; a rejection is not an error but [`Rejected`].
+/// Network and protocol errors, and a VCEK that is needed but cannot be had; a rejection
+/// is not an error but [`Rejected`].
 pub async fn attest(
     target: &Target,
     policy: &Policy,
+    collateral: &Collateral,
 ) -> anyhow::Result<Result<Verified, Rejected>> {
     let mut session = Session::connect(target, PinMode::Capture).await?;
     let nonce = Nonce::random::<32>();
@@ -439,7 +444,10 @@ pub async fn attest(
             String::from_utf8_lossy(&body)
         );
     }
-    let evidence = Evidence::from_json(&body).context("the server's evidence")?;
+    let mut evidence = Evidence::from_json(&body).context("the server's evidence")?;
+    collateral
+        .complete(&mut evidence, policy.products())
+        .await?;
     // The server says which wrapping key and model it binds; everything else comes from
     // this client: its nonce, the certificate it saw, its own exporter, the purpose.
     let (wrap_pk, model_sha256) = evidence
@@ -554,15 +562,17 @@ impl Connection {
 /// if that verification passes. A rejected key is never used.
 pub struct Upstream {
     target: Target,
+    collateral: Collateral,
     /// The policy, and the key verified under exactly that policy.
     state: Mutex<(Arc<Policy>, Option<Pin>)>,
 }
 
 impl Upstream {
-    /// An upstream not yet verified.
-    pub fn new(target: Target, policy: Policy) -> Self {
+    /// An upstream not yet verified, whose evidence is completed from `collateral`.
+    pub fn new(target: Target, policy: Policy, collateral: Collateral) -> Self {
         Upstream {
             target,
+            collateral,
             state: Mutex::new((Arc::new(policy), None)),
         }
     }
@@ -602,7 +612,7 @@ impl Upstream {
             }
         }
         let policy = Arc::clone(&self.state().0);
-        match attest(&self.target, &policy)
+        match attest(&self.target, &policy, &self.collateral)
             .await
             .map_err(UpstreamError::Unreachable)?
         {

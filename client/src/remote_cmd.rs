@@ -14,6 +14,7 @@ use veil_attestation::KeyRelease;
 use veil_sealing::ModelKey;
 
 use crate::files::load_policy;
+use crate::kds::{Collateral, KdsArgs};
 use crate::output::{print_claims, print_verdict, verdict_json};
 use crate::remote::{
     attest, within, Connection, Deadlines, Rejected, Session, Target, Trusted, Upstream,
@@ -34,6 +35,9 @@ pub struct RemoteArgs {
     /// 10, 10, 30, 60 and 60 s).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: Option<u64>,
+    /// Where the VCEK of SNP evidence that carries none comes from.
+    #[command(flatten)]
+    pub kds: KdsArgs,
 }
 
 impl RemoteArgs {
@@ -47,6 +51,11 @@ impl RemoteArgs {
             Some(s) => target.with_deadlines(Deadlines::all(Duration::from_secs(s))),
             None => target,
         })
+    }
+
+    /// Where collateral the evidence lacks comes from.
+    pub fn collateral(&self) -> Collateral {
+        Collateral::new(&self.kds)
     }
 }
 
@@ -140,7 +149,9 @@ pub(crate) fn rejected(r: &Rejected) -> Failure {
 async fn verified(remote: &RemoteArgs, quiet: bool) -> Result<Verified, Failure> {
     let policy = load_policy(&remote.policy)?;
     let target = remote.target()?;
-    let verified = attest(&target, &policy).await?.map_err(|r| rejected(&r))?;
+    let verified = attest(&target, &policy, &remote.collateral())
+        .await?
+        .map_err(|r| rejected(&r))?;
     if !quiet {
         print_verdict(Ok(verified.appraisal()), verified.appraisal().is_mock());
     }
@@ -155,7 +166,7 @@ pub fn verify(args: VerifyArgs) -> CmdResult {
     runtime()?.block_on(async {
         let policy = load_policy(&args.remote.policy)?;
         let target = args.remote.target()?;
-        let outcome = attest(&target, &policy).await?;
+        let outcome = attest(&target, &policy, &args.remote.collateral()).await?;
         let (verdict, evidence, spki, mock) = match &outcome {
             Ok(v) => (
                 Ok(v.appraisal().claims()),
@@ -321,7 +332,7 @@ pub fn ask(args: AskArgs) -> CmdResult {
 pub fn chat(args: ChatArgs) -> CmdResult {
     runtime()?.block_on(async {
         let policy = load_policy(&args.remote.policy)?;
-        let upstream = Upstream::new(args.remote.target()?, policy);
+        let upstream = Upstream::new(args.remote.target()?, policy, args.remote.collateral());
         let mut session = connect_verified(&upstream).await?;
         eprintln!("verified; type a message (/reset forgets the conversation, /quit leaves)");
         let mut history: Vec<Value> = Vec::new();

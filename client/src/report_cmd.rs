@@ -87,7 +87,11 @@ pub fn run(cmd: ReportCommand) -> CmdResult {
     }
 }
 
-fn load_report(file: &Path) -> anyhow::Result<(Report, Option<Evidence>)> {
+/// The report of `file`: raw, hex, or inside an evidence JSON file (also returned).
+///
+/// # Errors
+/// If the file cannot be read or holds neither.
+pub(crate) fn load_report(file: &Path) -> anyhow::Result<(Report, Option<Evidence>)> {
     let bytes = read_small(file)?;
     if bytes.first() == Some(&b'{') {
         let evidence =

@@ -64,7 +64,8 @@ async fn health() -> impl IntoResponse {
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let s = state.state();
-    let mut body = json!({ "state": s.name() });
+    let (tee, interface) = state.attester_kind();
+    let mut body = json!({ "state": s.name(), "tee": tee, "interface": interface });
     match &s {
         Lifecycle::Failed(reason) => body["reason"] = json!(reason),
         Lifecycle::Unsealing => {

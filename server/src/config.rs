@@ -22,8 +22,14 @@ pub const DEFAULT_DRAIN_SECONDS: u64 = 30;
 pub enum Tee {
     /// The mock platform (software; for development and tests).
     Mock,
-    /// AMD SEV-SNP (needs the `sev` cargo feature and /dev/sev-guest).
+    /// AMD SEV-SNP: configfs-tsm (Linux 6.7 and later), else `/dev/sev-guest` (a build
+    /// with the `sev` cargo feature).
     Snp,
+    /// An Azure confidential VM: SEV-SNP behind Azure's paravisor, reports through the
+    /// vTPM (the HCL report and a TPM quote).
+    #[value(name = "az-snp-vtpm")]
+    #[serde(rename = "az-snp-vtpm")]
+    AzSnpVtpm,
 }
 
 /// `veil-server` options. Each may also come from `VEIL_*` environment variables or the
@@ -46,8 +52,9 @@ pub struct Config {
     /// The sealed model (`veil seal`).
     #[arg(long, env = "VEIL_MODEL")]
     pub model: Option<PathBuf>,
-    /// Which TEE attests: snp, or mock (software; development and tests only). Required:
-    /// there is no default.
+    /// Which TEE attests: snp (SEV-SNP through configfs-tsm or /dev/sev-guest),
+    /// az-snp-vtpm (an Azure confidential VM), or mock (software; development and tests
+    /// only). Required: there is no default.
     #[arg(long, value_enum, env = "VEIL_TEE")]
     pub tee: Option<Tee>,
     /// The mock platform directory (`veil mock-platform init`), for `--tee mock`.
@@ -124,8 +131,9 @@ impl Config {
     /// accident.
     pub fn tee(&self) -> anyhow::Result<Tee> {
         self.tee.context(
-            "--tee mock|snp is required (or VEIL_TEE, or `tee` in the --config file): \
-             `snp` on AMD SEV-SNP, `mock` for development and tests only",
+            "--tee mock|snp|az-snp-vtpm is required (or VEIL_TEE, or `tee` in the --config \
+             file): `snp` on AMD SEV-SNP, `az-snp-vtpm` on an Azure confidential VM, `mock` \
+             for development and tests only",
         )
     }
 

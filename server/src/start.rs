@@ -2,22 +2,27 @@
 //! identity, builds the locked state, and serves until SIGTERM or Ctrl-C.
 
 use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use veil_attestation::{Attester, MockAttester, MockLaunch, MockPlatform};
+use veil_attestation::attester::SnpAttester;
+use veil_attestation::{Attester, ConfigFsTsm, MockAttester, MockLaunch, MockPlatform, TsmFs};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, Tee};
 use crate::state::AppState;
 
-/// The attester for `tee`.
+/// The attester for `tee`. `tsm` is the configfs-tsm that `--tee snp` uses (the kernel's,
+/// [`ConfigFsTsm::system`], except in tests).
 fn attester(
     tee: Tee,
     config: &Config,
     listen: &str,
     model_sha256: &[u8; 32],
+    tsm: Box<dyn TsmFs>,
 ) -> anyhow::Result<Box<dyn Attester>> {
     match tee {
         Tee::Mock => {
@@ -31,20 +36,38 @@ fn attester(
             tracing::warn!(measurement = %hex::encode(launch.measurement()), "MOCK TEE: evidence is signed by a software platform, not by an AMD secure processor");
             Ok(Box::new(MockAttester::new(platform, launch)))
         }
-        Tee::Snp => snp_attester(),
+        Tee::Snp => snp_attester(tsm),
+        Tee::AzSnpVtpm => az_snp_vtpm_attester(),
     }
 }
 
-/// The SEV-SNP attester, on `/dev/sev-guest`.
-#[cfg(feature = "sev")]
-fn snp_attester() -> anyhow::Result<Box<dyn Attester>> {
-    Ok(Box::new(veil_attestation::attester::SnpAttester::new(0)))
+/// The SEV-SNP attester: configfs-tsm when the kernel has it, else `/dev/sev-guest` (a
+/// build with the `sev` feature). Fails at start when neither is there, naming both.
+fn snp_attester(tsm: Box<dyn TsmFs>) -> anyhow::Result<Box<dyn Attester>> {
+    let attester = SnpAttester::with_tsm(0, tsm);
+    match attester.interface() {
+        "configfs-tsm" => {}
+        "sev-guest ioctl" if Path::new("/dev/sev-guest").exists() => {}
+        "sev-guest ioctl" => anyhow::bail!(
+            "--tee snp: neither {} (configfs-tsm, Linux 6.7 and later) nor /dev/sev-guest is \
+             present: is this an SEV-SNP guest with the sev-guest driver loaded?",
+            veil_attestation::tsm::TSM_REPORT_ROOT
+        ),
+        _ => anyhow::bail!(
+            "--tee snp: {} (configfs-tsm, Linux 6.7 and later) is not present, and this build \
+             has no /dev/sev-guest ioctl (build with --features sev)",
+            veil_attestation::tsm::TSM_REPORT_ROOT
+        ),
+    }
+    Ok(Box::new(attester))
 }
 
-/// Without the `sev` feature there is no SEV-SNP attester.
-#[cfg(not(feature = "sev"))]
-fn snp_attester() -> anyhow::Result<Box<dyn Attester>> {
-    anyhow::bail!("--tee snp needs a build with the `sev` feature (cargo build -p veil-server --features sev)")
+/// The Azure vTPM attester is not in this build yet.
+fn az_snp_vtpm_attester() -> anyhow::Result<Box<dyn Attester>> {
+    anyhow::bail!(
+        "--tee az-snp-vtpm: this build cannot attest through Azure's vTPM yet (it can verify \
+         az-snp-vtpm evidence); run with --tee snp on a guest that has /dev/sev-guest"
+    )
 }
 
 /// The mock platform whose files are in `dir`.
@@ -59,6 +82,26 @@ fn load_platform(dir: &Path) -> anyhow::Result<MockPlatform> {
 /// If no TEE is chosen, the sealed model cannot be read, the TEE cannot be set up, or the
 /// address cannot be bound: at once, with a message naming what.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_with(
+        config,
+        Box::new(ConfigFsTsm::system()),
+        shutdown_signal(),
+        |_| {},
+    )
+    .await
+}
+
+/// [`run`], with the configfs-tsm that `--tee snp` uses given (a fake, in tests), until
+/// `shutdown` resolves; `listening` is told the bound address once the server accepts.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: Config,
+    tsm: Box<dyn TsmFs>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let config = config.merge_file()?;
     let tee = config.tee()?;
     let model = config
@@ -78,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let attester = attester(tee, &config, &listen, &header.model_sha256)?;
+    let attester = attester(tee, &config, &listen, &header.model_sha256, tsm)?;
     let tls = crate::tls::generate(vec![
         "localhost".into(),
         "veil-server".into(),
@@ -91,9 +134,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .build(),
     );
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, key_id = %state.header.key_id, model_sha256 = %hex::encode(state.header.model_sha256), "locked: waiting for the model key");
+    let (tee_name, interface) = state.attester_kind();
+    tracing::info!(%addr, tee = %tee_name, interface = %interface, key_id = %state.header.key_id, model_sha256 = %hex::encode(state.header.model_sha256), "locked: waiting for the model key");
     println!(
-        "veil-server listening on https://{addr} (state: locked, key id {}{})",
+        "veil-server listening on https://{addr} (state: locked, key id {}; attesting with {tee_name} through {interface}{})",
         state.header.key_id,
         broker
             .as_ref()
@@ -103,11 +147,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(broker) = broker {
         tokio::spawn(crate::pull::pull_until_unlocked(Arc::clone(&state), broker));
     }
+    listening(addr);
     crate::serve::serve(
         listener,
         tls.config,
         crate::api::app(state),
-        shutdown_signal(),
+        shutdown,
         config.drain(),
     )
     .await

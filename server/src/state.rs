@@ -253,6 +253,12 @@ impl AppState {
         *s = next;
     }
 
+    /// The TEE kind the attester speaks for and the interface it reports through
+    /// (`("snp", "configfs-tsm")`, `("MOCK", "mock platform")`), for `/ready` and the log.
+    pub fn attester_kind(&self) -> (String, String) {
+        (self.attester.tee().to_string(), self.attester.interface())
+    }
+
     /// Evidence for `transcript`: the attester's report over its report data, with the
     /// binding it states attached. Counted in `veil_attestations_total`.
     ///

@@ -46,7 +46,7 @@ fn start_proxy_with_stderr(
     upstream: &str,
     policy: &str,
 ) -> (Proxy, SocketAddr, mpsc::Receiver<String>) {
-    start_proxy_in(Command::new(binary("veil")), upstream, policy)
+    start_proxy_in(Command::new(binary("veil")), upstream, policy, &[])
 }
 
 /// [`start_proxy_with_stderr`] with `command` as the `veil` to run.
@@ -54,10 +54,12 @@ fn start_proxy_in(
     mut command: Command,
     upstream: &str,
     policy: &str,
+    extra: &[&str],
 ) -> (Proxy, SocketAddr, mpsc::Receiver<String>) {
     let mut child = command
         .args(["proxy", "--upstream", upstream, "--policy", policy])
         .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -114,13 +116,29 @@ fn sighup(proxy: &Proxy) {
 /// One plain HTTP/1.1 request, as an OpenAI client sends it; the status and the raw
 /// response.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(
+        addr,
+        method,
+        path,
+        "Host: localhost\r\nContent-Type: application/json\r\n",
+        body,
+    )
+}
+
+/// [`http`] with these header lines (each ending in CRLF) in place of the usual ones.
+fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the proxy");
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("send");
@@ -316,7 +334,7 @@ fn a_proxy_out_of_descriptors_keeps_serving_once_they_are_freed() {
         .arg("-c")
         .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
         .arg(binary("veil"));
-    let (_proxy, addr, lines) = start_proxy_in(limited, server.url(), &policy);
+    let (_proxy, addr, lines) = start_proxy_in(limited, server.url(), &policy, &[]);
     wait_for_line(&lines, "open-descriptor limit 48");
 
     let idle: Vec<TcpStream> = (0..80)
@@ -335,4 +353,59 @@ fn a_proxy_out_of_descriptors_keeps_serving_once_they_are_freed() {
     }
     let (status, body) = http(addr, "GET", "/v1/models", "");
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn the_proxy_refuses_web_pages_foreign_hosts_and_non_json_chat_requests() {
+    let f = Fixture::new();
+    let (server, policy) = provisioned(&f);
+    let (_proxy, addr, _) = start_proxy_in(
+        Command::new(binary("veil")),
+        server.url(),
+        &policy,
+        &["--allow-origin", "https://app.example"],
+    );
+    let chat = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}"#;
+    let json = "Content-Type: application/json\r\n";
+    let refused = |headers: &str, code: u16, name: &str| {
+        let (status, body) = http_with(addr, "POST", "/v1/chat/completions", headers, chat);
+        assert_eq!(status, code, "{headers:?}: {body}");
+        assert!(body.contains(name), "{headers:?}: {body}");
+        assert!(
+            !body.contains("\"choices\""),
+            "{headers:?} got a completion: {body}"
+        );
+    };
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1.
+    refused(
+        &format!("Host: evil.example:{}\r\n{json}", addr.port()),
+        403,
+        "host_not_allowed",
+    );
+    refused(json, 403, "host_not_allowed"); // no Host at all
+                                            // A cross-site page, even with the right Host.
+    refused(
+        &format!(
+            "Host: 127.0.0.1:{}\r\nOrigin: https://evil.example\r\n{json}",
+            addr.port()
+        ),
+        403,
+        "origin_not_allowed",
+    );
+    // A "simple" request a browser sends without a preflight.
+    refused(
+        "Host: localhost\r\nContent-Type: text/plain\r\n",
+        415,
+        "unsupported_media_type",
+    );
+    // The user's own programs, and the page the user allowed, are served.
+    for headers in [
+        format!("Host: 127.0.0.1:{}\r\n{json}", addr.port()),
+        format!("Host: localhost:{}\r\n{json}", addr.port()),
+        format!("Host: localhost\r\nOrigin: https://app.example\r\n{json}"),
+    ] {
+        let (status, body) = http_with(addr, "POST", "/v1/chat/completions", &headers, chat);
+        assert_eq!(status, 200, "{headers:?}: {body}");
+        assert!(body.contains("\"choices\""), "{headers:?}: {body}");
+    }
 }

@@ -10,10 +10,12 @@
 //! - `auxblob` is the certificate table holding the mock VCEK, ASK and ARK.
 //!
 //! [`FakeMode`] injects the failures a real kernel can show. The reports are signed by the
-//! mock platform's keys in the real SNP layout; the evidence still says [`TeeKind::Snp`]
-//! (the attester cannot know), so a test appraising it sets `tee` to `Mock`.
+//! mock platform's keys in the real SNP layout; the attester labels the evidence
+//! [`TeeKind::Mock`] because its VEK is issued by `SEV-Mock` (without certificates, it
+//! says [`TeeKind::Snp`]: it cannot know).
 //!
 //! [`TeeKind::Snp`]: crate::TeeKind::Snp
+//! [`TeeKind::Mock`]: crate::TeeKind::Mock
 
 use std::collections::BTreeMap;
 use std::io;

@@ -43,8 +43,9 @@ fn produces_evidence_that_appraises_under_the_mock_root() {
         model_sha256: [4; 32],
     };
     let attester = TsmAttester::new(&fake, 0).expect("vmpl 0");
-    let mut evidence = attester.attest(&transcript).expect("evidence");
-    assert_eq!(evidence.tee, TeeKind::Snp);
+    let evidence = attester.attest(&transcript).expect("evidence");
+    // Its VEK is issued by SEV-Mock: labelled MOCK, appraised under the mock root.
+    assert_eq!(evidence.tee, TeeKind::Mock);
     assert_eq!(evidence.certificates.len(), 3);
     assert_eq!(evidence.certificates[0], fake.platform().vcek().as_der());
     assert_eq!(
@@ -55,8 +56,6 @@ fn produces_evidence_that_appraises_under_the_mock_root() {
     assert!(fake.live_entries().is_empty());
     assert_eq!(fake.reports_made(), 1);
 
-    // Signed by the mock chain: appraised as mock evidence.
-    evidence.tee = TeeKind::Mock;
     let policy = Policy::mock(fake.platform().root(), &[launch().measurement()]);
     let now = SystemTime::now();
     policy
@@ -115,6 +114,9 @@ fn names_each_entry_uniquely() {
 fn returns_evidence_without_certificates_when_the_host_gives_none() {
     let evidence = run(&fake(FakeMode::NoCertificates)).expect("no certificates is normal");
     assert!(evidence.certificates.is_empty());
+    // Nothing says it is mock: labelled SNP, so only an AMD chain the verifier finds can
+    // pass it.
+    assert_eq!(evidence.tee, TeeKind::Snp);
     assert_eq!(
         evidence.parsed_report().expect("report").report_data(),
         [0x5a; 64]
