@@ -61,6 +61,8 @@ fn load_platform(dir: &Path) -> anyhow::Result<MockPlatform> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = config.merge_file()?;
     let tee = config.tee()?;
+    // Before anything secret exists in this process: no core dumps, no ptrace by peers.
+    let hardening = crate::harden::harden_process();
     let model = config
         .model
         .clone()
@@ -74,6 +76,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .as_deref()
         .map(crate::pull::BrokerUrl::parse)
         .transpose()?;
+    let limits = config.limits()?;
+    let body_timeout = config.body_timeout()?;
     let listen = config.listen();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -88,8 +92,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         AppState::builder(attester, tls.spki_sha256, header, model)
             .engine_config(config.engine_config())
             .max_body(config.max_body())
+            .body_timeout(body_timeout)
             .build(),
     );
+    hardening.record(&state.metrics());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, key_id = %state.header.key_id, model_sha256 = %hex::encode(state.header.model_sha256), "locked: waiting for the model key");
     println!(
@@ -103,12 +109,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(broker) = broker {
         tokio::spawn(crate::pull::pull_until_unlocked(Arc::clone(&state), broker));
     }
+    let metrics = state.metrics();
     crate::serve::serve(
         listener,
         tls.config,
         crate::api::app(state),
+        limits,
+        metrics,
         shutdown_signal(),
-        config.drain(),
     )
     .await
 }
