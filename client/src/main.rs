@@ -17,6 +17,10 @@ use veil_client::{broker, demo, mock_cmd, proxy, remote_cmd, report_cmd, seal, F
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Read model key files even when their group or others have access to them
+    /// (refused by default; `chmod 600 FILE` is the fix).
+    #[arg(long, global = true)]
+    allow_insecure_key_file: bool,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +60,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.allow_insecure_key_file {
+        veil_sealing::key::danger::allow_insecure_key_files();
+    }
     let result = match cli.command {
         Command::Report(cmd) => report_cmd::run(cmd),
         Command::MockPlatform(cmd) => mock_cmd::run(cmd),

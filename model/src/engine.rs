@@ -139,6 +139,9 @@ impl Queue {
 pub struct LlamaEngine {
     shared: Arc<Shared>,
     queue: Arc<Queue>,
+    /// The in-memory model file, kept open for the engine's life (llama.cpp maps it): its
+    /// seals stay checkable through `/proc/PID/fd`, and it costs no memory of its own.
+    _file: ModelFile,
 }
 
 impl Drop for LlamaEngine {
@@ -190,18 +193,18 @@ impl LlamaEngine {
     }
 
     /// Loads a GGUF model from an in-memory file that the caller filled (for example by
-    /// unsealing straight into it, without a second copy), and starts the worker thread.
-    /// The file is closed once llama.cpp has mapped it.
+    /// unsealing straight into it, without a second copy, then sealing it), and starts the
+    /// worker thread. The file stays open as long as the engine; its pages are locked in
+    /// memory if [`ModelFile::lock_in_memory`] asked for it and `RLIMIT_MEMLOCK` allows.
     ///
     /// # Errors
     /// As [`LlamaEngine::load`].
     pub fn load_file(file: ModelFile, config: EngineConfig) -> Result<Self, EngineError> {
         check_config(&config)?;
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, file.path(), &LlamaModelParams::default())
+        let params = LlamaModelParams::default().with_use_mlock(file.locks_in_memory());
+        let model = LlamaModel::load_from_file(backend, file.path(), &params)
             .map_err(|e| EngineError::Load(e.to_string()))?;
-        // llama.cpp keeps its own mapping of the memfd; our descriptor can go.
-        drop(file);
         let shared = Arc::new(Shared::new(model, &config)?);
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();
@@ -240,7 +243,11 @@ impl LlamaEngine {
         ready_rx
             .recv()
             .map_err(|_| EngineError::Load("the engine thread stopped while starting".into()))??;
-        Ok(LlamaEngine { shared, queue })
+        Ok(LlamaEngine {
+            shared,
+            queue,
+            _file: file,
+        })
     }
 
     /// The number of tokens `text` has in this model's vocabulary (no BOS, special-token

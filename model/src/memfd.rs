@@ -4,7 +4,9 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{
+    fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, SealFlags,
+};
 
 use crate::EngineError;
 
@@ -12,9 +14,15 @@ use crate::EngineError;
 /// system), filled at chosen offsets, e.g. by parallel unsealing workers, and then handed
 /// to [`LlamaEngine::load_file`](crate::LlamaEngine::load_file). Closed (and its pages
 /// freed) when dropped.
+///
+/// Once filled it can be sealed ([`ModelFile::seal`]): from then on nobody holding a
+/// descriptor for it (this process, or one that opened `/proc/PID/fd/N`) can write, grow
+/// or shrink it.
 pub struct ModelFile {
     fd: OwnedFd,
     len: u64,
+    /// Whether the engine should lock the loaded model in memory (`mlock`).
+    lock: bool,
 }
 
 impl std::fmt::Debug for ModelFile {
@@ -29,11 +37,53 @@ impl ModelFile {
     /// # Errors
     /// [`EngineError::Load`] if the memfd cannot be created or sized.
     pub fn new(len: u64) -> Result<Self, EngineError> {
-        let fd = memfd_create("veil-model", MemfdFlags::CLOEXEC)
-            .map_err(|e| EngineError::Load(format!("memfd_create: {e}")))?;
+        let fd = memfd_create(
+            "veil-model",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| EngineError::Load(format!("memfd_create: {e}")))?;
         ftruncate(&fd, len)
             .map_err(|e| EngineError::Load(format!("sizing the in-memory model: {e}")))?;
-        Ok(ModelFile { fd, len })
+        Ok(ModelFile {
+            fd,
+            len,
+            lock: false,
+        })
+    }
+
+    /// The seals [`ModelFile::seal`] adds: no write, no growth, no shrinking, and no
+    /// change to the seals.
+    pub const SEALS: SealFlags = SealFlags::WRITE
+        .union(SealFlags::GROW)
+        .union(SealFlags::SHRINK)
+        .union(SealFlags::SEAL);
+
+    /// Seals the filled file against writes, growth and shrinking (`F_SEAL_WRITE`,
+    /// `F_SEAL_GROW`, `F_SEAL_SHRINK`, then `F_SEAL_SEAL`); [`ModelFile::write_at`] fails
+    /// afterwards.
+    ///
+    /// # Errors
+    /// [`EngineError::Load`] if the kernel refuses (e.g. a writable mapping exists).
+    pub fn seal(&self) -> Result<(), EngineError> {
+        fcntl_add_seals(&self.fd, Self::SEALS)
+            .map_err(|e| EngineError::Load(format!("sealing the in-memory model: {e}")))
+    }
+
+    /// Whether every seal of [`ModelFile::SEALS`] is in place (`F_GET_SEALS`).
+    pub fn is_sealed(&self) -> bool {
+        fcntl_get_seals(&self.fd).is_ok_and(|s| s.contains(Self::SEALS))
+    }
+
+    /// Asks the engine to lock the model's pages in memory (`mlock`) once it maps them, so
+    /// that they are never swapped out. Where `RLIMIT_MEMLOCK` does not allow it, loading
+    /// goes on unlocked (the caller can read `VmLck` to see which).
+    pub fn lock_in_memory(&mut self, lock: bool) {
+        self.lock = lock;
+    }
+
+    /// Whether [`ModelFile::lock_in_memory`] was asked for.
+    pub fn locks_in_memory(&self) -> bool {
+        self.lock
     }
 
     /// An in-memory file holding a copy of `bytes`.
@@ -85,5 +135,27 @@ impl ModelFile {
     /// The path through which this process (only) can open it.
     pub(crate) fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_model_file_refuses_writes_and_reports_its_seals() {
+        let file = ModelFile::with_bytes(b"GGUF and weights").expect("memfd");
+        assert!(!file.is_sealed());
+        file.write_at(0, b"g").expect("writable before sealing");
+        file.seal().expect("sealed");
+        assert!(file.is_sealed());
+        let seals = fcntl_get_seals(&file.fd).expect("F_GET_SEALS");
+        assert!(seals.contains(SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK));
+        assert!(file.write_at(0, b"G").is_err(), "a write after sealing");
+        assert!(ftruncate(&file.fd, 1).is_err(), "shrinking after sealing");
+        assert!(
+            ftruncate(&file.fd, 1 << 20).is_err(),
+            "growing after sealing"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -128,6 +128,24 @@ impl ModelKey {
     }
 }
 
+pub mod danger {
+    //! Weakens [`ModelKey::read_key_file`](super::ModelKey::read_key_file): for the
+    //! `--allow-insecure-key-file` flag only.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static ALLOWED: AtomicBool = AtomicBool::new(false);
+
+    /// From now on, in this process, key files open to group or others are read anyway.
+    pub fn allow_insecure_key_files() {
+        ALLOWED.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn insecure_key_files_allowed() -> bool {
+        ALLOWED.load(Ordering::Relaxed)
+    }
+}
+
 /// Largest key file read (a key file is about 150 bytes).
 const MAX_KEY_FILE: u64 = 4096;
 
@@ -137,8 +155,21 @@ impl ModelKey {
     /// # Errors
     /// [`SealError::Io`] if it cannot be read; [`SealError::InvalidKeyFile`] if it is not
     /// a key file (the key never appears in the error).
+    ///
+    /// # Security
+    /// A key file whose group or others have any permission bit is refused
+    /// ([`SealError::InsecureKeyFile`], naming `chmod 600`) unless
+    /// [`danger::allow_insecure_key_files`] was called: someone else on the machine may
+    /// already have read it.
     pub fn read_key_file(path: &Path) -> Result<Self, SealError> {
         let file = File::open(path)?;
+        let mode = file.metadata()?.mode() & 0o7777;
+        if mode & 0o077 != 0 && !danger::insecure_key_files_allowed() {
+            return Err(SealError::InsecureKeyFile {
+                path: path.to_owned(),
+                mode,
+            });
+        }
         let mut text = Zeroizing::new(String::new());
         file.take(MAX_KEY_FILE + 1).read_to_string(&mut text)?;
         if text.len() as u64 > MAX_KEY_FILE {
@@ -228,6 +259,24 @@ mod tests {
             ModelKey::read_key_file(&path).expect("reads").key_id(),
             k.key_id()
         );
+
+        // Open to others: refused, naming the fix.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        match ModelKey::read_key_file(&path) {
+            Err(e @ SealError::InsecureKeyFile { mode: 0o644, .. }) => {
+                assert!(
+                    e.to_string()
+                        .contains(&format!("chmod 600 {}", path.display())),
+                    "{e}"
+                );
+            }
+            r => panic!("{r:?}"),
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        assert!(matches!(
+            ModelKey::read_key_file(&path),
+            Err(SealError::InsecureKeyFile { mode: 0o640, .. })
+        ));
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         other.write_key_file(&path, true).expect("forced");

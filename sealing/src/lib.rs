@@ -94,6 +94,15 @@ pub enum SealError {
     /// A key file is not valid (the field is named, the key never shown).
     #[error("invalid key file: {0}")]
     InvalidKeyFile(&'static str),
+    /// A key file that its group or others may read, write or run: refused unless
+    /// [`key::danger::allow_insecure_key_files`] was called.
+    #[error("{path} is open to group or others (mode {mode:04o}): run `chmod 600 {path}` (or pass --allow-insecure-key-file)", path = path.display())]
+    InsecureKeyFile {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Options out of range.
     #[error("invalid seal options: {0}")]
     InvalidOptions(&'static str),

@@ -1,15 +1,22 @@
 //! The route table, and the routes that are not the OpenAI API: attestation,
 //! provisioning, health, readiness and metrics; plus the request-counting middleware.
 
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use hyper::body::Body as HttpBody;
 use serde::Deserialize;
 use serde_json::json;
 use veil_attestation::binding::{BindingError, Nonce, Purpose, Transcript, MAX_NONCE, MIN_NONCE};
@@ -18,14 +25,30 @@ use veil_sealing::KeyId;
 
 use crate::error::{ApiError, Json};
 use crate::openai::{chat_completions, models};
-use crate::state::{AppState, Lifecycle};
+use crate::state::{AppState, IssuedOnConnection, Lifecycle, Limited};
 use crate::unlock::{accept_key, Accepted, UnlockError};
 
-/// The RFC 9266 exporter of the TLS connection a request came on (set per connection).
-#[derive(Debug, Clone, Copy)]
+/// What the listener knows of the TLS connection a request came on (set per connection):
+/// its RFC 9266 exporter, the peer's address, and the report data issued on it.
+#[derive(Debug, Clone)]
 pub struct ChannelBinding {
     /// `EXPORTER-Channel-Binding`, 32 bytes.
     pub exporter: [u8; 32],
+    /// The peer's IP address (for per-peer rate limits); `None` when unknown.
+    pub peer: Option<IpAddr>,
+    /// Report data issued on this connection (shared by its requests, dropped with it).
+    pub issued: Arc<IssuedOnConnection>,
+}
+
+impl ChannelBinding {
+    /// A new connection's binding: nothing issued on it yet.
+    pub fn new(exporter: [u8; 32], peer: Option<IpAddr>) -> Self {
+        ChannelBinding {
+            exporter,
+            peer,
+            issued: Arc::default(),
+        }
+    }
 }
 
 /// The router, with every route and the request-counting middleware.
@@ -42,6 +65,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
+            bound_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
             count_requests,
         ))
         .layer(DefaultBodyLimit::max(max_body))
@@ -56,6 +83,100 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
     let response = next.run(req).await;
     state.metrics.count(&route, response.status().as_u16());
     response
+}
+
+/// Bounds the time a request body may take to arrive (`--body-timeout`, from the end of
+/// its header): a body still incomplete then is cut off, and the answer is 408
+/// `request_timeout` with `Connection: close`, counted in
+/// `veil_request_body_timeouts_total`.
+async fn bound_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let timeout = state.body_timeout;
+    let expired = Arc::new(AtomicBool::new(false));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let flag = Arc::clone(&expired);
+    let req = req.map(move |inner| {
+        Body::new(TimedBody {
+            inner,
+            deadline,
+            sleep: None,
+            expired: flag,
+        })
+    });
+    let response = next.run(req).await;
+    if !expired.load(Ordering::Relaxed) {
+        return response;
+    }
+    state.metrics.body_timeouts.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(timeout_s = timeout.as_secs(), "request body timed out");
+    let mut response = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body did not arrive within {} (--body-timeout)",
+            seconds(timeout)
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// `30 s`, or `0.2 s` for less than a second.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// The error a [`TimedBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimedOut;
+
+/// A request body that fails with [`BodyTimedOut`] once `deadline` passes while it waits
+/// for the client (data already received is always handed on).
+struct TimedBody {
+    inner: Body,
+    deadline: tokio::time::Instant,
+    /// Made on the first wait.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        let deadline = this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -124,13 +245,24 @@ async fn attestation(
             "attestation is only served over TLS",
         ));
     };
-    if !state.attest_limit.try_take() {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many attestation requests",
-        )
-        .retry_after(1));
+    if let Err(limited) = state.attest_limit.try_take(binding.peer) {
+        let (counter, message, retry_after) = match limited {
+            Limited::Peer { retry_after } => (
+                &state.metrics.attest_limited_peer,
+                "too many attestation requests from this address",
+                retry_after,
+            ),
+            Limited::Global { retry_after } => (
+                &state.metrics.attest_limited_global,
+                "too many attestation requests",
+                retry_after,
+            ),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        return Err(
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                .retry_after(retry_after),
+        );
     }
     let transcript = Transcript {
         purpose: Purpose::ClientSession,
@@ -147,7 +279,7 @@ async fn attestation(
             e.to_string(),
         )
     })?;
-    state.remember_issued(transcript.report_data(), binding.exporter);
+    binding.issued.remember(transcript.report_data());
     let body = serde_json::to_value(&evidence).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -187,7 +319,7 @@ async fn provision(
             )
         });
     }
-    if !state.take_issued(&report_data, &binding.exporter) {
+    if !binding.issued.take(&report_data) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "unknown_report_data",

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use veil_model::EngineConfig;
 
+use crate::serve::Limits;
 use crate::state::AppState;
 
 /// Where the server listens unless told otherwise.
@@ -89,6 +90,21 @@ pub struct Config {
     /// Seconds to drain in-flight requests on SIGTERM [default: 30].
     #[arg(long, env = "VEIL_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
+    /// Connections open at once; more are closed at once, and it is lowered to leave 64 of
+    /// the descriptor limit free [default: 512].
+    #[arg(long, env = "VEIL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one IP address; more are closed at once [default: 64].
+    #[arg(long, env = "VEIL_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+    /// Seconds a request body may take to arrive after its header; then 408 and the
+    /// connection is closed [default: 30].
+    #[arg(long, env = "VEIL_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Seconds a connection may wait for a complete request header: before the first
+    /// request, between kept-alive requests, or for a header sent slowly [default: 30].
+    #[arg(long, env = "VEIL_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
 }
 
 impl Config {
@@ -118,7 +134,11 @@ impl Config {
             context,
             queue,
             max_body,
-            drain_seconds
+            drain_seconds,
+            max_connections,
+            max_connections_per_peer,
+            body_timeout,
+            idle_timeout
         );
         self.mock_debug |= file.mock_debug;
         Ok(self)
@@ -147,6 +167,45 @@ impl Config {
     /// How long in-flight requests may drain on SIGTERM.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS))
+    }
+
+    /// The listener's connection caps and idle timeout, and the drain time.
+    ///
+    /// # Errors
+    /// If a cap or a timeout is 0.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let d = Limits::default();
+        let limits = Limits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_peer: self
+                .max_connections_per_peer
+                .unwrap_or(d.max_connections_per_peer),
+            idle_timeout: self
+                .idle_timeout
+                .map_or(d.idle_timeout, Duration::from_secs),
+            drain: self.drain(),
+        };
+        anyhow::ensure!(
+            limits.max_connections > 0 && limits.max_connections_per_peer > 0,
+            "--max-connections and --max-connections-per-peer must be at least 1"
+        );
+        anyhow::ensure!(
+            !limits.idle_timeout.is_zero(),
+            "--idle-timeout must be at least 1 second"
+        );
+        Ok(limits)
+    }
+
+    /// How long a request body may take to arrive.
+    ///
+    /// # Errors
+    /// If it is 0.
+    pub fn body_timeout(&self) -> anyhow::Result<Duration> {
+        let t = self
+            .body_timeout
+            .map_or(AppState::DEFAULT_BODY_TIMEOUT, Duration::from_secs);
+        anyhow::ensure!(!t.is_zero(), "--body-timeout must be at least 1 second");
+        Ok(t)
     }
 
     /// The largest request body, in bytes.
@@ -185,12 +244,41 @@ mod tests {
             engine.queue.to_string(),
             AppState::DEFAULT_MAX_BODY.to_string(),
             DEFAULT_DRAIN_SECONDS.to_string(),
+            Limits::DEFAULT_MAX_CONNECTIONS.to_string(),
+            Limits::DEFAULT_MAX_CONNECTIONS_PER_PEER.to_string(),
+            AppState::DEFAULT_BODY_TIMEOUT.as_secs().to_string(),
+            Limits::DEFAULT_IDLE_TIMEOUT.as_secs().to_string(),
         ] {
             assert!(
                 help.contains(&format!("[default: {default}")),
                 "{default}: {help}"
             );
         }
+    }
+
+    #[test]
+    fn limits_come_from_the_file_and_zero_is_refused() {
+        let file: Config = toml::from_str(
+            "max_connections = 8\nmax_connections_per_peer = 2\nbody_timeout = 5\nidle_timeout = 7",
+        )
+        .expect("config");
+        let limits = file.limits().expect("limits");
+        assert_eq!(
+            (
+                limits.max_connections,
+                limits.max_connections_per_peer,
+                limits.idle_timeout
+            ),
+            (8, 2, Duration::from_secs(7))
+        );
+        assert_eq!(
+            file.body_timeout().expect("timeout"),
+            Duration::from_secs(5)
+        );
+        let zero: Config = toml::from_str("max_connections_per_peer = 0").expect("config");
+        assert!(zero.limits().is_err());
+        let zero: Config = toml::from_str("body_timeout = 0").expect("config");
+        assert!(zero.body_timeout().is_err());
     }
 
     #[test]

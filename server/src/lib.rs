@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod harden;
 pub mod metrics;
 pub mod openai;
 pub mod pull;

@@ -22,6 +22,23 @@ pub struct Metrics {
     pub(crate) unseal_ms: AtomicU64,
     /// Plaintext bytes opened so far.
     pub(crate) unsealed_bytes: AtomicU64,
+    /// Connections open now (in the TLS handshake or serving).
+    pub(crate) connections_open: AtomicU64,
+    /// Connections closed at once because `--max-connections` were open.
+    pub(crate) refused_total_cap: AtomicU64,
+    /// Connections closed at once because `--max-connections-per-peer` were open from
+    /// that address.
+    pub(crate) refused_peer_cap: AtomicU64,
+    /// Requests answered 408 because their body did not arrive within `--body-timeout`.
+    pub(crate) body_timeouts: AtomicU64,
+    /// `/v1/attestation` requests refused by the per-peer rate limit.
+    pub(crate) attest_limited_peer: AtomicU64,
+    /// `/v1/attestation` requests refused by the global rate limit.
+    pub(crate) attest_limited_global: AtomicU64,
+    /// What start-up hardening and model loading achieved: (measure, 1 or 0).
+    pub(crate) hardening: Mutex<BTreeMap<&'static str, bool>>,
+    /// Bytes of this process locked in memory (`VmLck`) once the model is loaded.
+    pub(crate) locked_bytes: AtomicU64,
 }
 
 /// One metric family: its name, Prometheus type, help text (if it has one) and samples,
@@ -52,6 +69,14 @@ impl Metrics {
             .fetch_add(u64::from(completion), Ordering::Relaxed);
     }
 
+    /// Records whether a hardening measure (`not_dumpable`, `core_limit_zero`, ...) holds.
+    pub fn set_hardening(&self, measure: &'static str, holds: bool) {
+        self.hardening
+            .lock()
+            .expect("no panics while holding it")
+            .insert(measure, holds);
+    }
+
     /// The Prometheus text exposition (format 0.0.4), with `state` (a
     /// [`Lifecycle::name`]) as the current lifecycle state and the engine's queue depth.
     pub fn render(&self, state: &str, queue_depth: usize) -> String {
@@ -78,7 +103,30 @@ impl Metrics {
             .collect();
         let one = |value: String| vec![(String::new(), value)];
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let families: [Family; 8] = [
+        let hardening = self
+            .hardening
+            .lock()
+            .expect("no panics while holding it")
+            .iter()
+            .map(|(measure, holds)| {
+                (
+                    format!("{{measure=\"{measure}\"}}"),
+                    u8::from(*holds).to_string(),
+                )
+            })
+            .collect();
+        let by = |label: &str, pairs: [(&str, &AtomicU64); 2]| {
+            pairs
+                .iter()
+                .map(|(value, counter)| {
+                    (
+                        format!("{{{label}=\"{value}\"}}"),
+                        load(counter).to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let families: [Family; 14] = [
             (
                 "veil_requests_total",
                 "counter",
@@ -127,6 +175,54 @@ impl Metrics {
                 None,
                 one(load(&self.unsealed_bytes).to_string()),
             ),
+            (
+                "veil_connections_open",
+                "gauge",
+                Some("TLS connections open now."),
+                one(load(&self.connections_open).to_string()),
+            ),
+            (
+                "veil_connections_refused_total",
+                "counter",
+                Some("Connections closed at once by a connection cap."),
+                by(
+                    "cap",
+                    [
+                        ("total", &self.refused_total_cap),
+                        ("per_peer", &self.refused_peer_cap),
+                    ],
+                ),
+            ),
+            (
+                "veil_request_body_timeouts_total",
+                "counter",
+                Some("Requests answered 408: the body did not arrive in time."),
+                one(load(&self.body_timeouts).to_string()),
+            ),
+            (
+                "veil_attestation_rate_limited_total",
+                "counter",
+                Some("Attestation requests answered 429, by the limit that refused them."),
+                by(
+                    "limit",
+                    [
+                        ("per_peer", &self.attest_limited_peer),
+                        ("global", &self.attest_limited_global),
+                    ],
+                ),
+            ),
+            (
+                "veil_hardening",
+                "gauge",
+                Some("Whether each protection of the weights holds (1) or not (0)."),
+                hardening,
+            ),
+            (
+                "veil_locked_bytes",
+                "gauge",
+                Some("Bytes of this process locked in memory once the model is loaded."),
+                one(load(&self.locked_bytes).to_string()),
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, samples) in families {
@@ -156,6 +252,14 @@ mod tests {
         m.attestations.store(3, Ordering::Relaxed);
         m.unseal_ms.store(1234, Ordering::Relaxed);
         m.unsealed_bytes.store(99, Ordering::Relaxed);
+        m.connections_open.store(4, Ordering::Relaxed);
+        m.refused_total_cap.store(1, Ordering::Relaxed);
+        m.refused_peer_cap.store(2, Ordering::Relaxed);
+        m.body_timeouts.store(5, Ordering::Relaxed);
+        m.attest_limited_peer.store(6, Ordering::Relaxed);
+        m.set_hardening("not_dumpable", false);
+        m.set_hardening("core_limit_zero", true);
+        m.locked_bytes.store(4096, Ordering::Relaxed);
         assert_eq!(
             m.render("ready", 2),
             "# HELP veil_requests_total HTTP requests by route and status.\n\
@@ -179,7 +283,28 @@ mod tests {
              # TYPE veil_unseal_seconds gauge\n\
              veil_unseal_seconds 1.234\n\
              # TYPE veil_unsealed_bytes gauge\n\
-             veil_unsealed_bytes 99\n"
+             veil_unsealed_bytes 99\n\
+             # HELP veil_connections_open TLS connections open now.\n\
+             # TYPE veil_connections_open gauge\n\
+             veil_connections_open 4\n\
+             # HELP veil_connections_refused_total Connections closed at once by a connection cap.\n\
+             # TYPE veil_connections_refused_total counter\n\
+             veil_connections_refused_total{cap=\"total\"} 1\n\
+             veil_connections_refused_total{cap=\"per_peer\"} 2\n\
+             # HELP veil_request_body_timeouts_total Requests answered 408: the body did not arrive in time.\n\
+             # TYPE veil_request_body_timeouts_total counter\n\
+             veil_request_body_timeouts_total 5\n\
+             # HELP veil_attestation_rate_limited_total Attestation requests answered 429, by the limit that refused them.\n\
+             # TYPE veil_attestation_rate_limited_total counter\n\
+             veil_attestation_rate_limited_total{limit=\"per_peer\"} 6\n\
+             veil_attestation_rate_limited_total{limit=\"global\"} 0\n\
+             # HELP veil_hardening Whether each protection of the weights holds (1) or not (0).\n\
+             # TYPE veil_hardening gauge\n\
+             veil_hardening{measure=\"core_limit_zero\"} 1\n\
+             veil_hardening{measure=\"not_dumpable\"} 0\n\
+             # HELP veil_locked_bytes Bytes of this process locked in memory once the model is loaded.\n\
+             # TYPE veil_locked_bytes gauge\n\
+             veil_locked_bytes 4096\n"
         );
     }
 
@@ -192,8 +317,10 @@ mod tests {
              # HELP veil_state"
         ));
         assert!(out.contains("veil_state{state=\"locked\"} 1\n"));
-        assert!(out.ends_with(
+        assert!(out.contains(
             "veil_unseal_seconds 0.000\n# TYPE veil_unsealed_bytes gauge\nveil_unsealed_bytes 0\n"
         ));
+        assert!(out.contains("veil_connections_refused_total{cap=\"per_peer\"} 0\n"));
+        assert!(out.ends_with("veil_locked_bytes 0\n"), "{out}");
     }
 }

@@ -18,6 +18,17 @@ use veil_model::{ChatMessage, Engine, EngineError, Event, GenerateRequest, Sampl
 use crate::error::{ApiError, Json};
 use crate::state::{AppState, Lifecycle};
 
+/// Content bytes allowed per token of the context: a chat whose messages' content is longer
+/// than `context_length × MAX_CONTENT_BYTES_PER_TOKEN` bytes is refused before it is
+/// rendered or tokenized (no tokenizer packs 32 bytes into a token of ordinary text).
+pub const MAX_CONTENT_BYTES_PER_TOKEN: usize = 32;
+/// The content cap never goes below this (small test contexts).
+pub const MIN_CONTENT_BYTES: usize = 64 << 10;
+/// Largest `top_k`.
+pub const MAX_TOP_K: u32 = 1000;
+/// Largest `repetition_penalty` (1 is off; beyond 2 the output degenerates).
+pub const MAX_REPETITION_PENALTY: f32 = 2.0;
+
 /// The engine, or the 503 that says why there is none.
 fn engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
     match state.state() {
@@ -78,6 +89,7 @@ pub struct ChatRequest {
 fn to_request(
     req: ChatRequest,
     model_name: &str,
+    context_length: u32,
 ) -> Result<(GenerateRequest, bool, bool), ApiError> {
     if let Some(m) = &req.model {
         if m != model_name {
@@ -93,6 +105,29 @@ fn to_request(
     }
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    // Cheap caps before any rendering or tokenizing: every message takes at least one
+    // token of the context, and content beyond MAX_CONTENT_BYTES_PER_TOKEN bytes a token
+    // cannot fit.
+    let context = context_length as usize;
+    if req.messages.len() > context {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "{} messages cannot fit a context of {context_length} tokens (at most {context} messages)",
+                req.messages.len()
+            ),
+        ));
+    }
+    let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
+    let max_content = (context * MAX_CONTENT_BYTES_PER_TOKEN).max(MIN_CONTENT_BYTES);
+    if content > max_content {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "{content} bytes of content cannot fit a context of {context_length} tokens (at most {max_content} bytes)"
+            ),
+        ));
     }
     if let Some(m) = req
         .messages
@@ -124,6 +159,12 @@ fn to_request(
         params.top_p = p;
     }
     if let Some(k) = req.top_k {
+        if k > MAX_TOP_K {
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("top_k must be between 0 and {MAX_TOP_K}"),
+            ));
+        }
         params.top_k = k;
     }
     if let Some(s) = req.seed {
@@ -153,16 +194,28 @@ fn to_request(
         }
     };
     if let Some(r) = req.repetition_penalty {
-        if r <= 0.0 {
+        if !(r > 0.0 && r <= MAX_REPETITION_PENALTY) {
             return Err(ApiError::invalid(
                 "repetition_penalty",
-                "repetition_penalty must be positive",
+                format!("repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}]"),
             ));
         }
         params.repetition_penalty = r;
     }
+    // Accepted for compatibility and not applied; OpenAI's range still holds.
+    for (name, value) in [
+        ("frequency_penalty", req.frequency_penalty),
+        ("presence_penalty", req.presence_penalty),
+    ] {
+        if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+            return Err(ApiError::invalid(
+                name,
+                format!("{name} must be between -2 and 2"),
+            ));
+        }
+    }
     params.ignore_eos = req.ignore_eos.unwrap_or(false);
-    let _ = (req.frequency_penalty, req.presence_penalty, req.user);
+    let _ = req.user;
     let include_usage = req
         .stream_options
         .as_ref()
@@ -220,8 +273,22 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
     let model = engine.info().name.clone();
-    let (request, stream, include_usage) = to_request(req, &model)?;
-    let mut rx = engine.submit(request).map_err(engine_error)?;
+    let (request, stream, include_usage) = to_request(req, &model, engine.info().context_length)?;
+    // Rendering the template and tokenizing are CPU work: on a blocking thread, a few at
+    // a time, never on the async workers that answer health, attestation and provisioning.
+    // The engine refuses a prompt whose tokens do not fit the context before queueing it.
+    let permit = Arc::clone(&state.prepare)
+        .acquire_owned()
+        .await
+        .map_err(|_| engine_error(EngineError::Stopped))?;
+    let submitter = Arc::clone(&engine);
+    let mut rx = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        submitter.submit(request)
+    })
+    .await
+    .map_err(|_| engine_error(EngineError::Stopped))?
+    .map_err(engine_error)?;
     let id = completion_id();
     let created = now_secs();
     if !stream {

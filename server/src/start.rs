@@ -104,6 +104,8 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let config = config.merge_file()?;
     let tee = config.tee()?;
+    // Before anything secret exists in this process: no core dumps, no ptrace by peers.
+    let hardening = crate::harden::harden_process();
     let model = config
         .model
         .clone()
@@ -117,6 +119,8 @@ pub async fn run_with(
         .as_deref()
         .map(crate::pull::BrokerUrl::parse)
         .transpose()?;
+    let limits = config.limits()?;
+    let body_timeout = config.body_timeout()?;
     let listen = config.listen();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -131,8 +135,10 @@ pub async fn run_with(
         AppState::builder(attester, tls.spki_sha256, header, model)
             .engine_config(config.engine_config())
             .max_body(config.max_body())
+            .body_timeout(body_timeout)
             .build(),
     );
+    hardening.record(&state.metrics());
     let addr = listener.local_addr()?;
     let (tee_name, interface) = state.attester_kind();
     tracing::info!(%addr, tee = %tee_name, interface = %interface, key_id = %state.header.key_id, model_sha256 = %hex::encode(state.header.model_sha256), "locked: waiting for the model key");
@@ -147,13 +153,15 @@ pub async fn run_with(
     if let Some(broker) = broker {
         tokio::spawn(crate::pull::pull_until_unlocked(Arc::clone(&state), broker));
     }
+    let metrics = state.metrics();
     listening(addr);
     crate::serve::serve(
         listener,
         tls.config,
         crate::api::app(state),
+        limits,
+        metrics,
         shutdown,
-        config.drain(),
     )
     .await
 }

@@ -1,12 +1,13 @@
 //! The server's state: lifecycle, keys, the attester, metrics; and the one way the server
 //! issues evidence.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use veil_attestation::binding::Transcript;
 use veil_attestation::{Attester, Evidence, WrappingKey};
@@ -55,38 +56,165 @@ impl fmt::Debug for Lifecycle {
     }
 }
 
-/// A token bucket: `rate` per second, up to `burst`.
-#[derive(Debug)]
-pub struct RateLimit {
-    state: Mutex<(f64, Instant)>,
-    rate: f64,
-    burst: f64,
+/// A token bucket's level: `tokens` as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
-impl RateLimit {
-    /// A bucket that starts full.
-    pub fn new(rate: f64, burst: f64) -> Self {
-        RateLimit {
-            state: Mutex::new((burst, Instant::now())),
-            rate,
-            burst,
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
+            at: now,
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn try_take(&self) -> bool {
+    /// Refills at `rate` per second up to `burst`, as of `now`.
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at = now;
+    }
+
+    /// Whole seconds until a token is there (at least 1).
+    fn wait(&self, rate: f64) -> u32 {
+        let secs = ((1.0 - self.tokens) / rate).ceil();
+        if secs.is_finite() {
+            (secs as u32).max(1)
+        } else {
+            1
+        }
+    }
+}
+
+/// Which limit refused a request, and in how many seconds a retry may pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// The peer's own bucket is empty.
+    Peer {
+        /// Seconds until it holds a token again.
+        retry_after: u32,
+    },
+    /// The bucket shared by all peers is empty.
+    Global {
+        /// Seconds until it holds a token again.
+        retry_after: u32,
+    },
+}
+
+/// Rate limits for `/v1/attestation` (each request costs a platform report): a bucket per
+/// peer address under one global ceiling, so that one client cannot use up the ceiling for
+/// everyone. A request takes a token from both or from neither.
+#[derive(Debug)]
+pub struct AttestLimit {
+    state: Mutex<AttestBuckets>,
+    global: (f64, f64),
+    per_peer: (f64, f64),
+}
+
+#[derive(Debug)]
+struct AttestBuckets {
+    global: Bucket,
+    peers: HashMap<IpAddr, Bucket>,
+}
+
+impl AttestLimit {
+    /// Peers remembered at most; past it, the buckets that have refilled are forgotten
+    /// (a full bucket is the same as none), and if none has, the peer is refused.
+    pub const MAX_PEERS: usize = 4096;
+
+    /// `global` and `per_peer` as (rate per second, burst).
+    pub fn new(global: (f64, f64), per_peer: (f64, f64)) -> Self {
+        AttestLimit {
+            state: Mutex::new(AttestBuckets {
+                global: Bucket::full(global.1, Instant::now()),
+                peers: HashMap::new(),
+            }),
+            global,
+            per_peer,
+        }
+    }
+
+    /// Takes a token for `peer` (none is needed from a peer bucket when the peer is not
+    /// known, as in handler tests without a socket) and one from the global bucket.
+    ///
+    /// # Errors
+    /// [`Limited`], naming the bucket that is empty.
+    pub fn try_take(&self, peer: Option<IpAddr>) -> Result<(), Limited> {
+        let now = Instant::now();
+        let (rate, burst) = self.per_peer;
         let mut s = self
             .state
             .lock()
             .expect("no panics while holding the rate limiter");
-        let now = Instant::now();
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
-        s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            true
-        } else {
-            false
+        s.global.refill(self.global.0, self.global.1, now);
+        if let Some(peer) = peer {
+            if !s.peers.contains_key(&peer) && s.peers.len() >= Self::MAX_PEERS {
+                s.peers.retain(|_, b| {
+                    b.refill(rate, burst, now);
+                    b.tokens < burst
+                });
+                if s.peers.len() >= Self::MAX_PEERS {
+                    return Err(Limited::Global {
+                        retry_after: (1.0 / rate).ceil().max(1.0) as u32,
+                    });
+                }
+            }
+            let bucket = s.peers.entry(peer).or_insert(Bucket::full(burst, now));
+            bucket.refill(rate, burst, now);
+            if bucket.tokens < 1.0 {
+                return Err(Limited::Peer {
+                    retry_after: bucket.wait(rate),
+                });
+            }
+        }
+        if s.global.tokens < 1.0 {
+            return Err(Limited::Global {
+                retry_after: s.global.wait(self.global.0),
+            });
+        }
+        s.global.tokens -= 1.0;
+        if let Some(peer) = peer {
+            if let Some(b) = s.peers.get_mut(&peer) {
+                b.tokens -= 1.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Report data issued on one TLS connection, which a provisioning message on that same
+/// connection must name. Each connection has its own (dropped with the connection), so no
+/// other client's requests can push an owner's out; it keeps the last
+/// [`IssuedOnConnection::CAPACITY`].
+#[derive(Debug, Default)]
+pub struct IssuedOnConnection(Mutex<VecDeque<[u8; 64]>>);
+
+impl IssuedOnConnection {
+    /// Report data remembered per connection.
+    pub const CAPACITY: usize = 16;
+
+    /// Remembers report data issued on this connection (the oldest of this connection's
+    /// is forgotten past [`IssuedOnConnection::CAPACITY`]).
+    pub fn remember(&self, rd: [u8; 64]) {
+        let mut q = self.0.lock().expect("no panics while holding it");
+        if q.len() >= Self::CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(rd);
+    }
+
+    /// Whether this report data was issued on this connection; forgets it (single use).
+    pub fn take(&self, rd: &[u8; 64]) -> bool {
+        let mut q = self.0.lock().expect("no panics while holding it");
+        match q.iter().position(|r| r == rd) {
+            Some(i) => {
+                q.remove(i);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -118,19 +246,21 @@ pub struct AppState {
     pub(crate) header: SealedHeader,
     /// The sealed model file.
     pub(crate) sealed_path: PathBuf,
-    /// Report data issued recently, each with the exporter of the connection it was
-    /// issued on: a provisioning message must name one of them, on that connection.
-    issued: Mutex<VecDeque<([u8; 64], [u8; 32])>>,
     /// With `--key-broker`: what the last request to the broker came to (for `/ready`).
     key_broker: Mutex<Option<String>>,
     /// How to build the engine.
     pub(crate) engine_config: EngineConfig,
-    /// Counters.
-    pub(crate) metrics: Metrics,
+    /// Counters (shared with the listener, which counts connections).
+    pub(crate) metrics: Arc<Metrics>,
     /// Limits `/v1/attestation` (each request costs a platform report).
-    pub(crate) attest_limit: RateLimit,
+    pub(crate) attest_limit: AttestLimit,
     /// Largest request body.
     pub(crate) max_body: usize,
+    /// How long a request body may take to arrive, from the end of its header.
+    pub(crate) body_timeout: Duration,
+    /// Chat prompts rendered and tokenized at once (on blocking threads, not the async
+    /// workers); more wait their turn.
+    pub(crate) prepare: Arc<tokio::sync::Semaphore>,
 }
 
 /// Builds a locked [`AppState`] with a fresh wrapping key.
@@ -140,8 +270,10 @@ pub struct AppStateBuilder {
     header: SealedHeader,
     sealed_path: PathBuf,
     engine_config: EngineConfig,
-    attest_limit: RateLimit,
+    attest_global: (f64, f64),
+    attest_per_peer: (f64, f64),
     max_body: usize,
+    body_timeout: Duration,
 }
 
 impl AppStateBuilder {
@@ -151,9 +283,24 @@ impl AppStateBuilder {
         self
     }
 
-    /// `/v1/attestation` requests allowed per second, and in a burst (default 20, 40).
+    /// `/v1/attestation` requests allowed per second, and in a burst, from all peers
+    /// together (default [`AppState::ATTEST_GLOBAL`]).
     pub fn attest_limit(mut self, rate: f64, burst: f64) -> Self {
-        self.attest_limit = RateLimit::new(rate, burst);
+        self.attest_global = (rate, burst);
+        self
+    }
+
+    /// `/v1/attestation` requests allowed per second, and in a burst, from one peer
+    /// address (default [`AppState::ATTEST_PER_PEER`]).
+    pub fn attest_limit_per_peer(mut self, rate: f64, burst: f64) -> Self {
+        self.attest_per_peer = (rate, burst);
+        self
+    }
+
+    /// How long a request body may take to arrive (default
+    /// [`AppState::DEFAULT_BODY_TIMEOUT`]).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
         self
     }
 
@@ -172,12 +319,15 @@ impl AppStateBuilder {
             wrapping: WrappingKey::generate(),
             header: self.header,
             sealed_path: self.sealed_path,
-            issued: Mutex::new(VecDeque::new()),
             key_broker: Mutex::new(None),
             engine_config: self.engine_config,
-            metrics: Metrics::default(),
-            attest_limit: self.attest_limit,
+            metrics: Arc::new(Metrics::default()),
+            attest_limit: AttestLimit::new(self.attest_global, self.attest_per_peer),
             max_body: self.max_body,
+            body_timeout: self.body_timeout,
+            prepare: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            )),
         }
     }
 }
@@ -185,6 +335,13 @@ impl AppStateBuilder {
 impl AppState {
     /// The largest request body unless [`AppStateBuilder::max_body`] says otherwise.
     pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+    /// How long a request body may take unless [`AppStateBuilder::body_timeout`] says
+    /// otherwise.
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `/v1/attestation` from all peers together: 20 a second, bursts of 40.
+    pub const ATTEST_GLOBAL: (f64, f64) = (20.0, 40.0);
+    /// `/v1/attestation` from one peer address: 5 a second, bursts of 10.
+    pub const ATTEST_PER_PEER: (f64, f64) = (5.0, 10.0);
 
     /// A builder for the state of a server whose TLS key hashes to `spki_sha256` and
     /// whose sealed model, at `sealed_path`, has `header`.
@@ -200,8 +357,10 @@ impl AppState {
             header,
             sealed_path,
             engine_config: EngineConfig::default(),
-            attest_limit: RateLimit::new(20.0, 40.0),
+            attest_global: Self::ATTEST_GLOBAL,
+            attest_per_peer: Self::ATTEST_PER_PEER,
             max_body: Self::DEFAULT_MAX_BODY,
+            body_timeout: Self::DEFAULT_BODY_TIMEOUT,
         }
     }
 
@@ -278,27 +437,9 @@ impl AppState {
         Ok(evidence)
     }
 
-    /// Remembers report data it issued on the connection with this exporter (bounded:
-    /// the oldest is forgotten).
-    pub(crate) fn remember_issued(&self, rd: [u8; 64], exporter: [u8; 32]) {
-        let mut q = self.issued.lock().expect("no panics while holding it");
-        if q.len() >= 256 {
-            q.pop_front();
-        }
-        q.push_back((rd, exporter));
-    }
-
-    /// Whether this report data was issued by this server on the connection with this
-    /// exporter (and forgets it: single use).
-    pub(crate) fn take_issued(&self, rd: &[u8; 64], exporter: &[u8; 32]) -> bool {
-        let mut q = self.issued.lock().expect("no panics while holding it");
-        match q.iter().position(|(r, e)| r == rd && e == exporter) {
-            Some(i) => {
-                q.remove(i);
-                true
-            }
-            None => false,
-        }
+    /// The counters, shared with the listener.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// What the last request to the key broker came to, if there is one.
@@ -312,5 +453,62 @@ impl AppState {
     /// Records what the last request to the key broker came to.
     pub(crate) fn set_key_broker_status(&self, status: String) {
         *self.key_broker.lock().expect("no panics while holding it") = Some(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_past_its_bucket_is_refused_while_another_peer_is_served() {
+        let limit = AttestLimit::new((100.0, 100.0), (0.5, 3.0));
+        let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 2].into(), [127, 0, 0, 1].into());
+        for _ in 0..3 {
+            limit.try_take(Some(a)).expect("within a's burst");
+        }
+        match limit.try_take(Some(a)) {
+            Err(Limited::Peer { retry_after }) => assert_eq!(retry_after, 2),
+            r => panic!("{r:?}"),
+        }
+        limit.try_take(Some(b)).expect("b has its own bucket");
+    }
+
+    #[test]
+    fn the_global_ceiling_holds_over_every_peer_and_a_refusal_takes_no_token() {
+        let limit = AttestLimit::new((0.5, 2.0), (100.0, 100.0));
+        limit.try_take(Some([10, 0, 0, 1].into())).expect("one");
+        limit.try_take(Some([10, 0, 0, 2].into())).expect("two");
+        assert!(matches!(
+            limit.try_take(Some([10, 0, 0, 3].into())),
+            Err(Limited::Global { retry_after: 2 })
+        ));
+        // Without a known peer only the ceiling applies.
+        assert!(limit.try_take(None).is_err());
+    }
+
+    #[test]
+    fn report_data_is_kept_per_connection_single_use_and_bounded() {
+        let owner = IssuedOnConnection::default();
+        let flood = IssuedOnConnection::default();
+        owner.remember([1; 64]);
+        for i in 0..1000u32 {
+            let mut rd = [0; 64];
+            rd[..4].copy_from_slice(&i.to_be_bytes());
+            flood.remember(rd);
+        }
+        assert!(!flood.take(&[1; 64]), "issued on another connection");
+        assert!(owner.take(&[1; 64]), "a flood elsewhere does not evict it");
+        assert!(!owner.take(&[1; 64]), "single use");
+        let mut first = [0; 64];
+        first[..4].copy_from_slice(&0u32.to_be_bytes());
+        assert!(
+            !flood.take(&first),
+            "the oldest of a connection's own is forgotten"
+        );
+        assert_eq!(
+            flood.0.lock().expect("lock").len(),
+            IssuedOnConnection::CAPACITY
+        );
     }
 }

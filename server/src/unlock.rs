@@ -85,19 +85,41 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
         };
         // Unsealed straight into the memfd the engine maps: no plaintext buffer beside
         // it. If a chunk fails, the memfd (holding only authenticated chunks) is dropped.
-        let model = ModelFile::new(state.header.plaintext_len)
+        let mut model = ModelFile::new(state.header.plaintext_len)
             .map_err(|e| format!("model load failed: {e}"))?;
         veil_sealing::unseal_to(&file, &key, &options, &IntoModelFile(&model))
             .map_err(|e| format!("unsealing failed: {e}"))?;
         drop(key);
+        // Filled: from now on nobody can write, grow or shrink the weights' memfd.
+        if let Err(e) = model.seal() {
+            tracing::warn!(error = %e, "the in-memory model could not be sealed");
+        }
+        let sealed = model.is_sealed();
+        state.metrics.set_hardening("model_sealed", sealed);
+        model.lock_in_memory(true);
         let unsealed = started.elapsed();
         let engine = LlamaEngine::load_file(model, state.engine_config.clone())
             .map_err(|e| format!("model load failed: {e}"))?;
+        let locked = crate::harden::locked_bytes().unwrap_or(0);
+        let fully_locked = locked >= state.header.plaintext_len;
+        state.metrics.locked_bytes.store(locked, Ordering::Relaxed);
+        state.metrics.set_hardening("model_locked", fully_locked);
         tracing::info!(
             unseal_ms = unsealed.as_millis() as u64,
             load_ms = (started.elapsed() - unsealed).as_millis() as u64,
+            memfd_sealed = sealed,
+            locked_bytes = locked,
             "model unsealed and loaded"
         );
+        if !fully_locked {
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+            tracing::warn!(
+                locked_bytes = locked,
+                model_bytes = state.header.plaintext_len,
+                memlock_limit = ?limit.current,
+                "the model is not locked in memory (RLIMIT_MEMLOCK too low?): its pages may be swapped out"
+            );
+        }
         Ok(Arc::new(engine))
     })();
     state

@@ -25,10 +25,21 @@ async fn call(f: &Fixture, req: Request<Body>) -> (StatusCode, Value) {
     call_on(f, EXPORTER, req).await
 }
 
-/// A request on the TLS connection whose exporter is `exporter`.
+/// A request on the TLS connection whose exporter is `exporter` (one binding per
+/// exporter, so that report data issued on it is remembered across requests, as on a real
+/// connection).
 async fn call_on(f: &Fixture, exporter: [u8; 32], req: Request<Body>) -> (StatusCode, Value) {
+    static CONNECTIONS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], ChannelBinding>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let binding = CONNECTIONS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(exporter)
+        .or_insert_with(|| ChannelBinding::new(exporter, None))
+        .clone();
     let mut req = req;
-    req.extensions_mut().insert(ChannelBinding { exporter });
+    req.extensions_mut().insert(binding);
     let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
@@ -284,6 +295,39 @@ async fn bad_requests_get_the_right_4xx_in_openai_shape() {
     assert_eq!(
         (status, body["error"]["param"].as_str()),
         (StatusCode::BAD_REQUEST, Some("temperature"))
+    );
+    // Sampling parameters out of their documented bounds (docs/protocol.md).
+    for (field, value) in [
+        ("repetition_penalty", json!(2.5)),
+        ("repetition_penalty", json!(0)),
+        ("top_k", json!(5000)),
+        ("frequency_penalty", json!(3)),
+        ("presence_penalty", json!(-2.5)),
+    ] {
+        let mut req = json!({ "messages": [{ "role": "user", "content": "x" }] });
+        req[field] = value.clone();
+        let (status, body) = call(&f, post("/v1/chat/completions", req)).await;
+        assert_eq!(
+            (status, body["error"]["param"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(field)),
+            "{field} = {value}: {body}"
+        );
+    }
+    // More messages than the context has tokens: refused before any rendering.
+    let many: Vec<_> = (0..300)
+        .map(|_| json!({ "role": "user", "content": "hi" }))
+        .collect();
+    let (status, body) = call(
+        &f,
+        post("/v1/chat/completions", json!({ "messages": many })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("300 messages cannot fit a context of 256 tokens")),
+        "{body}"
     );
     let big = json!({ "messages": [{ "role": "user", "content": "x".repeat(100_000) }] });
     let (status, body) = call(&f, post("/v1/chat/completions", big)).await;

@@ -69,10 +69,14 @@ async fn evidence_over_tls_binds_this_connection_and_no_other() {
         listener,
         Arc::clone(&f.tls.config),
         veil_server::app(state.clone()),
+        veil_server::serve::Limits {
+            drain: Duration::from_secs(2),
+            ..veil_server::serve::Limits::default()
+        },
+        state.metrics(),
         async {
             let _ = stop_rx.await;
         },
-        Duration::from_secs(2),
     ));
 
     let nonce = [3u8; 32];
