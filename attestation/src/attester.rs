@@ -162,6 +162,7 @@ impl SnpAttester {
             report,
             certificates,
             binding: None,
+            vtpm: None,
         })
     }
 }

@@ -224,6 +224,7 @@ fn verify(args: VerifyArgs) -> CmdResult {
         report: report.as_bytes().to_vec(),
         certificates: Vec::new(),
         binding: None,
+        vtpm: None,
     });
     // The certs directory's VEK replaces the evidence's; without one, the evidence's is
     // kept, and without that, the VCEK is fetched (or read from the KDS cache).
