@@ -246,7 +246,7 @@ pub(crate) fn check_vtpm(
             let want = hcl.expected_report_data();
             if !bool::from(want.ct_eq(&report.report_data())) {
                 problems.push(format!(
-                    "REPORT_DATA is not the {:?} of the runtime claims, zero-padded",
+                    "REPORT_DATA is not the {} of the runtime claims, zero-padded",
                     hcl.claims_hash()
                 ));
             }
@@ -271,7 +271,7 @@ pub(crate) fn check_vtpm(
             let user_data = claims.ok().and_then(|c| c.user_data().map(str::to_owned));
             let detail = match (&ak, problems.is_empty()) {
                 (Some(ak), true) => format!(
-                    "REPORT_DATA = {:?} of the runtime claims; AK RSA-{} {}…",
+                    "REPORT_DATA = {} of the runtime claims; AK RSA-{} {}…",
                     hcl.claims_hash(),
                     ak.bits(),
                     hex::encode(&ak.fingerprint()[..8])

@@ -49,6 +49,16 @@ pub enum ClaimsHash {
     Sha512,
 }
 
+impl std::fmt::Display for ClaimsHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClaimsHash::Sha256 => "SHA-256",
+            ClaimsHash::Sha384 => "SHA-384",
+            ClaimsHash::Sha512 => "SHA-512",
+        })
+    }
+}
+
 impl ClaimsHash {
     fn digest(self, data: &[u8]) -> Vec<u8> {
         match self {
