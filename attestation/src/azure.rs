@@ -6,7 +6,8 @@
 //! index `0x01400001` ([`hcl`]): an SNP report whose REPORT_DATA commits to the runtime
 //! claims, which hold the vTPM attestation key (AK). Freshness and the guest's own
 //! measurements come from a TPM 2.0 quote ([`tpm`]) signed by that AK over the PCRs, with
-//! the verifier's nonce in `extraData`. Trustee's evidence files read with [`trustee`].
+//! the verifier's nonce in `extraData`. Trustee's evidence files read with [`trustee`];
+//! [`AzureAttester`] makes the evidence inside a CVM, over a [`Tpm`].
 //!
 //! Appraisal ([`crate::Policy::appraise`]) runs the SNP checks on the report, then, instead
 //! of comparing REPORT_DATA with the transcript, the checks `runtime_claims`, `vtpm_quote`,
@@ -26,10 +27,12 @@ use crate::check::{Check, Outcomes};
 use crate::evidence::VtpmEvidence;
 use crate::report::{Report, ReportError};
 
+pub mod attester;
 pub mod hcl;
 pub mod tpm;
 pub mod trustee;
 
+pub use attester::{AzureAttestError, AzureAttester, Tpm, TpmDevice};
 pub use hcl::{AttestationKey, HclReport, RuntimeClaims};
 pub use tpm::{ClockInfo, PcrSelection, Quote, TpmSignature};
 pub use trustee::TrusteeEvidence;
