@@ -31,6 +31,7 @@ use std::time::SystemTime;
 
 use subtle::ConstantTimeEq;
 
+use crate::azure::{QuoteNonce, VtpmClaims};
 use crate::binding::{Binding, Transcript};
 use crate::chain::{verify_chain, AnchorKind, Certificate, VerifiedVek};
 use crate::check::{Check, Outcome, Outcomes, Status};
@@ -60,30 +61,83 @@ impl Expected {
     }
 }
 
-/// What an offline verifier expects: perhaps known report data, and the time. Evidence
-/// appraised this way yields an [`OfflineAppraisal`], which can release nothing.
+/// What an offline verifier expects: perhaps known report data or a nonce, and the time.
+/// Evidence appraised this way yields an [`OfflineAppraisal`], which can release nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct Offline {
-    report_data: Option<[u8; 64]>,
+    expect: OfflineExpect,
     now: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OfflineExpect {
+    Any,
+    ReportData([u8; 64]),
+    Nonce { bytes: [u8; 64], len: usize },
+}
+
+/// An expected nonce must be 1 to 64 bytes ([`Offline::nonce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an expected nonce is 1 to 64 bytes, not {found}")]
+pub struct NonceLengthError {
+    /// The length given.
+    pub found: usize,
+}
+
+/// What [`Policy::run`] compares the binding with.
+enum Expect {
+    Any,
+    ReportData([u8; 64]),
+    Nonce(Vec<u8>),
 }
 
 impl Offline {
     /// Expect exactly these 64 bytes of report data (e.g. a nonce given to an attester
-    /// out of band), with certificates valid at `now`.
+    /// out of band), with certificates valid at `now`. For `az-snp-vtpm` evidence, whose
+    /// REPORT_DATA commits to the runtime claims, the quote's extraData must be SHA-256
+    /// of these 64 bytes instead: what Veil's attester binds.
     pub fn report_data(report_data: [u8; 64], now: SystemTime) -> Self {
         Offline {
-            report_data: Some(report_data),
+            expect: OfflineExpect::ReportData(report_data),
             now,
         }
+    }
+
+    /// Expect a nonce of 1 to 64 bytes that the verifier gave the attester, as Trustee's
+    /// verifiers do: `az-snp-vtpm` evidence must carry exactly these bytes in the quote's
+    /// extraData; SNP and mock evidence must carry them in REPORT_DATA, zero-padded to 64.
+    ///
+    /// # Errors
+    /// [`NonceLengthError`] for an empty nonce or one over 64 bytes.
+    pub fn nonce(nonce: &[u8], now: SystemTime) -> Result<Self, NonceLengthError> {
+        if nonce.is_empty() || nonce.len() > 64 {
+            return Err(NonceLengthError { found: nonce.len() });
+        }
+        let mut bytes = [0u8; 64];
+        bytes[..nonce.len()].copy_from_slice(nonce);
+        Ok(Offline {
+            expect: OfflineExpect::Nonce {
+                bytes,
+                len: nonce.len(),
+            },
+            now,
+        })
     }
 
     /// Check no report data: only for inspecting a report, never for releasing a key or
     /// sending a prompt (the evidence may be replayed or relayed).
     pub fn danger_any_report_data(now: SystemTime) -> Self {
         Offline {
-            report_data: None,
+            expect: OfflineExpect::Any,
             now,
+        }
+    }
+
+    fn expect(&self) -> Expect {
+        match self.expect {
+            OfflineExpect::Any => Expect::Any,
+            OfflineExpect::ReportData(rd) => Expect::ReportData(rd),
+            OfflineExpect::Nonce { bytes, len } => Expect::Nonce(bytes[..len].to_vec()),
         }
     }
 }
@@ -98,6 +152,7 @@ pub struct Claims {
     signing_key: SigningKey,
     report: Report,
     vek: Certificate,
+    vtpm: Option<VtpmClaims>,
 }
 
 impl Claims {
@@ -136,6 +191,10 @@ impl Claims {
     /// The report data.
     pub fn report_data(&self) -> [u8; 64] {
         self.report.report_data()
+    }
+    /// For `az-snp-vtpm`: what the vTPM quote verified (the PCRs, the nonce).
+    pub fn vtpm(&self) -> Option<&VtpmClaims> {
+        self.vtpm.as_ref()
     }
 }
 
@@ -242,7 +301,7 @@ impl Policy {
     ) -> Result<Appraisal, Rejection> {
         let claims = self.run(
             evidence,
-            Some(expected.report_data),
+            Expect::ReportData(expected.report_data),
             Some(&expected.binding),
             expected.now,
         )?;
@@ -262,14 +321,14 @@ impl Policy {
         evidence: &Evidence,
         offline: &Offline,
     ) -> Result<OfflineAppraisal, Rejection> {
-        let claims = self.run(evidence, offline.report_data, None, offline.now)?;
+        let claims = self.run(evidence, offline.expect(), None, offline.now)?;
         Ok(OfflineAppraisal { claims })
     }
 
     fn run(
         &self,
         evidence: &Evidence,
-        report_data: Option<[u8; 64]>,
+        expect: Expect,
         binding: Option<&Binding>,
         now: SystemTime,
     ) -> Result<Claims, Rejection> {
@@ -280,9 +339,17 @@ impl Policy {
         out.pass(
             Check::EvidenceFormat,
             format!(
-                "SNP report v{}, {} certificates",
+                "SNP report v{}, {} certificates{}",
                 decoded.report.version(),
-                1 + decoded.others.len()
+                1 + decoded.others.len(),
+                match &evidence.vtpm {
+                    Some(v) => format!(
+                        ", HCL report ({} bytes), TPM quote, {} PCRs",
+                        v.hcl_report.len(),
+                        v.pcrs.len()
+                    ),
+                    None => String::new(),
+                }
             ),
         );
         let tee = evidence.tee;
@@ -294,15 +361,37 @@ impl Policy {
         let model = binding
             .or(evidence.binding.as_ref())
             .map(|b| b.model_sha256);
-        self.check_binding(&report, model, report_data, &mut out);
+        let vtpm = match &evidence.vtpm {
+            // Azure: REPORT_DATA holds the runtime claims' hash; the quote binds the rest.
+            Some(vtpm) => {
+                self.check_model(model, &mut out);
+                out.skip(
+                    Check::ReportData,
+                    "az-snp-vtpm: REPORT_DATA commits to the runtime claims (runtime_claims); the quote binds the verifier (quote_nonce)",
+                );
+                let nonce = match expect {
+                    Expect::Any => QuoteNonce::Unchecked,
+                    Expect::ReportData(rd) => QuoteNonce::ReportData(rd),
+                    Expect::Nonce(n) => QuoteNonce::Nonce(n),
+                };
+                crate::azure::check_vtpm(&self.pcrs, &report, vtpm, &nonce, &mut out)
+            }
+            None => {
+                self.check_model(model, &mut out);
+                self.check_report_data(&report, &expect, &mut out);
+                None
+            }
+        };
+        let complete = evidence.vtpm.is_none() || vtpm.is_some();
         match verified {
-            Some(v) if !out.any_failed() => Ok(Claims {
+            Some(v) if !out.any_failed() && complete => Ok(Claims {
                 outcomes: out.0,
                 tee,
                 product: v.product,
                 signing_key: v.kind,
                 report,
                 vek: v.vek,
+                vtpm,
             }),
             _ => Err(Rejection { outcomes: out.0 }),
         }
@@ -319,13 +408,14 @@ impl Policy {
     ) -> Option<VerifiedVek> {
         let report = &decoded.report;
         // Which TEE, which anchors.
+        let accepted: Vec<&str> = self.tee.iter().map(|t| t.name()).collect();
         out.record(
             Check::TeeKind,
             self.tee.contains(&tee),
-            format!("{tee} (accepted: {})", list(&self.tee)),
+            format!("{tee} (accepted: {})", accepted.join(", ")),
         );
         let anchor = match tee {
-            TeeKind::Snp => AnchorKind::Amd,
+            TeeKind::Snp | TeeKind::AzSnpVtpm => AnchorKind::Amd,
             TeeKind::Mock => AnchorKind::Mock,
         };
         let mock_roots: Vec<Certificate> = if tee == TeeKind::Mock {
@@ -572,15 +662,8 @@ impl Policy {
         );
     }
 
-    /// Step 4: the binding: the model the evidence binds, and REPORT_DATA against what
-    /// the verifier computed.
-    fn check_binding(
-        &self,
-        report: &Report,
-        model: Option<[u8; 32]>,
-        report_data: Option<[u8; 64]>,
-        out: &mut Outcomes,
-    ) {
+    /// Step 4a: the model the evidence binds.
+    fn check_model(&self, model: Option<[u8; 32]>, out: &mut Outcomes) {
         match model {
             Some(m) => allowlist::<32>(out, Check::Model, &self.models, &m),
             None if self.models.is_empty() => out.skip(Check::Model, "any (no binding)"),
@@ -588,9 +671,14 @@ impl Policy {
                 out.record(Check::Model, false, "the evidence binds no model");
             }
         }
-        match report_data {
-            Some(want) => {
-                let ok = bool::from(want.ct_eq(&report.report_data()));
+    }
+
+    /// Step 4b: REPORT_DATA against what the verifier computed (or its nonce, zero-padded).
+    fn check_report_data(&self, report: &Report, expect: &Expect, out: &mut Outcomes) {
+        let found = report.report_data();
+        match expect {
+            Expect::ReportData(want) => {
+                let ok = bool::from(want.ct_eq(&found));
                 out.record(
                     Check::ReportData,
                     ok,
@@ -601,7 +689,24 @@ impl Policy {
                     },
                 );
             }
-            None => out.skip(Check::ReportData, "not checked (offline)"),
+            Expect::Nonce(nonce) => {
+                let mut want = [0u8; 64];
+                want[..nonce.len()].copy_from_slice(nonce);
+                let ok = bool::from(want.ct_eq(&found));
+                out.record(
+                    Check::ReportData,
+                    ok,
+                    if ok {
+                        format!("the expected {}-byte nonce, zero-padded", nonce.len())
+                    } else {
+                        format!(
+                            "{} is not the expected nonce, zero-padded",
+                            hex::encode(found)
+                        )
+                    },
+                );
+            }
+            Expect::Any => out.skip(Check::ReportData, "not checked (offline)"),
         }
     }
 

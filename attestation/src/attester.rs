@@ -184,6 +184,7 @@ impl SnpAttester {
             report,
             certificates,
             binding: None,
+            vtpm: None,
         })
     }
 }

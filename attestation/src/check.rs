@@ -73,6 +73,17 @@ pub enum Check {
     Model,
     /// REPORT_DATA equals the value the verifier expects (the binding).
     ReportData,
+    /// az-snp-vtpm: the HCL report holds this SNP report, at VMPL 0, whose REPORT_DATA is
+    /// the hash of the runtime claims; the claims hold one RSA attestation key.
+    RuntimeClaims,
+    /// az-snp-vtpm: the TPM quote parses and the attestation key signed it.
+    VtpmQuote,
+    /// az-snp-vtpm: the PCR values are the ones the quote's pcrDigest covers.
+    PcrDigest,
+    /// az-snp-vtpm: the quoted PCRs have the values the policy pins.
+    Pcrs,
+    /// az-snp-vtpm: the quote's extraData is what the verifier expects (the binding).
+    QuoteNonce,
 }
 
 impl Check {
@@ -111,6 +122,11 @@ impl Check {
             Check::PlatformInfo => "platform_info",
             Check::Model => "model",
             Check::ReportData => "report_data",
+            Check::RuntimeClaims => "runtime_claims",
+            Check::VtpmQuote => "vtpm_quote",
+            Check::PcrDigest => "pcr_digest",
+            Check::Pcrs => "pcrs",
+            Check::QuoteNonce => "quote_nonce",
         }
     }
 }

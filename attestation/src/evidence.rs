@@ -17,13 +17,28 @@ pub enum TeeKind {
     Snp,
     /// Veil's mock platform: the same report layout, a software signer, a root the verifier names.
     Mock,
+    /// An Azure confidential VM: an SNP report from Microsoft's paravisor (AMD roots) that
+    /// vouches for a vTPM attestation key, and a TPM quote by that key ([`crate::azure`]).
+    #[serde(rename = "az-snp-vtpm")]
+    AzSnpVtpm,
+}
+
+impl TeeKind {
+    /// The name in evidence and policy files: `snp`, `mock`, `az-snp-vtpm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TeeKind::Snp => "snp",
+            TeeKind::Mock => "mock",
+            TeeKind::AzSnpVtpm => "az-snp-vtpm",
+        }
+    }
 }
 
 impl std::fmt::Display for TeeKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            TeeKind::Snp => "snp",
             TeeKind::Mock => "MOCK",
+            other => other.name(),
         })
     }
 }
@@ -55,6 +70,15 @@ pub enum EvidenceError {
     /// No VCEK or VLEK in the bundle.
     #[error("evidence carries no certificates")]
     NoCertificates,
+    /// `az-snp-vtpm` evidence without its `vtpm` part.
+    #[error("az-snp-vtpm evidence lacks its vtpm part")]
+    MissingVtpm,
+    /// Evidence of another kind with a `vtpm` part.
+    #[error("{tee} evidence must not carry a vtpm part")]
+    UnexpectedVtpm {
+        /// The evidence's TEE kind.
+        tee: TeeKind,
+    },
 }
 
 /// An evidence bundle: the TEE kind, the raw report, the signing certificate chain, and
@@ -74,6 +98,28 @@ pub struct Evidence {
     /// What REPORT_DATA binds, apart from what the verifier supplies itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<Binding>,
+    /// For `az-snp-vtpm` only: the HCL report, the TPM quote, its signature and the PCRs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtpm: Option<VtpmEvidence>,
+}
+
+/// The vTPM part of `az-snp-vtpm` evidence (`docs/protocol.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VtpmEvidence {
+    /// The HCL report from vTPM NV index `0x01400001`, base64: it holds the SNP report at
+    /// `0x20..0x4C0` and the runtime claims with the attestation key.
+    #[serde(with = "b64")]
+    pub hcl_report: Vec<u8>,
+    /// The `TPMS_ATTEST` quote the attestation key signed, base64.
+    #[serde(with = "b64")]
+    pub quote: Vec<u8>,
+    /// The quote's RSASSA-PKCS1-v1_5 SHA-256 signature (the bytes of its `TPMT_SIGNATURE`), base64.
+    #[serde(with = "b64")]
+    pub signature: Vec<u8>,
+    /// PCRs 0.. of the SHA-256 bank (at most 24), hex: `pcrs[i]` is PCR `i`.
+    #[serde(with = "pcr_list")]
+    pub pcrs: Vec<[u8; 32]>,
 }
 
 /// Evidence whose report and certificates parse.
@@ -111,6 +157,13 @@ impl Evidence {
 
     pub(crate) fn decode(&self) -> Result<DecodedEvidence, EvidenceError> {
         let report = self.parsed_report()?;
+        match (self.tee, &self.vtpm) {
+            (TeeKind::AzSnpVtpm, None) => return Err(EvidenceError::MissingVtpm),
+            (TeeKind::Snp | TeeKind::Mock, Some(_)) => {
+                return Err(EvidenceError::UnexpectedVtpm { tee: self.tee })
+            }
+            _ => {}
+        }
         let mut certs = self.certificates.iter().enumerate().map(|(index, der)| {
             Certificate::from_der(der).map_err(|e| EvidenceError::Certificate {
                 index,
@@ -164,6 +217,28 @@ mod b64_list {
     }
 }
 
+mod pcr_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[[u8; 32]], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(hex::encode))
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[u8; 32]>, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        if list.len() > crate::azure::tpm::PCR_COUNT {
+            return Err(serde::de::Error::custom("more than 24 PCRs"));
+        }
+        list.iter()
+            .map(|t| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(t.trim(), &mut out)
+                    .map_err(|_| serde::de::Error::custom("a PCR is 64 hex digits"))?;
+                Ok(out)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +269,7 @@ mod tests {
             report: vec![0; 3],
             certificates: vec![],
             binding: None,
+            vtpm: None,
         };
         assert!(matches!(
             e.decode(),

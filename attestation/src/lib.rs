@@ -2,7 +2,7 @@
 //! binding of evidence to a channel, and appraisal against a policy.
 //!
 //! What it does: parse the 1184-byte SNP report (versions 2, 3 and 5) from its raw
-//! bytes; verify ARK → ASK/ASVK → VCEK/VLEK → report with built-in AMD roots (Milan,
+//! bytes, and Azure CVM evidence (HCL report, runtime claims, vTPM quote: [`azure`]); verify ARK → ASK/ASVK → VCEK/VLEK → report with built-in AMD roots (Milan,
 //! Genoa, Turin) or with a mock root that the policy names; appraise every claim against
 //! a [`Policy`] and the report data the verifier expects. What it does not do: network,
 //! files, TLS. Those live in the server and the client.
@@ -44,6 +44,7 @@
 
 pub mod appraisal;
 pub mod attester;
+pub mod azure;
 pub mod binding;
 pub mod broker;
 pub mod certtable;
@@ -60,13 +61,16 @@ pub mod revocation;
 pub mod tsm;
 mod wire;
 
-pub use appraisal::{Appraisal, Claims, Expected, Offline, OfflineAppraisal, Rejection};
+pub use appraisal::{
+    Appraisal, Claims, Expected, NonceLengthError, Offline, OfflineAppraisal, Rejection,
+};
 pub use attester::{AttestError, Attester, MockAttester};
+pub use azure::{AzureError, TrusteeEvidence, VtpmClaims};
 pub use binding::{Binding, Nonce, Purpose, Transcript};
 pub use certtable::{CertKind, CertTable, CertTableError};
 pub use chain::Certificate;
 pub use check::{Check, Outcome, Status};
-pub use evidence::{Evidence, EvidenceError, TeeKind};
+pub use evidence::{Evidence, EvidenceError, TeeKind, VtpmEvidence};
 pub use kds::{KdsError, VcekRequest};
 pub use mock::{MockLaunch, MockPlatform};
 pub use policy::{Policy, PolicyError};

@@ -478,6 +478,7 @@ impl MockPlatform {
                 self.root.as_der().to_vec(),
             ],
             binding: None,
+            vtpm: None,
         }
     }
 

@@ -114,6 +114,8 @@ struct PolicyFile {
     models: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     crls: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pcrs: BTreeMap<String, String>,
 }
 
 fn default_tee() -> Vec<TeeKind> {
@@ -167,6 +169,8 @@ pub struct Policy {
     pub(crate) crl_files: Vec<String>,
     /// The CRLs loaded for `crl_files` (or added by a caller without files).
     pub(crate) loaded_crls: Vec<Crl>,
+    /// az-snp-vtpm: pinned SHA-256 PCR values, by index, lowest first.
+    pub(crate) pcrs: Vec<(usize, [u8; 32])>,
 }
 
 impl Default for Policy {
@@ -190,6 +194,38 @@ fn parse_hex_list<const N: usize>(
             Ok(out)
         })
         .collect()
+}
+
+/// `pcrs = { 0 = "<64 hex>", 7 = "<64 hex>" }`: indices 0..=23 of the SHA-256 bank.
+fn parse_pcrs(table: &BTreeMap<String, String>) -> Result<Vec<(usize, [u8; 32])>, PolicyError> {
+    let mut out = table
+        .iter()
+        .map(|(key, value)| {
+            let index = key
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|i| *i < crate::azure::tpm::PCR_COUNT)
+                .ok_or_else(|| PolicyError::Invalid {
+                    field: "pcrs",
+                    reason: format!("\"{key}\" is not a PCR index 0..=23"),
+                })?;
+            let mut v = [0u8; 32];
+            hex::decode_to_slice(value.trim(), &mut v).map_err(|_| PolicyError::Invalid {
+                field: "pcrs",
+                reason: format!("PCR {index}: \"{value}\" is not 32 bytes of hex (SHA-256 bank)"),
+            })?;
+            Ok((index, v))
+        })
+        .collect::<Result<Vec<_>, PolicyError>>()?;
+    out.sort_by_key(|(i, _)| *i);
+    if out.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(PolicyError::Invalid {
+            field: "pcrs",
+            reason: "a PCR index appears twice".into(),
+        });
+    }
+    Ok(out)
 }
 
 fn hex_list<const N: usize>(list: &[[u8; N]]) -> Vec<String> {
@@ -276,6 +312,7 @@ impl Policy {
             allow_masked_chip_id: f.allow_masked_chip_id,
             crl_files: f.crls,
             loaded_crls: Vec::new(),
+            pcrs: parse_pcrs(&f.pcrs)?,
         })
     }
 
@@ -309,6 +346,11 @@ impl Policy {
             author_key_digests: hex_list(&self.author_key_digests),
             models: hex_list(&self.models),
             crls: self.crl_files.clone(),
+            pcrs: self
+                .pcrs
+                .iter()
+                .map(|(i, v)| (i.to_string(), hex::encode(v)))
+                .collect(),
         }
     }
 
@@ -367,6 +409,40 @@ impl Policy {
     /// The products accepted, if the policy names them (else any AMD product).
     pub fn products(&self) -> Option<&[Product]> {
         self.products.as_deref()
+    }
+
+    /// Accepts these TEE kinds (for example `az-snp-vtpm` besides `snp`).
+    pub fn set_tee(&mut self, tee: &[TeeKind]) {
+        self.tee = tee.to_vec();
+    }
+
+    /// The accepted TEE kinds.
+    pub fn tee(&self) -> &[TeeKind] {
+        &self.tee
+    }
+
+    /// az-snp-vtpm: requires these SHA-256 PCR values, `(index, value)`, index 0..=23.
+    ///
+    /// # Errors
+    /// [`PolicyError::Invalid`] for an index beyond 23 or one given twice.
+    pub fn set_pcrs(&mut self, pcrs: &[(usize, [u8; 32])]) -> Result<(), PolicyError> {
+        let table = pcrs
+            .iter()
+            .map(|(i, v)| (i.to_string(), hex::encode(v)))
+            .collect::<BTreeMap<_, _>>();
+        if table.len() != pcrs.len() {
+            return Err(PolicyError::Invalid {
+                field: "pcrs",
+                reason: "a PCR index appears twice".into(),
+            });
+        }
+        self.pcrs = parse_pcrs(&table)?;
+        Ok(())
+    }
+
+    /// az-snp-vtpm: the pinned SHA-256 PCR values, lowest index first (empty: any).
+    pub fn pcrs(&self) -> &[(usize, [u8; 32])] {
+        &self.pcrs
     }
 
     /// The accepted measurements.
@@ -491,6 +567,34 @@ mod tests {
         assert_eq!(again.measurements, p.measurements);
         assert_eq!(again.min_tcb, p.min_tcb);
         assert_eq!(again.min_firmware, p.min_firmware);
+    }
+
+    #[test]
+    fn parses_pinned_pcrs_and_az_snp_vtpm() {
+        let zero = "00".repeat(32);
+        let p = Policy::from_toml(&format!(
+            "tee = [\"az-snp-vtpm\"]\npcrs = {{ 7 = \"{}\", 0 = \"{zero}\" }}",
+            "ab".repeat(32)
+        ))
+        .expect("valid policy");
+        assert_eq!(p.tee, vec![TeeKind::AzSnpVtpm]);
+        assert_eq!(p.pcrs, vec![(0, [0; 32]), (7, [0xab; 32])]);
+        let again = Policy::from_toml(&p.to_toml()).expect("round trip");
+        assert_eq!(again.pcrs, p.pcrs);
+        assert_eq!(again.tee, p.tee);
+        for bad in [
+            format!("pcrs = {{ 24 = \"{zero}\" }}"),
+            format!("pcrs = {{ x = \"{zero}\" }}"),
+            "pcrs = { 0 = \"abcd\" }".to_owned(),
+        ] {
+            let err = Policy::from_toml(&bad).expect_err(&bad);
+            assert!(err.to_string().contains("pcrs"), "{err}");
+        }
+        let mut p = Policy::default();
+        assert!(p.set_pcrs(&[(1, [0; 32]), (1, [1; 32])]).is_err());
+        assert!(p.set_pcrs(&[(24, [0; 32])]).is_err());
+        p.set_pcrs(&[(9, [2; 32]), (3, [1; 32])]).expect("valid");
+        assert_eq!(p.pcrs(), &[(3, [1; 32]), (9, [2; 32])]);
     }
 
     #[test]

@@ -362,6 +362,7 @@ impl<F: TsmFs> TsmAttester<F> {
             report: outblob,
             certificates,
             binding: None,
+            vtpm: None,
         })
     }
 

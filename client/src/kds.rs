@@ -902,6 +902,7 @@ mod tests {
             report: report.as_bytes().to_vec(),
             certificates: Vec::new(),
             binding: None,
+            vtpm: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Printing verdicts: a per-check table for people, JSON for scripts.
 
 use serde_json::json;
-use veil_attestation::{Claims, Outcome, Rejection, Report, Status};
+use veil_attestation::{Claims, Outcome, Rejection, Report, Status, VtpmClaims};
 
 /// A verdict to print: the claims of evidence that passed (fresh or offline), or the
 /// rejection.
@@ -34,9 +34,17 @@ pub fn print_verdict(result: Verdict<'_>, mock: bool) {
     match result {
         Ok(a) => {
             print_outcomes(a.outcomes());
+            if let Some(vtpm) = a.vtpm() {
+                print_pcrs(vtpm);
+            }
             let tag = if mock { "VERIFIED (MOCK)" } else { "VERIFIED" };
+            let via = if a.vtpm().is_some() {
+                " (az-snp-vtpm: Azure paravisor, vTPM quote)"
+            } else {
+                ""
+            };
             println!(
-                "{tag}: {} report v{}, signed by the {}",
+                "{tag}: {} report v{}, signed by the {}{via}",
                 a.product(),
                 a.report().version(),
                 a.signing_key()
@@ -53,6 +61,29 @@ pub fn print_verdict(result: Verdict<'_>, mock: bool) {
             );
         }
     }
+}
+
+/// Prints the quoted PCRs of az-snp-vtpm evidence, one per line.
+pub fn print_pcrs(vtpm: &VtpmClaims) {
+    println!("PCRs (SHA-256 bank, quoted):");
+    for (index, value) in vtpm.pcrs() {
+        println!("  {index:2}  {}", hex::encode(value));
+    }
+}
+
+/// What the vTPM quote verified, as JSON: the PCRs by index, the nonce, the user data.
+pub fn vtpm_json(vtpm: &VtpmClaims) -> serde_json::Value {
+    let pcrs: serde_json::Map<String, serde_json::Value> = vtpm
+        .pcrs()
+        .iter()
+        .map(|(i, v)| (i.to_string(), serde_json::Value::String(hex::encode(v))))
+        .collect();
+    json!({
+        "pcrs": pcrs,
+        "extra_data": hex::encode(vtpm.extra_data()),
+        "user_data": vtpm.user_data(),
+        "ak_sha256": hex::encode(vtpm.ak_fingerprint()),
+    })
 }
 
 /// What the report claims, as JSON (the same fields `veil verify` prints).
@@ -94,10 +125,16 @@ pub fn verdict_json(result: Verdict<'_>, report: Option<&Report>, mock: bool) ->
         .map(|o| o.check.name())
         .collect();
     let claims = report.map(claims);
+    let tee = match result {
+        Ok(a) => a.tee().to_string(),
+        Err(_) if mock => "MOCK".to_owned(),
+        Err(_) => "snp".to_owned(),
+    };
     json!({
         "verified": verified,
         "mock": mock,
-        "tee": if mock { "MOCK" } else { "snp" },
+        "tee": tee,
+        "vtpm": result.ok().and_then(|a| a.vtpm()).map(vtpm_json),
         "product": result.ok().map(|a| a.product().to_string()),
         "failed": failed,
         "checks": outcomes,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use veil_attestation::policy::MinimumTcb;
-use veil_attestation::{Policy, Product};
+use veil_attestation::{Policy, Product, TeeKind};
 
 use crate::files::write_new;
 use crate::CmdResult;
@@ -41,6 +41,14 @@ pub struct SnpPolicyArgs {
     /// An accepted product: milan, genoa or turin (repeatable; default: all).
     #[arg(long = "product")]
     pub products: Vec<String>,
+    /// An accepted TEE kind: snp, or az-snp-vtpm for Azure CVMs, whose MEASUREMENT is the
+    /// paravisor's (repeatable; default: snp).
+    #[arg(long = "tee")]
+    pub tees: Vec<String>,
+    /// az-snp-vtpm: a pinned PCR of the SHA-256 bank, `INDEX=HEX` (0..=23, 64 hex digits;
+    /// repeatable).
+    #[arg(long = "pcr")]
+    pub pcrs: Vec<String>,
     /// The policy file to write.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -61,6 +69,24 @@ fn hex_values<const N: usize>(flag: &str, values: &[String]) -> anyhow::Result<V
             Ok(out)
         })
         .collect()
+}
+
+/// Parses `INDEX=HEX`.
+fn parse_pcr(spec: &str) -> anyhow::Result<(usize, [u8; 32])> {
+    let (index, value) = spec
+        .split_once('=')
+        .with_context(|| format!("--pcr {spec:?} is not INDEX=HEX"))?;
+    let index: usize = index
+        .trim()
+        .parse()
+        .ok()
+        .filter(|i| *i < 24)
+        .with_context(|| format!("--pcr {spec:?}: the index is not 0..=23"))?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(value.trim(), &mut out).map_err(|_| {
+        anyhow::anyhow!("--pcr {spec:?}: the value is not 32 bytes (64 digits) of hex")
+    })?;
+    Ok((index, out))
 }
 
 /// Parses `[PRODUCT:]key=N,…` into the product (`None` for all) and the minimum.
@@ -135,6 +161,30 @@ pub fn snp_policy(args: &SnpPolicyArgs) -> anyhow::Result<Policy> {
     for (product, tcb) in min_tcb.into_values() {
         policy.set_min_tcb(product, tcb);
     }
+    if !args.tees.is_empty() {
+        let tees = args
+            .tees
+            .iter()
+            .map(|t| match t.trim() {
+                "snp" => Ok(TeeKind::Snp),
+                "az-snp-vtpm" => Ok(TeeKind::AzSnpVtpm),
+                other => anyhow::bail!("--tee {other:?} is not snp or az-snp-vtpm"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        policy.set_tee(&tees);
+    }
+    if !args.pcrs.is_empty() {
+        anyhow::ensure!(
+            policy.tee().contains(&TeeKind::AzSnpVtpm),
+            "--pcr applies to az-snp-vtpm evidence: add --tee az-snp-vtpm"
+        );
+        let pcrs = args
+            .pcrs
+            .iter()
+            .map(|p| parse_pcr(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        policy.set_pcrs(&pcrs).context("--pcr")?;
+    }
     Ok(policy)
 }
 
@@ -151,11 +201,16 @@ pub fn run(cmd: PolicyCommand) -> CmdResult {
             // What is written must load with the same loader every appraiser uses.
             Policy::from_toml(&text).context("the policy written does not load")?;
             write_new(&args.output, text.as_bytes(), false, args.force)?;
+            let tees: Vec<&str> = policy.tee().iter().map(|t| t.name()).collect();
             println!(
-                "policy {}: tee snp (AMD roots), {} measurement(s), debug not allowed",
+                "policy {}: tee {} (AMD roots), {} measurement(s), debug not allowed",
                 args.output.display(),
+                tees.join(", "),
                 policy.measurements().len()
             );
+            for (index, value) in policy.pcrs() {
+                println!("  pcr {index}: {}", hex::encode(value));
+            }
             let hex_list =
                 |l: &[[u8; 32]]| l.iter().map(hex::encode).collect::<Vec<_>>().join(", ");
             if !policy.host_data().is_empty() {

@@ -1,11 +1,14 @@
-//! `veil report show|verify`: raw SEV-SNP reports, offline.
+//! `veil report show|verify`: raw SEV-SNP reports and evidence (Veil's bundles, Trustee's
+//! `az-snp-vtpm` files), offline.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use veil_attestation::{Certificate, Crl, Evidence, Offline, Policy, Product, Report, TeeKind};
+use veil_attestation::{
+    Certificate, Crl, Evidence, Offline, Policy, Product, Report, TeeKind, TrusteeEvidence,
+};
 
 use veil_attestation::kds;
 use veil_attestation::VcekRequest;
@@ -18,7 +21,8 @@ use crate::{CmdResult, Failure};
 /// `veil report …`
 #[derive(Subcommand)]
 pub enum ReportCommand {
-    /// Print every field of a report (raw 1184 bytes, hex text, or an evidence JSON).
+    /// Print every field of a report (raw 1184 bytes, hex text, an Azure HCL report, or an
+    /// evidence JSON: Veil's, or Trustee's az-snp-vtpm).
     Show {
         /// The report file.
         file: PathBuf,
@@ -37,7 +41,8 @@ pub enum ReportCommand {
 /// `veil report verify`
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// The report: raw 1184 bytes, hex text, or an evidence JSON bundle.
+    /// The report: raw 1184 bytes, hex text, an Azure HCL report, or an evidence JSON
+    /// (Veil's bundle, or Trustee's az-snp-vtpm evidence v0, v1 or v2).
     pub file: PathBuf,
     /// Directory with `vcek.pem`/`vcek.der` or `vlek.pem`/`vlek.der`, and optionally
     /// `ask.pem`, `asvk.pem`, `ark.pem` (snpguest's names). Built-in AMD roots otherwise.
@@ -54,7 +59,9 @@ pub struct VerifyArgs {
     /// names: AMD's KDS serves one per product.
     #[arg(long = "crl")]
     pub crls: Vec<PathBuf>,
-    /// Expected REPORT_DATA (128 hex digits). Without it, report data is not checked.
+    /// Expected REPORT_DATA (128 hex digits). For az-snp-vtpm evidence: the expected nonce
+    /// (hex of 1 to 64 bytes), compared with the TPM quote's extraData. Without it, the
+    /// binding is not checked.
     #[arg(long)]
     pub report_data: Option<String>,
     /// Check certificate validity at this time (RFC 3339) instead of now.
@@ -93,7 +100,17 @@ pub fn run(cmd: ReportCommand) -> CmdResult {
 /// If the file cannot be read or holds neither.
 pub(crate) fn load_report(file: &Path) -> anyhow::Result<(Report, Option<Evidence>)> {
     let bytes = read_small(file)?;
-    if bytes.first() == Some(&b'{') {
+    let json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if json && TrusteeEvidence::recognizes(&bytes) {
+        let evidence = TrusteeEvidence::from_json(&bytes)
+            .and_then(|t| t.to_evidence())
+            .with_context(|| format!("{}", file.display()))?;
+        let report = evidence
+            .parsed_report()
+            .with_context(|| format!("{}", file.display()))?;
+        return Ok((report, Some(evidence)));
+    }
+    if json {
         let evidence =
             Evidence::from_json(&bytes).with_context(|| format!("{}", file.display()))?;
         let report = evidence
@@ -228,6 +245,7 @@ fn verify(args: VerifyArgs) -> CmdResult {
         report: report.as_bytes().to_vec(),
         certificates: Vec::new(),
         binding: None,
+        vtpm: None,
     });
     // The certs directory's VEK replaces the evidence's; without one, the evidence's is
     // kept, and without that, the VCEK is fetched (or read from the KDS cache).
@@ -238,7 +256,7 @@ fn verify(args: VerifyArgs) -> CmdResult {
     let vek = match (dir_vek, evidence.certificates.first()) {
         (Some(v), _) => v,
         (None, Some(v)) => v.clone(),
-        (None, None) if evidence.tee == TeeKind::Snp => fetch_vcek(&report, &args)?,
+        (None, None) if evidence.tee != TeeKind::Mock => fetch_vcek(&report, &args)?,
         (None, None) => return Err(anyhow!("the evidence carries no certificates").into()),
     };
     if args.certs.is_some() {
@@ -262,9 +280,15 @@ fn verify(args: VerifyArgs) -> CmdResult {
         evidence.tee = TeeKind::Mock;
     }
     let mock = evidence.tee == TeeKind::Mock;
+    let az = evidence.tee == TeeKind::AzSnpVtpm;
 
     let mut policy = match &args.policy {
         Some(path) => load_policy(path)?,
+        None if az => {
+            let mut p = Policy::genuine_snp();
+            p.set_tee(&[TeeKind::AzSnpVtpm]);
+            p
+        }
         None => Policy::genuine_snp(),
     };
     if let Some(root) = &args.mock_root {
@@ -285,6 +309,15 @@ fn verify(args: VerifyArgs) -> CmdResult {
     }
     let now = appraisal_time(args.at.as_deref())?;
     let expected = match &args.report_data {
+        Some(text) if az => {
+            let nonce = hex::decode(text.trim())
+                .ok()
+                .filter(|n| (1..=64).contains(&n.len()))
+                .context(
+                    "--report-data for az-snp-vtpm evidence is the nonce: hex of 1 to 64 bytes",
+                )?;
+            Offline::nonce(&nonce, now)?
+        }
         Some(text) => {
             let mut rd = [0u8; 64];
             hex::decode_to_slice(text.trim(), &mut rd)
@@ -296,14 +329,16 @@ fn verify(args: VerifyArgs) -> CmdResult {
     let result = policy.appraise_offline(&evidence, &expected);
     let verdict = result.as_ref().map(|a| a.claims());
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&verdict_json(verdict, Some(&report), mock))?
-        );
+        let mut v = verdict_json(verdict, Some(&report), mock);
+        v["tee"] = serde_json::Value::String(evidence.tee.to_string());
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_verdict(verdict, mock);
         if args.policy.is_none() {
             println!("(no --policy: the measurement was not checked)");
+            if az {
+                println!("(az-snp-vtpm: the MEASUREMENT is the paravisor's; pin PCRs with `pcrs` in a policy to identify the guest)");
+            }
         }
     }
     result.map(|_| ()).map_err(|_| Failure::Rejected)

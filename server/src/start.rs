@@ -62,12 +62,17 @@ fn snp_attester(tsm: Box<dyn TsmFs>) -> anyhow::Result<Box<dyn Attester>> {
     Ok(Box::new(attester))
 }
 
-/// The Azure vTPM attester is not in this build yet.
+/// The Azure vTPM attester (the HCL report and a quote by the paravisor's attestation
+/// key), on `/dev/tpmrm0`. Fails at start when there is no TPM device.
 fn az_snp_vtpm_attester() -> anyhow::Result<Box<dyn Attester>> {
-    anyhow::bail!(
-        "--tee az-snp-vtpm: this build cannot attest through Azure's vTPM yet (it can verify \
-         az-snp-vtpm evidence); run with --tee snp on a guest that has /dev/sev-guest"
-    )
+    use veil_attestation::azure::attester::{AzureAttester, TPM_DEVICE};
+    if !Path::new(TPM_DEVICE).exists() {
+        anyhow::bail!(
+            "--tee az-snp-vtpm: {TPM_DEVICE} is not present: is this an Azure confidential VM \
+             (its vTPM holds the HCL report)?"
+        );
+    }
+    Ok(Box::new(AzureAttester::system()))
 }
 
 /// The mock platform whose files are in `dir`.

@@ -111,6 +111,7 @@ pub mod vectors {
                 report: self.report.clone(),
                 certificates,
                 binding: None,
+                vtpm: None,
             }
         }
 

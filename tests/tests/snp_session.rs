@@ -185,3 +185,25 @@ async fn snp_without_configfs_tsm_or_the_device_fails_at_start_naming_both() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn az_snp_vtpm_without_a_tpm_fails_at_start_naming_the_device() {
+    if std::path::Path::new("/dev/tpmrm0").exists() {
+        return; // a machine with a TPM: the attester would start
+    }
+    let fixture = Fixture::new();
+    let config = Config {
+        tee: Some(Tee::AzSnpVtpm),
+        ..config(&fixture)
+    };
+    let err = veil_server::start::run_with(
+        config,
+        Box::new(ConfigFsTsm::new("/nonexistent/tsm/report")),
+        std::future::pending(),
+        |_| panic!("it must not start"),
+    )
+    .await
+    .expect_err("no vTPM");
+    let text = format!("{err:#}");
+    assert!(text.contains("/dev/tpmrm0"), "{text}");
+}
