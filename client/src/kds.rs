@@ -43,7 +43,7 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// `--kds-url`, `--cache`, `--offline`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct KdsArgs {
-    /// AMD KDS base URL [default: https://kdsintf.amd.com; https trusts the system's
+    /// AMD KDS base URL [default: AMD's KDS, kdsintf.amd.com over https; https trusts the system's
     /// roots, http serves mirrors].
     #[arg(long, env = "VEIL_KDS_URL")]
     pub kds_url: Option<String>,

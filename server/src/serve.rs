@@ -27,7 +27,7 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Connections open at once (in the handshake or serving); more are closed at once.
-    /// Lowered at start to leave [`RESERVED_DESCRIPTORS`] of the descriptor limit free.
+    /// Lowered at start to leave `RESERVED_DESCRIPTORS` (64) of the descriptor limit free.
     pub max_connections: usize,
     /// Connections open at once from one peer IP address; more are closed at once.
     pub max_connections_per_peer: usize,
