@@ -438,6 +438,27 @@ impl Fixture {
         self.policy("other-launch.toml", &[m])
     }
 
+    /// Starts the workspace's `veil-server` with `extra` and provisions it as the owner
+    /// under [`Fixture::good_policy`] (`veil provision`, which waits for Ready); returns
+    /// the server and the policy's path.
+    ///
+    /// # Panics
+    /// If the server does not start or `veil provision` fails.
+    pub fn start_provisioned(&self, extra: &[&str]) -> (Server, PathBuf) {
+        let server = self.start(extra);
+        let policy = self.good_policy();
+        let o = veil(&[
+            "provision",
+            server.url(),
+            "--policy",
+            &policy.display().to_string(),
+            "--key",
+            &self.key_arg(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        (server, policy)
+    }
+
     /// The key file as a string argument.
     pub fn key_arg(&self) -> String {
         self.key.display().to_string()

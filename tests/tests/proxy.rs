@@ -21,18 +21,8 @@ impl Drop for Proxy {
 
 /// A server of `f`, provisioned by the owner under the good policy; and that policy's path.
 fn provisioned(f: &Fixture) -> (harness::Server, String) {
-    let server = f.start(&[]);
-    let policy = f.good_policy().display().to_string();
-    let o = veil(&[
-        "provision",
-        server.url(),
-        "--policy",
-        &policy,
-        "--key",
-        &f.key_arg(),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    (server, policy)
+    let (server, policy) = f.start_provisioned(&[]);
+    (server, policy.display().to_string())
 }
 
 /// Starts `veil proxy` on an ephemeral loopback port; returns it and its address.

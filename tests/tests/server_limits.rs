@@ -235,17 +235,7 @@ fn metric(server: &Server, sample: &str) -> u64 {
 
 /// A server of `f` started with `extra` and provisioned by the owner under the good policy.
 fn provisioned(f: &Fixture, extra: &[&str]) -> Server {
-    let server = f.start(extra);
-    let policy = f.good_policy().display().to_string();
-    let o = veil(&[
-        "provision",
-        server.url(),
-        "--policy",
-        &policy,
-        "--key",
-        &f.key_arg(),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (server, _) = f.start_provisioned(extra);
     let deadline = Instant::now() + STEP;
     while server.ready()["state"] != "ready" {
         assert!(Instant::now() < deadline, "not ready: {}", server.ready());
