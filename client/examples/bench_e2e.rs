@@ -373,7 +373,12 @@ fn main() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    rt.spawn(serve(listener, Arc::clone(&proxy), std::future::pending()));
+    rt.spawn(serve(
+        listener,
+        Arc::clone(&proxy),
+        veil_client::http::ListenLimits::default(),
+        std::future::pending(),
+    ));
     let upstream = veil_client::remote::Upstream::new(
         Target::parse(&url).expect("url"),
         policy.clone(),

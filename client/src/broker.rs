@@ -32,7 +32,7 @@ use veil_sealing::{KeyId, ModelKey};
 
 use crate::files::load_policy;
 use crate::http::{
-    json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
+    json_response, read_body, reload_on_sighup, serve, shutdown_signal, Handler, ListenLimits,
 };
 use crate::kds::{Collateral, KdsArgs};
 use crate::CmdResult;
@@ -64,6 +64,9 @@ pub struct BrokerArgs {
     /// Where the VCEK of SNP evidence that carries none comes from.
     #[command(flatten)]
     pub kds: KdsArgs,
+    /// Connection caps and timeouts.
+    #[command(flatten)]
+    pub limits: ListenLimits,
 }
 
 /// Why a key request was refused.
@@ -273,9 +276,9 @@ impl Broker {
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
             },
             (&Method::POST, KEY_PATH) => {
-                let body = match read_body(body, MAX_BODY).await {
+                let body = match read_body(&parts.extensions, body, MAX_BODY).await {
                     Ok(b) => b,
-                    Err(e) => return error(BodyTooLarge::STATUS, BodyTooLarge::CODE, &e.to_string()),
+                    Err(e) => return error(e.status(), e.code(), &e.to_string()),
                 };
                 let mut req: KeyRequest = match serde_json::from_slice(&body) {
                     Ok(r) => r,
@@ -449,7 +452,7 @@ pub fn run(args: BrokerArgs) -> CmdResult {
             ids.join(", "),
             args.policy.display()
         );
-        serve(listener, broker, shutdown_signal()).await?;
+        serve(listener, broker, args.limits, shutdown_signal()).await?;
         Ok(())
     })
 }

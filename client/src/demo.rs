@@ -167,7 +167,12 @@ pub fn run(args: DemoArgs) -> CmdResult {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .context("cannot listen for the key broker")?;
         let url = format!("http://{}", listener.local_addr()?);
-        rt.spawn(serve(listener, broker, std::future::pending()));
+        rt.spawn(serve(
+            listener,
+            broker,
+            crate::http::ListenLimits::default(),
+            std::future::pending(),
+        ));
         println!("the owner's key broker is at {url}: key {key_id}, the policy above");
         Some(url)
     } else {

@@ -12,10 +12,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use http_body_util::{Either, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
@@ -23,7 +25,7 @@ use veil_attestation::Policy;
 
 use crate::files::load_policy;
 use crate::http::{
-    json_response, read_body, reload_on_sighup, serve, shutdown_signal, BodyTooLarge, Handler,
+    json_response, read_body, reload_on_sighup, serve, shutdown_signal, Handler, ListenLimits,
 };
 use crate::kds::{Collateral, KdsArgs};
 use crate::output::print_verdict;
@@ -54,10 +56,21 @@ pub struct ProxyArgs {
     /// Where the VCEK of SNP evidence that carries none comes from.
     #[command(flatten)]
     pub kds: KdsArgs,
+    /// Seconds a streamed answer may go without a chunk from the server before the proxy
+    /// gives up on it and ends the client's response.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_idle_timeout: u64,
+    /// Connection caps and timeouts.
+    #[command(flatten)]
+    pub limits: ListenLimits,
 }
 
-/// The body of a proxied response: the upstream's stream, or a local answer.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// An error inside a proxied body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of a proxied response: the upstream's stream (ended with an error if it
+/// stalls past the idle timeout), or a local answer.
+pub type ProxyBody = Either<BoxBody<Bytes, BoxError>, Full<Bytes>>;
 
 /// The proxy's state: one verified upstream, and who may call it.
 pub struct Proxy {
@@ -66,6 +79,7 @@ pub struct Proxy {
     /// The listening address, which `Host` may name besides `localhost`.
     local: Option<std::net::IpAddr>,
     allow_origins: Vec<String>,
+    stream_idle: Duration,
 }
 
 impl Proxy {
@@ -80,6 +94,7 @@ impl Proxy {
             url: url.to_owned(),
             local: None,
             allow_origins: Vec::new(),
+            stream_idle: Duration::from_secs(60),
         })
     }
 
@@ -93,6 +108,15 @@ impl Proxy {
                 .iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
+            ..self
+        }
+    }
+
+    /// The same, giving up on an upstream answer that sends nothing for `idle`.
+    #[must_use]
+    pub fn stream_idle_timeout(self, idle: Duration) -> Self {
+        Proxy {
+            stream_idle: idle,
             ..self
         }
     }
@@ -192,9 +216,9 @@ impl Proxy {
                 ),
             );
         }
-        let body = match read_body(body, MAX_BODY).await {
+        let body = match read_body(&parts.extensions, body, MAX_BODY).await {
             Ok(b) => b,
-            Err(e) => return local_error(BodyTooLarge::STATUS, BodyTooLarge::CODE, &e.to_string()),
+            Err(e) => return local_error(e.status(), e.code(), &e.to_string()),
         };
         let mut session = match self.upstream.connect().await {
             Ok(Connection::Pinned(s)) => s,
@@ -240,8 +264,30 @@ impl Proxy {
         for hop in ["connection", "keep-alive", "transfer-encoding"] {
             head.headers.remove(hop);
         }
-        Response::from_parts(head, Either::Left(body))
+        Response::from_parts(head, Either::Left(idle_bounded(body, self.stream_idle)))
     }
+}
+
+/// `body`, ended with an error (which aborts the client's response) when no frame comes
+/// within `idle`: a stalled server does not hold the client's request open for ever.
+fn idle_bounded(body: Incoming, idle: Duration) -> BoxBody<Bytes, BoxError> {
+    let frames = futures_util::stream::unfold(Some(body), move |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),
+            Ok(Some(Err(e))) => Some((Err(BoxError::from(e)), None)),
+            Ok(None) => None,
+            Err(_) => {
+                let message = format!(
+                    "the server sent nothing for {} s (--stream-idle-timeout): the answer is cut off",
+                    idle.as_secs()
+                );
+                eprintln!("veil proxy: {message}");
+                Some((Err(BoxError::from(message)), None))
+            }
+        }
+    });
+    StreamBody::new(frames).boxed()
 }
 
 fn local_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
@@ -253,6 +299,9 @@ fn local_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyB
 
 impl Handler for Proxy {
     type Body = ProxyBody;
+
+    // The client's connection and the upstream one.
+    const DESCRIPTORS_PER_CONNECTION: u64 = 2;
 
     fn handle(
         &self,
@@ -294,7 +343,11 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = bind_loopback(&args.listen).await?;
-        let proxy = Arc::new(proxy.serving(listener.local_addr()?, &args.allow_origins));
+        let proxy = Arc::new(
+            proxy
+                .serving(listener.local_addr()?, &args.allow_origins)
+                .stream_idle_timeout(Duration::from_secs(args.stream_idle_timeout)),
+        );
         let (reloaded, path) = (Arc::clone(&proxy), args.policy.clone());
         reload_on_sighup(format!("policy {}", path.display()), move || {
             let policy = load_policy(&path)?;
@@ -319,7 +372,7 @@ pub fn run(args: ProxyArgs) -> CmdResult {
             "veil proxy listening on http://{addr}/v1 -> {} (verified; re-verified whenever its key changes, or on SIGHUP with the policy reloaded)",
             args.upstream
         );
-        serve(listener, proxy, shutdown_signal()).await?;
+        serve(listener, proxy, args.limits, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -293,8 +293,23 @@ impl Session {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let (status, _, bytes) = self.fetch_with_headers(method, path, body).await?;
+        Ok((status, bytes))
+    }
+
+    /// [`Session::fetch`], with the response's headers.
+    ///
+    /// # Errors
+    /// As [`Session::fetch`].
+    pub async fn fetch_with_headers(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Bytes)> {
         let resp = self.send_within_deadline(method, path, body).await?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let authority = self.target.authority();
         let bytes = within(
             self.target.deadlines.body,
@@ -313,7 +328,7 @@ impl Session {
         )
         .await?
         .to_bytes();
-        Ok((status, bytes))
+        Ok((status, headers, bytes))
     }
 }
 
@@ -435,15 +450,37 @@ pub async fn attest(
     collateral: &Collateral,
 ) -> anyhow::Result<Result<Verified, Rejected>> {
     let mut session = Session::connect(target, PinMode::Capture).await?;
-    let nonce = Nonce::random::<32>();
-    let path = format!("/v1/attestation?nonce={}", nonce.to_base64url());
-    let (status, body) = session.fetch("GET", &path, None).await?;
-    if status != StatusCode::OK {
-        bail!(
-            "GET /v1/attestation: {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
+    let mut busy = RateLimited::default();
+    let (nonce, body) = loop {
+        let nonce = Nonce::random::<32>();
+        let path = format!("/v1/attestation?nonce={}", nonce.to_base64url());
+        let (status, headers, body) = session.fetch_with_headers("GET", &path, None).await?;
+        if status == StatusCode::OK {
+            break (nonce, body);
+        }
+        let refused = || {
+            format!(
+                "GET /v1/attestation: {status}: {}",
+                String::from_utf8_lossy(&body)
+            )
+        };
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            bail!(refused());
+        }
+        // A busy server: wait as it says, a bounded number of times, with a new nonce.
+        let Some(wait) = busy.next_wait(&headers) else {
+            bail!(
+                "{} (still refused after {} tries over {} s of waiting as Retry-After said)",
+                refused(),
+                busy.tries,
+                busy.waited.as_secs()
+            );
+        };
+        tokio::time::sleep(wait).await;
+        if session.is_closed() {
+            session = Session::connect(target, PinMode::Capture).await?;
+        }
+    };
     let mut evidence = Evidence::from_json(&body).context("the server's evidence")?;
     collateral
         .complete(&mut evidence, policy.products())
@@ -477,6 +514,37 @@ pub async fn attest(
             }),
         },
     )
+}
+
+/// How [`attest`] waits out `429 Too Many Requests`: as `Retry-After` says (1 s if it
+/// says nothing usable, at most [`RateLimited::LONGEST_WAIT`] each time), at most
+/// [`RateLimited::RETRIES`] times and [`RateLimited::TOTAL_WAIT`] in all.
+#[derive(Debug, Default)]
+struct RateLimited {
+    tries: u32,
+    waited: Duration,
+}
+
+impl RateLimited {
+    const RETRIES: u32 = 5;
+    const LONGEST_WAIT: Duration = Duration::from_secs(10);
+    const TOTAL_WAIT: Duration = Duration::from_secs(20);
+
+    /// How long to wait before the next try, or `None` to give up.
+    fn next_wait(&mut self, headers: &hyper::HeaderMap) -> Option<Duration> {
+        let asked = headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(Duration::from_secs(1), Duration::from_secs);
+        let wait = asked.clamp(Duration::from_millis(100), Self::LONGEST_WAIT);
+        self.tries += 1;
+        if self.tries > Self::RETRIES || self.waited + wait > Self::TOTAL_WAIT {
+            return None;
+        }
+        self.waited += wait;
+        Some(wait)
+    }
 }
 
 /// Whether a connection failed because the server presented a key other than the pinned
@@ -629,5 +697,46 @@ impl Upstream {
                 mock: r.mock,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_after(v: &str) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(hyper::header::RETRY_AFTER, v.parse().expect("header value"));
+        h
+    }
+
+    #[test]
+    fn a_busy_server_is_waited_out_as_it_says_within_bounds() {
+        let mut busy = RateLimited::default();
+        assert_eq!(
+            busy.next_wait(&retry_after("2")),
+            Some(Duration::from_secs(2))
+        );
+        // Nothing usable: 1 s. Too long: the longest wait.
+        assert_eq!(
+            busy.next_wait(&hyper::HeaderMap::new()),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            busy.next_wait(&retry_after("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            busy.next_wait(&retry_after("3600")),
+            Some(RateLimited::LONGEST_WAIT)
+        );
+        // 14 s waited: another 10 s would pass the total.
+        assert_eq!(busy.next_wait(&retry_after("10")), None);
+        let mut many = RateLimited::default();
+        let waits: Vec<_> = (0..10)
+            .map_while(|_| many.next_wait(&retry_after("0")))
+            .collect();
+        assert_eq!(waits.len(), RateLimited::RETRIES as usize);
+        assert!(waits.iter().all(|w| *w == Duration::from_millis(100)));
     }
 }

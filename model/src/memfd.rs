@@ -32,16 +32,16 @@ impl std::fmt::Debug for ModelFile {
 }
 
 impl ModelFile {
+    /// The memfd's name: its mappings show as `/memfd:veil-model` in `/proc/PID/maps`.
+    pub const NAME: &'static str = "veil-model";
+
     /// An empty (all zero) in-memory file of `len` bytes.
     ///
     /// # Errors
     /// [`EngineError::Load`] if the memfd cannot be created or sized.
     pub fn new(len: u64) -> Result<Self, EngineError> {
-        let fd = memfd_create(
-            "veil-model",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )
-        .map_err(|e| EngineError::Load(format!("memfd_create: {e}")))?;
+        let fd = memfd_create(Self::NAME, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| EngineError::Load(format!("memfd_create: {e}")))?;
         ftruncate(&fd, len)
             .map_err(|e| EngineError::Load(format!("sizing the in-memory model: {e}")))?;
         Ok(ModelFile {

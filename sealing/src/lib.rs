@@ -39,6 +39,7 @@
 pub mod header;
 pub mod key;
 mod memory;
+pub use memory::exclude_memfd_from_core_dumps;
 pub mod stream;
 
 pub use header::SealedHeader;

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use veil_net::CapCounters;
 
 use crate::state::Lifecycle;
 
@@ -22,13 +24,10 @@ pub struct Metrics {
     pub(crate) unseal_ms: AtomicU64,
     /// Plaintext bytes opened so far.
     pub(crate) unsealed_bytes: AtomicU64,
-    /// Connections open now (in the TLS handshake or serving).
-    pub(crate) connections_open: AtomicU64,
-    /// Connections closed at once because `--max-connections` were open.
-    pub(crate) refused_total_cap: AtomicU64,
-    /// Connections closed at once because `--max-connections-per-peer` were open from
-    /// that address.
-    pub(crate) refused_peer_cap: AtomicU64,
+    /// Connections open now (in the TLS handshake or serving), and those closed at once
+    /// because `--max-connections` were open, or `--max-connections-per-peer` from that
+    /// address.
+    pub(crate) connections: Arc<CapCounters>,
     /// Requests answered 408 because their body did not arrive within `--body-timeout`.
     pub(crate) body_timeouts: AtomicU64,
     /// `/v1/attestation` requests refused by the per-peer rate limit.
@@ -179,7 +178,7 @@ impl Metrics {
                 "veil_connections_open",
                 "gauge",
                 Some("TLS connections open now."),
-                one(load(&self.connections_open).to_string()),
+                one(load(&self.connections.open).to_string()),
             ),
             (
                 "veil_connections_refused_total",
@@ -188,8 +187,8 @@ impl Metrics {
                 by(
                     "cap",
                     [
-                        ("total", &self.refused_total_cap),
-                        ("per_peer", &self.refused_peer_cap),
+                        ("total", &self.connections.refused_total),
+                        ("per_peer", &self.connections.refused_per_peer),
                     ],
                 ),
             ),
@@ -252,9 +251,9 @@ mod tests {
         m.attestations.store(3, Ordering::Relaxed);
         m.unseal_ms.store(1234, Ordering::Relaxed);
         m.unsealed_bytes.store(99, Ordering::Relaxed);
-        m.connections_open.store(4, Ordering::Relaxed);
-        m.refused_total_cap.store(1, Ordering::Relaxed);
-        m.refused_peer_cap.store(2, Ordering::Relaxed);
+        m.connections.open.store(4, Ordering::Relaxed);
+        m.connections.refused_total.store(1, Ordering::Relaxed);
+        m.connections.refused_per_peer.store(2, Ordering::Relaxed);
         m.body_timeouts.store(5, Ordering::Relaxed);
         m.attest_limited_peer.store(6, Ordering::Relaxed);
         m.set_hardening("not_dumpable", false);

@@ -11,23 +11,12 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use veil_model::{ChatMessage, Engine, EngineError, Event, GenerateRequest, SamplingParams};
+use veil_openai::{Chat, ChatRequest, ErrorKind, RequestError};
 
 use crate::error::{ApiError, Json};
 use crate::state::{AppState, Lifecycle};
-
-/// Content bytes allowed per token of the context: a chat whose messages' content is longer
-/// than `context_length × MAX_CONTENT_BYTES_PER_TOKEN` bytes is refused before it is
-/// rendered or tokenized (no tokenizer packs 32 bytes into a token of ordinary text).
-pub const MAX_CONTENT_BYTES_PER_TOKEN: usize = 32;
-/// The content cap never goes below this (small test contexts).
-pub const MIN_CONTENT_BYTES: usize = 64 << 10;
-/// Largest `top_k`.
-pub const MAX_TOP_K: u32 = 1000;
-/// Largest `repetition_penalty` (1 is off; beyond 2 the output degenerates).
-pub const MAX_REPETITION_PENALTY: f32 = 2.0;
 
 /// The engine, or the 503 that says why there is none.
 fn engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
@@ -62,169 +51,45 @@ pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Result<Respons
     .into_response())
 }
 
-/// The OpenAI chat completion request (the fields Veil honours; others are refused).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChatRequest {
-    model: Option<String>,
-    messages: Vec<ChatMessage>,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    seed: Option<i64>,
-    stop: Option<Value>,
-    stream: Option<bool>,
-    stream_options: Option<Value>,
-    frequency_penalty: Option<f32>,
-    presence_penalty: Option<f32>,
-    repetition_penalty: Option<f32>,
-    n: Option<u32>,
-    user: Option<String>,
-    /// llama.cpp's extension: keep generating past end-of-generation tokens.
-    ignore_eos: Option<bool>,
+/// A checked request as the engine takes it: the chat, sampling over the engine's
+/// defaults.
+fn to_request(chat: Chat) -> GenerateRequest {
+    let s = chat.sampling;
+    let d = SamplingParams::default();
+    let params = SamplingParams {
+        temperature: s.temperature.unwrap_or(d.temperature),
+        top_p: s.top_p.unwrap_or(d.top_p),
+        top_k: s.top_k.unwrap_or(d.top_k),
+        seed: s.seed,
+        max_tokens: s.max_tokens.unwrap_or(d.max_tokens),
+        stop: s.stop,
+        repetition_penalty: s.repetition_penalty.unwrap_or(d.repetition_penalty),
+        ignore_eos: s.ignore_eos,
+    };
+    let messages = chat
+        .messages
+        .into_iter()
+        .map(|m| ChatMessage {
+            role: m.role,
+            content: m.content,
+        })
+        .collect();
+    let mut request = GenerateRequest::chat(messages);
+    request.params = params;
+    request
 }
 
-fn to_request(
-    req: ChatRequest,
-    model_name: &str,
-    context_length: u32,
-) -> Result<(GenerateRequest, bool, bool), ApiError> {
-    if let Some(m) = &req.model {
-        if m != model_name {
-            return Err(ApiError {
-                param: Some("model".into()),
-                ..ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "model_not_found",
-                    format!("model {m:?} does not exist; this server serves {model_name:?}"),
-                )
-            });
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let (status, code) = match e.kind {
+            ErrorKind::ModelNotFound => (StatusCode::NOT_FOUND, "model_not_found"),
+            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_request"),
+        };
+        ApiError {
+            param: Some(e.param.to_owned()),
+            ..ApiError::new(status, code, e.message)
         }
     }
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "messages must not be empty"));
-    }
-    // Cheap caps before any rendering or tokenizing: every message takes at least one
-    // token of the context, and content beyond MAX_CONTENT_BYTES_PER_TOKEN bytes a token
-    // cannot fit.
-    let context = context_length as usize;
-    if req.messages.len() > context {
-        return Err(ApiError::invalid(
-            "messages",
-            format!(
-                "{} messages cannot fit a context of {context_length} tokens (at most {context} messages)",
-                req.messages.len()
-            ),
-        ));
-    }
-    let content: usize = req.messages.iter().map(|m| m.content.len()).sum();
-    let max_content = (context * MAX_CONTENT_BYTES_PER_TOKEN).max(MIN_CONTENT_BYTES);
-    if content > max_content {
-        return Err(ApiError::invalid(
-            "messages",
-            format!(
-                "{content} bytes of content cannot fit a context of {context_length} tokens (at most {max_content} bytes)"
-            ),
-        ));
-    }
-    if let Some(m) = req
-        .messages
-        .iter()
-        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
-    {
-        return Err(ApiError::invalid(
-            "messages",
-            format!("unknown role {:?}", m.role),
-        ));
-    }
-    if req.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid("n", "only n = 1 is supported"));
-    }
-    let mut params = SamplingParams::default();
-    if let Some(t) = req.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::invalid(
-                "temperature",
-                "temperature must be between 0 and 2",
-            ));
-        }
-        params.temperature = t;
-    }
-    if let Some(p) = req.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(ApiError::invalid("top_p", "top_p must be in (0, 1]"));
-        }
-        params.top_p = p;
-    }
-    if let Some(k) = req.top_k {
-        if k > MAX_TOP_K {
-            return Err(ApiError::invalid(
-                "top_k",
-                format!("top_k must be between 0 and {MAX_TOP_K}"),
-            ));
-        }
-        params.top_k = k;
-    }
-    if let Some(s) = req.seed {
-        params.seed = Some(s as u32);
-    }
-    if let Some(m) = req.max_completion_tokens.or(req.max_tokens) {
-        if m == 0 {
-            return Err(ApiError::invalid(
-                "max_tokens",
-                "max_tokens must be at least 1",
-            ));
-        }
-        params.max_tokens = m;
-    }
-    params.stop = match req.stop {
-        None | Some(Value::Null) => vec![],
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => a
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "stop",
-                "stop must be a string or up to 4 strings",
-            ))
-        }
-    };
-    if let Some(r) = req.repetition_penalty {
-        if !(r > 0.0 && r <= MAX_REPETITION_PENALTY) {
-            return Err(ApiError::invalid(
-                "repetition_penalty",
-                format!("repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}]"),
-            ));
-        }
-        params.repetition_penalty = r;
-    }
-    // Accepted for compatibility and not applied; OpenAI's range still holds.
-    for (name, value) in [
-        ("frequency_penalty", req.frequency_penalty),
-        ("presence_penalty", req.presence_penalty),
-    ] {
-        if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
-            return Err(ApiError::invalid(
-                name,
-                format!("{name} must be between -2 and 2"),
-            ));
-        }
-    }
-    params.ignore_eos = req.ignore_eos.unwrap_or(false);
-    let _ = req.user;
-    let include_usage = req
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let mut request = GenerateRequest::chat(req.messages);
-    request.params = params;
-    Ok((request, req.stream.unwrap_or(false), include_usage))
 }
 
 fn engine_error(e: EngineError) -> ApiError {
@@ -273,7 +138,9 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
     let model = engine.info().name.clone();
-    let (request, stream, include_usage) = to_request(req, &model, engine.info().context_length)?;
+    let chat = req.check(&model, engine.info().context_length)?;
+    let (stream, include_usage) = (chat.stream, chat.include_usage);
+    let request = to_request(chat);
     // Rendering the template and tokenizing are CPU work: on a blocking thread, a few at
     // a time, never on the async workers that answer health, attestation and provisioning.
     // The engine refuses a prompt whose tokens do not fit the context before queueing it.

@@ -1,7 +1,6 @@
 //! Start-up: reads the sealed header, binds the address, sets up the attester and the TLS
 //! identity, builds the locked state, and serves until SIGTERM or Ctrl-C.
 
-use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +12,7 @@ use veil_attestation::{Attester, ConfigFsTsm, MockAttester, MockLaunch, MockPlat
 use zeroize::Zeroizing;
 
 use crate::config::{Config, Tee};
-use crate::state::AppState;
+use crate::state::{AppState, SealedFile};
 
 /// The attester for `tee`. `tsm` is the configfs-tsm that `--tee snp` uses (the kernel's,
 /// [`ConfigFsTsm::system`], except in tests).
@@ -115,9 +114,9 @@ pub async fn run_with(
         .model
         .clone()
         .context("--model FILE (a sealed model from `veil seal`) is required")?;
-    let file = File::open(&model)
+    let sealed = SealedFile::open(model.clone())
         .with_context(|| format!("cannot open the sealed model {}", model.display()))?;
-    let header = veil_sealing::read_header(&file)
+    let header = veil_sealing::read_header(&sealed.file)
         .with_context(|| format!("{} is not a readable sealed model", model.display()))?;
     let broker = config
         .key_broker
@@ -137,7 +136,7 @@ pub async fn run_with(
         "127.0.0.1".into(),
     ])?;
     let state = Arc::new(
-        AppState::builder(attester, tls.spki_sha256, header, model)
+        AppState::builder(attester, tls.spki_sha256, header, sealed)
             .engine_config(config.engine_config())
             .max_body(config.max_body())
             .body_timeout(body_timeout)

@@ -244,8 +244,9 @@ pub struct AppState {
     pub(crate) wrapping: WrappingKey,
     /// The sealed model's header (read at start).
     pub(crate) header: SealedHeader,
-    /// The sealed model file.
-    pub(crate) sealed_path: PathBuf,
+    /// The sealed model file, opened at start and held: removing or replacing the file
+    /// afterwards changes nothing that is unsealed (shrinking it is refused at unseal).
+    pub(crate) sealed: SealedFile,
     /// With `--key-broker`: what the last request to the broker came to (for `/ready`).
     key_broker: Mutex<Option<String>>,
     /// How to build the engine.
@@ -263,12 +264,32 @@ pub struct AppState {
     pub(crate) prepare: Arc<tokio::sync::Semaphore>,
 }
 
+/// The sealed model: the file opened at start, and its path for messages.
+#[derive(Debug)]
+pub struct SealedFile {
+    /// Where it was opened.
+    pub path: PathBuf,
+    /// The open file, read with positional reads only.
+    pub file: std::fs::File,
+}
+
+impl SealedFile {
+    /// Opens `path`.
+    ///
+    /// # Errors
+    /// If it cannot be opened.
+    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::File::open(&path)?;
+        Ok(SealedFile { path, file })
+    }
+}
+
 /// Builds a locked [`AppState`] with a fresh wrapping key.
 pub struct AppStateBuilder {
     attester: Arc<dyn Attester>,
     spki_sha256: [u8; 32],
     header: SealedHeader,
-    sealed_path: PathBuf,
+    sealed: SealedFile,
     engine_config: EngineConfig,
     attest_global: (f64, f64),
     attest_per_peer: (f64, f64),
@@ -318,7 +339,7 @@ impl AppStateBuilder {
             spki_sha256: self.spki_sha256,
             wrapping: WrappingKey::generate(),
             header: self.header,
-            sealed_path: self.sealed_path,
+            sealed: self.sealed,
             key_broker: Mutex::new(None),
             engine_config: self.engine_config,
             metrics: Arc::new(Metrics::default()),
@@ -344,18 +365,18 @@ impl AppState {
     pub const ATTEST_PER_PEER: (f64, f64) = (5.0, 10.0);
 
     /// A builder for the state of a server whose TLS key hashes to `spki_sha256` and
-    /// whose sealed model, at `sealed_path`, has `header`.
+    /// whose sealed model, `sealed`, has `header`.
     pub fn builder(
         attester: Box<dyn Attester>,
         spki_sha256: [u8; 32],
         header: SealedHeader,
-        sealed_path: PathBuf,
+        sealed: SealedFile,
     ) -> AppStateBuilder {
         AppStateBuilder {
             attester: Arc::from(attester),
             spki_sha256,
             header,
-            sealed_path,
+            sealed,
             engine_config: EngineConfig::default(),
             attest_global: Self::ATTEST_GLOBAL,
             attest_per_peer: Self::ATTEST_PER_PEER,

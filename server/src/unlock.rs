@@ -3,7 +3,6 @@
 //! and accepted once; the weights are then unsealed into memory and loaded in the
 //! background. No HTTP here: the routes map [`UnlockError`] to their answers.
 
-use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,8 +75,9 @@ impl ChunkSink for IntoModelFile<'_> {
 fn unseal_and_load(state: &AppState, key: ModelKey) {
     let started = Instant::now();
     let outcome = (|| -> Result<Arc<dyn Engine>, String> {
-        let file = File::open(&state.sealed_path)
-            .map_err(|e| format!("cannot open the sealed model: {e}"))?;
+        // The file opened at start: what was attested is what is unsealed, whatever
+        // happened to the path since.
+        let file = &state.sealed.file;
         let options = UnsealOptions {
             expected_sha256: Some(state.header.model_sha256),
             progress: Some(&state.metrics.unsealed_bytes),
@@ -87,7 +87,7 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
         // it. If a chunk fails, the memfd (holding only authenticated chunks) is dropped.
         let mut model = ModelFile::new(state.header.plaintext_len)
             .map_err(|e| format!("model load failed: {e}"))?;
-        veil_sealing::unseal_to(&file, &key, &options, &IntoModelFile(&model))
+        veil_sealing::unseal_to(file, &key, &options, &IntoModelFile(&model))
             .map_err(|e| format!("unsealing failed: {e}"))?;
         drop(key);
         // Filled: from now on nobody can write, grow or shrink the weights' memfd.
@@ -100,6 +100,17 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
         let unsealed = started.elapsed();
         let engine = LlamaEngine::load_file(model, state.engine_config.clone())
             .map_err(|e| format!("model load failed: {e}"))?;
+        // The weights' mapping out of core dumps, beside coredump_filter (which leaves out
+        // all shared memory).
+        // (llama.cpp maps the tensor data, not the whole file: any mapping, all marked.)
+        let not_dumped = match veil_sealing::exclude_memfd_from_core_dumps(ModelFile::NAME) {
+            Ok(bytes) => bytes > 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "MADV_DONTDUMP on the model's mapping failed");
+                false
+            }
+        };
+        state.metrics.set_hardening("model_not_dumped", not_dumped);
         let locked = crate::harden::locked_bytes().unwrap_or(0);
         let fully_locked = locked >= state.header.plaintext_len;
         state.metrics.locked_bytes.store(locked, Ordering::Relaxed);
@@ -108,6 +119,7 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
             unseal_ms = unsealed.as_millis() as u64,
             load_ms = (started.elapsed() - unsealed).as_millis() as u64,
             memfd_sealed = sealed,
+            not_dumped,
             locked_bytes = locked,
             "model unsealed and loaded"
         );

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod harness;
+pub mod raw;
 
 /// A directory of `shared/vectors`: `$var`, by default `../shared/vectors/<default>` beside
 /// the checkout, when it holds a `manifest.json`. Otherwise `None`, saying SKIPPED, or with

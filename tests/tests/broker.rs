@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use veil_sealing::ModelKey;
@@ -24,7 +26,7 @@ struct Broker {
 impl Broker {
     /// `veil broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
     fn start(policy: &Path, keys: &Path, log: &Path) -> Broker {
-        Broker::start_in(Command::new(binary("veil")), policy, keys, log)
+        Broker::start_in(Command::new(binary("veil")), &[], policy, keys, log)
     }
 
     /// The same, under a limit of `limit` open descriptors, soft and hard (so raising the
@@ -35,18 +37,25 @@ impl Broker {
             .arg("-c")
             .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
             .arg(binary("veil"));
-        Broker::start_in(command, policy, keys, log)
+        Broker::start_in(command, &[], policy, keys, log)
     }
 
-    /// `command broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
-    fn start_in(mut command: Command, policy: &Path, keys: &Path, log: &Path) -> Broker {
+    /// `command broker --policy POLICY --keys KEYS --listen 127.0.0.1:0 EXTRA…`.
+    fn start_in(
+        mut command: Command,
+        extra: &[&str],
+        policy: &Path,
+        keys: &Path,
+        log: &Path,
+    ) -> Broker {
         command
             .arg("broker")
             .arg("--policy")
             .arg(policy)
             .arg("--keys")
             .arg(keys)
-            .args(["--listen", "127.0.0.1:0"]);
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
         let (child, url) = spawn_announced(&mut command, "http://", log);
         Broker {
             child,
@@ -334,10 +343,198 @@ fn a_broker_out_of_descriptors_keeps_serving_once_they_are_freed() {
 
     let log = broker.log();
     assert!(log.contains("open-descriptor limit 48"), "{log}");
-    let errors = log
+    // The cap (48 less 16 kept free) refuses the rest before accept() runs out; either
+    // way, at most one line a second over the ~1.5 s it lasted (plus the first).
+    assert!(log.contains("at most 32 connections"), "{log}");
+    let lines = log
         .lines()
-        .filter(|l| l.contains("accepting a connection failed"))
+        .filter(|l| l.contains("accepting a connection failed") || l.contains("refused"))
         .count();
-    // At most one line a second over the ~1.5 s it lasted (plus the first).
-    assert!((1..=3).contains(&errors), "{errors} lines:\n{log}");
+    assert!((1..=3).contains(&lines), "{lines} lines:\n{log}");
+}
+
+/// Reads one HTTP/1.1 message (head and `Content-Length` body) from `from`, whole.
+fn read_message(from: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                buf.truncate(end + 4 + len);
+                return Ok(buf);
+            }
+        }
+        let n = from.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A relay in front of a broker that passes everything through, except that it cuts the
+/// first `cut` answers to `POST /v1/key` off half-way and closes the connection.
+struct CuttingRelay {
+    url: String,
+    cut: Arc<AtomicUsize>,
+}
+
+impl CuttingRelay {
+    fn start(broker: &str, cut: usize) -> CuttingRelay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bound");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        let broker = broker.trim_start_matches("http://").to_owned();
+        let done = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&done);
+        std::thread::spawn(move || {
+            // Bounded: a test needs a handful of connections.
+            for client in listener.incoming().take(64) {
+                let Ok(mut client) = client else { continue };
+                let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+                let Ok(req) = read_message(&mut client) else {
+                    continue;
+                };
+                let Ok(mut upstream) = TcpStream::connect(&broker) else {
+                    continue;
+                };
+                let _ = upstream.set_read_timeout(Some(Duration::from_secs(30)));
+                if upstream.write_all(&req).is_err() {
+                    continue;
+                }
+                let Ok(answer) = read_message(&mut upstream) else {
+                    continue;
+                };
+                let to_send = if req.starts_with(b"POST /v1/key ")
+                    && counted.fetch_add(1, Ordering::SeqCst) < cut
+                {
+                    &answer[..answer.len() / 2]
+                } else {
+                    &answer[..]
+                };
+                let _ = client.write_all(to_send);
+                // Dropping both closes them: mid-answer when cut.
+            }
+        });
+        CuttingRelay { url, cut: done }
+    }
+
+    /// How many `POST /v1/key` requests it has relayed (cut or not).
+    fn key_requests(&self) -> usize {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_broker_whose_answer_breaks_off_leaves_the_server_locked_and_asking_again() {
+    let f = Fixture::new();
+    let broker = Broker::start(
+        &f.good_policy(),
+        &keys_dir(&f, "owner", &f.key),
+        &f.path("broker.log"),
+    );
+    let relay = CuttingRelay::start(&broker.url, 2);
+    let server = f.start(&["--key-broker", &relay.url]);
+    // Locked, with the broken answer named at /ready...
+    let ready = wait_broker_status(&server, "reading the answer");
+    assert_eq!(ready["state"], "locked", "{ready}");
+    assert!(
+        ready["key_broker"]
+            .as_str()
+            .is_some_and(|s| s.contains("could not be reached")),
+        "{ready}"
+    );
+    // ...then asking again until a whole answer comes.
+    wait_ready(&server, "pull after broken answers", |r| {
+        r["state"] == "ready"
+    });
+    assert_eq!(relay.key_requests(), 3, "two cut answers, then a whole one");
+}
+
+#[test]
+fn a_broker_closes_connections_past_its_per_peer_cap_and_serves_another_peer() {
+    let f = Fixture::new();
+    let broker = Broker::start_in(
+        Command::new(binary("veil")),
+        &["--max-connections-per-peer", "4"],
+        &f.good_policy(),
+        &keys_dir(&f, "owner", &f.key),
+        &f.path("broker.log"),
+    );
+    let addr: std::net::SocketAddr = broker
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("IP:PORT");
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(addr).expect("accepted"))
+        .collect();
+    // Give the broker time to admit the four before the fifth comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = TcpStream::connect(addr).expect("the kernel completes the handshake");
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout set");
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    let closed = matches!(fifth.read(&mut byte), Ok(0) | Err(_));
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(4),
+        "the fifth connection was not closed at once; log:\n{}",
+        broker.log()
+    );
+    // Another address is still served while the four are held.
+    let socket = socket_from([127, 0, 0, 2], addr);
+    let (status, body) = request_on(socket, &addr.to_string(), "GET", "/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        broker.log().contains("--max-connections-per-peer reached"),
+        "{}",
+        broker.log()
+    );
+    drop(held);
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn socket_from(from: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
+    // std cannot bind before connecting; tokio's socket can.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().expect("a socket");
+        s.bind((std::net::Ipv4Addr::from(from), 0).into())
+            .expect("a loopback address");
+        s.connect(to)
+            .await
+            .expect("connected")
+            .into_std()
+            .expect("a std stream")
+    })
+}
+
+/// One request on `tcp` (`Connection: close`); the status and body.
+fn request_on(mut tcp: TcpStream, host: &str, method: &str, path: &str) -> (u16, String) {
+    tcp.set_nonblocking(false).expect("blocking");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout set");
+    write!(
+        tcp,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sent");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).expect("an answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
 }

@@ -5,233 +5,17 @@
 //! are the attackers), some from a second loopback address, 127.0.0.2, so that the server
 //! sees two peers.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls;
+use tokio::io::AsyncWriteExt;
 use veil_tests::harness::{fetch, text, veil, Fixture, Server};
-
-/// The owner's and users' address.
-const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// The attacker's address: another peer on the same loopback interface.
-const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-/// The longest any single step below may take before the test calls it a hang.
-const STEP: Duration = Duration::from_secs(30);
-
-/// Accepts any certificate: these clients attack, they do not verify.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
-
-/// The server's address.
-fn addr(server: &Server) -> SocketAddr {
-    server
-        .url()
-        .trim_start_matches("https://")
-        .parse()
-        .expect("https://IP:PORT")
-}
-
-/// A TCP connection to `to` from `from` (any port).
-async fn tcp_from(from: IpAddr, to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("a socket");
-    socket
-        .bind(SocketAddr::new(from, 0))
-        .unwrap_or_else(|e| panic!("cannot bind {from} (a loopback address): {e}"));
-    tokio::time::timeout(STEP, socket.connect(to))
-        .await
-        .expect("connect in time")
-        .expect("connect")
-}
-
-/// A TLS connection to `to` from `from`, accepting any certificate.
-///
-/// # Errors
-/// If the handshake fails (e.g. the server closed the connection at once).
-async fn tls_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = tcp_from(from, to).await;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
-    tokio::time::timeout(
-        STEP,
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("handshake timed out"))?
-}
-
-/// An HTTP answer: status, lower-case header lines, body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
-        })
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(':'))
-                .map(str::trim)
-        })
-    }
-}
-
-/// Reads one answer with a `Content-Length` body.
-async fn read_answer(io: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Answer> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = io.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[end + 4..].to_vec();
-    while body.len() < len {
-        let n = io.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(len);
-    let headers = head.lines().skip(1).collect::<Vec<_>>().join("\n");
-    Ok(Answer {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// Sends one request on a kept-alive connection and reads its answer.
-async fn request(
-    io: &mut (impl AsyncRead + AsyncWrite + Unpin),
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> std::io::Result<Answer> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
-    if let Some(body) = body {
-        req.push_str(&format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    io.write_all(req.as_bytes()).await?;
-    if let Some(body) = body {
-        io.write_all(body).await?;
-    }
-    io.flush().await?;
-    read_answer(io).await
-}
-
-/// Whether the peer closes `io` (EOF or an error) within `within`.
-async fn closed_within(io: &mut (impl AsyncRead + Unpin), within: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        tokio::time::timeout(within, io.read(&mut byte)).await,
-        Ok(Ok(0) | Err(_))
-    )
-}
-
-/// One metric sample's value (0 when absent).
-fn metric(server: &Server, sample: &str) -> u64 {
-    server
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(sample))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
+use veil_tests::raw::{
+    addr, closed_within, metric, read_answer, request, runtime, tls_from, HOME, OTHER, STEP,
+};
 
 /// A server of `f` started with `extra` and provisioned by the owner under the good policy.
 fn provisioned(f: &Fixture, extra: &[&str]) -> Server {
@@ -547,6 +331,7 @@ fn the_server_is_not_dumpable_and_the_model_memfd_is_sealed_after_provisioning()
         "core_limit_zero",
         "shared_memory_not_dumped",
         "model_sealed",
+        "model_not_dumped",
     ] {
         assert!(
             metrics.contains(&format!("veil_hardening{{measure=\"{measure}\"}} 1\n")),
@@ -573,5 +358,86 @@ fn the_server_is_not_dumpable_and_the_model_memfd_is_sealed_after_provisioning()
     assert!(
         seals.contains(SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK),
         "{seals:?}"
+    );
+    // Every mapping of it is marked MADV_DONTDUMP ("dd" among its VmFlags).
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut mappings = 0;
+    let mut lines = smaps.lines();
+    while let Some(line) = lines.next() {
+        if !line.contains("/memfd:veil-model") {
+            continue;
+        }
+        mappings += 1;
+        let flags = lines
+            .by_ref()
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .expect("the mapping's flags");
+        assert!(
+            flags.split_whitespace().any(|f| f == "dd"),
+            "a model mapping without dd: VmFlags:{flags}"
+        );
+    }
+    assert!(
+        mappings > 0,
+        "the model is not mapped from its memfd:\n{smaps}"
+    );
+}
+
+#[test]
+fn a_rate_limited_verify_waits_out_retry_after_and_succeeds() {
+    // A flood from the user's own address empties that address's bucket; `veil verify`
+    // from it is answered 429 and must wait as Retry-After says, not fail. The server's
+    // per-peer refusals then number more than the flood's own: the difference is verify's.
+    let f = Fixture::new();
+    let server = f.start(&[]);
+    let to = addr(&server);
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let limited = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, limited) = (Arc::clone(&stop), Arc::clone(&limited));
+        rt.spawn(async move {
+            let path = format!(
+                "/v1/attestation?nonce={}",
+                URL_SAFE_NO_PAD.encode([9u8; 32])
+            );
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut tls = tls_from(HOME, to).await.expect("a TLS connection");
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let a = request(&mut tls, "GET", &path, None)
+                    .await
+                    .expect("an answer");
+                if a.status == 429 {
+                    limited.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Until the bucket is empty.
+    let deadline = Instant::now() + STEP;
+    while limited.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the flood was never limited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let policy = f.good_policy().display().to_string();
+    let verify = std::thread::spawn({
+        let url = server.url().to_owned();
+        move || veil(&["verify", &url, "--policy", &policy])
+    });
+    // The flood goes on while verify starts, then stops so that the retries can pass.
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(flood).expect("the flood task");
+    let o = verify.join().expect("the verify thread");
+    assert_eq!(o.status.code(), Some(0), "verify after 429s: {}", text(&o));
+    let refused = metric(
+        &server,
+        "veil_attestation_rate_limited_total{limit=\"per_peer\"} ",
+    );
+    let flooded = limited.load(Ordering::Relaxed);
+    assert!(
+        refused > flooded,
+        "verify was never refused ({refused} refusals, {flooded} of them the flood's): the test proves nothing"
     );
 }

@@ -52,7 +52,7 @@ pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
             Box::new(MockAttester::new(platform, launch.clone())),
             tls.spki_sha256,
             header,
-            path,
+            veil_server::state::SealedFile::open(path).expect("the sealed model opens"),
         )
         .engine_config(engine)
         .attest_limit(1000.0, 1000.0)

@@ -1,0 +1,405 @@
+//! The OpenAI chat-completion request as `veil-server` takes it: parsed ([`ChatRequest`])
+//! and checked against the model and its context ([`ChatRequest::check`]) into a
+//! [`Chat`] whose every value is within its documented bound, or refused with a
+//! [`RequestError`] naming the field. No engine, no I/O: this is the part of the server
+//! that reads what strangers send, kept apart so that it can be fuzzed on its own.
+
+#![forbid(unsafe_code)]
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Content bytes allowed per token of the context: a chat whose messages' content is
+/// longer than `context_length × MAX_CONTENT_BYTES_PER_TOKEN` bytes is refused before it
+/// is rendered or tokenized (no tokenizer packs 32 bytes into a token of ordinary text).
+pub const MAX_CONTENT_BYTES_PER_TOKEN: usize = 32;
+/// The content cap never goes below this (small test contexts).
+pub const MIN_CONTENT_BYTES: usize = 64 << 10;
+/// Largest `top_k`.
+pub const MAX_TOP_K: u32 = 1000;
+/// Largest `repetition_penalty` (1 is off; beyond 2 the output degenerates).
+pub const MAX_REPETITION_PENALTY: f32 = 2.0;
+/// Most `stop` sequences.
+pub const MAX_STOP: usize = 4;
+
+/// One message of a chat.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// The OpenAI chat completion request (the fields Veil honours; others are refused).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    model: Option<String>,
+    messages: Vec<Message>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    seed: Option<i64>,
+    stop: Option<Value>,
+    stream: Option<bool>,
+    stream_options: Option<Value>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    n: Option<u32>,
+    user: Option<String>,
+    /// llama.cpp's extension: keep generating past end-of-generation tokens.
+    ignore_eos: Option<bool>,
+}
+
+/// Sampling as the request asked for it; `None` leaves the engine's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    /// In [0, 2].
+    pub temperature: Option<f32>,
+    /// In (0, 1].
+    pub top_p: Option<f32>,
+    /// In [0, [`MAX_TOP_K`]].
+    pub top_k: Option<u32>,
+    /// The low 32 bits of the request's seed.
+    pub seed: Option<u32>,
+    /// At least 1.
+    pub max_tokens: Option<u32>,
+    /// At most [`MAX_STOP`].
+    pub stop: Vec<String>,
+    /// In (0, [`MAX_REPETITION_PENALTY`]].
+    pub repetition_penalty: Option<f32>,
+    /// Never sample an end-of-generation token.
+    pub ignore_eos: bool,
+}
+
+/// A checked chat request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chat {
+    /// At least one, at most the context length, within the content cap, each of a known
+    /// role.
+    pub messages: Vec<Message>,
+    /// Sampling, every value within its bound.
+    pub sampling: Sampling,
+    /// Whether to answer with server-sent events.
+    pub stream: bool,
+    /// With `stream`: whether a last chunk carries the usage.
+    pub include_usage: bool,
+}
+
+/// What kind of refusal: the model named is not this one (404), or the request is not
+/// valid (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `model_not_found`.
+    ModelNotFound,
+    /// `invalid_request`.
+    Invalid,
+}
+
+/// Why a request was refused: the kind, the field at fault, and a message that quotes no
+/// content of the request beyond the model name and a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// The field at fault.
+    pub param: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RequestError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        RequestError {
+            kind: ErrorKind::Invalid,
+            param,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.param, self.message)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+impl ChatRequest {
+    /// Parses a request body.
+    ///
+    /// # Errors
+    /// If it is not JSON of this shape.
+    pub fn from_json(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    /// Checks the request for a server of `model` with a context of `context_length`
+    /// tokens. The caps on message count and content bytes are cheap and come first, before
+    /// anything renders or tokenizes the chat.
+    ///
+    /// # Errors
+    /// [`RequestError`], naming the first field at fault.
+    pub fn check(self, model: &str, context_length: u32) -> Result<Chat, RequestError> {
+        if let Some(m) = &self.model {
+            if m != model {
+                return Err(RequestError {
+                    kind: ErrorKind::ModelNotFound,
+                    param: "model",
+                    message: format!("model {m:?} does not exist; this server serves {model:?}"),
+                });
+            }
+        }
+        check_messages(&self.messages, context_length)?;
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(RequestError::invalid("n", "only n = 1 is supported"));
+        }
+        let sampling = self.sampling()?;
+        let include_usage = self
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let _ = self.user;
+        Ok(Chat {
+            messages: self.messages,
+            sampling,
+            stream: self.stream.unwrap_or(false),
+            include_usage,
+        })
+    }
+
+    fn sampling(&self) -> Result<Sampling, RequestError> {
+        let mut s = Sampling::default();
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(RequestError::invalid(
+                    "temperature",
+                    "temperature must be between 0 and 2",
+                ));
+            }
+            s.temperature = Some(t);
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(RequestError::invalid("top_p", "top_p must be in (0, 1]"));
+            }
+            s.top_p = Some(p);
+        }
+        if let Some(k) = self.top_k {
+            if k > MAX_TOP_K {
+                return Err(RequestError::invalid(
+                    "top_k",
+                    format!("top_k must be between 0 and {MAX_TOP_K}"),
+                ));
+            }
+            s.top_k = Some(k);
+        }
+        // OpenAI's seed is an integer of any size; the sampler takes 32 bits of it.
+        s.seed = self.seed.map(|v| v as u32);
+        if let Some(m) = self.max_completion_tokens.or(self.max_tokens) {
+            if m == 0 {
+                return Err(RequestError::invalid(
+                    "max_tokens",
+                    "max_tokens must be at least 1",
+                ));
+            }
+            s.max_tokens = Some(m);
+        }
+        s.stop = match &self.stop {
+            None | Some(Value::Null) => vec![],
+            Some(Value::String(v)) => vec![v.clone()],
+            Some(Value::Array(a)) if a.len() <= MAX_STOP && a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            Some(_) => {
+                return Err(RequestError::invalid(
+                    "stop",
+                    format!("stop must be a string or up to {MAX_STOP} strings"),
+                ))
+            }
+        };
+        if let Some(r) = self.repetition_penalty {
+            if !(r > 0.0 && r <= MAX_REPETITION_PENALTY) {
+                return Err(RequestError::invalid(
+                    "repetition_penalty",
+                    format!("repetition_penalty must be in (0, {MAX_REPETITION_PENALTY}]"),
+                ));
+            }
+            s.repetition_penalty = Some(r);
+        }
+        // Accepted for compatibility and not applied; OpenAI's range still holds.
+        for (name, value) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+                return Err(RequestError::invalid(
+                    name,
+                    format!("{name} must be between -2 and 2"),
+                ));
+            }
+        }
+        s.ignore_eos = self.ignore_eos.unwrap_or(false);
+        Ok(s)
+    }
+}
+
+/// The caps on messages: at least one, each takes at least a token of the context, the
+/// content within [`MAX_CONTENT_BYTES_PER_TOKEN`] bytes a token, known roles.
+fn check_messages(messages: &[Message], context_length: u32) -> Result<(), RequestError> {
+    if messages.is_empty() {
+        return Err(RequestError::invalid(
+            "messages",
+            "messages must not be empty",
+        ));
+    }
+    let context = context_length as usize;
+    if messages.len() > context {
+        return Err(RequestError::invalid(
+            "messages",
+            format!(
+                "{} messages cannot fit a context of {context_length} tokens (at most {context} messages)",
+                messages.len()
+            ),
+        ));
+    }
+    let content: usize = messages.iter().map(|m| m.content.len()).sum();
+    let max_content = content_cap(context_length);
+    if content > max_content {
+        return Err(RequestError::invalid(
+            "messages",
+            format!(
+                "{content} bytes of content cannot fit a context of {context_length} tokens (at most {max_content} bytes)"
+            ),
+        ));
+    }
+    if let Some(m) = messages
+        .iter()
+        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+    {
+        let role: String = m.role.chars().take(32).collect();
+        return Err(RequestError::invalid(
+            "messages",
+            format!("unknown role {role:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The most content bytes a chat may carry for a context of `context_length` tokens.
+pub fn content_cap(context_length: u32) -> usize {
+    (context_length as usize * MAX_CONTENT_BYTES_PER_TOKEN).max(MIN_CONTENT_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(body: &str) -> Result<Chat, RequestError> {
+        ChatRequest::from_json(body.as_bytes())
+            .expect("JSON of the request's shape")
+            .check("tiny", 256)
+    }
+
+    #[test]
+    fn a_plain_request_keeps_its_messages_and_leaves_sampling_to_the_engine() {
+        let chat = check(r#"{"messages":[{"role":"user","content":"Hi"}]}"#).expect("valid");
+        assert_eq!(chat.messages.len(), 1);
+        assert_eq!(chat.sampling, Sampling::default());
+        assert!(!chat.stream && !chat.include_usage);
+    }
+
+    #[test]
+    fn every_bound_is_refused_by_the_name_of_its_field() {
+        let user = r#""messages":[{"role":"user","content":"Hi"}]"#;
+        for (extra, param) in [
+            (r#""model":"other""#, "model"),
+            (r#""n":2"#, "n"),
+            (r#""temperature":2.5"#, "temperature"),
+            (r#""top_p":0"#, "top_p"),
+            (r#""top_k":1001"#, "top_k"),
+            (r#""max_tokens":0"#, "max_tokens"),
+            (r#""stop":["a","b","c","d","e"]"#, "stop"),
+            (r#""stop":7"#, "stop"),
+            (r#""repetition_penalty":0"#, "repetition_penalty"),
+            (r#""repetition_penalty":2.01"#, "repetition_penalty"),
+            (r#""frequency_penalty":-2.5"#, "frequency_penalty"),
+            (r#""presence_penalty":3"#, "presence_penalty"),
+        ] {
+            let e = check(&format!("{{{user},{extra}}}")).expect_err(extra);
+            assert_eq!(e.param, param, "{extra}: {e}");
+        }
+        assert_eq!(
+            check(&format!(r#"{{{user},"model":"other"}}"#))
+                .expect_err("model")
+                .kind,
+            ErrorKind::ModelNotFound
+        );
+    }
+
+    #[test]
+    fn the_message_caps_come_before_anything_is_rendered() {
+        assert_eq!(
+            check(r#"{"messages":[]}"#).expect_err("empty").param,
+            "messages"
+        );
+        let many: Vec<String> = (0..257)
+            .map(|_| r#"{"role":"user","content":""}"#.to_owned())
+            .collect();
+        let e = check(&format!(r#"{{"messages":[{}]}}"#, many.join(","))).expect_err("257");
+        assert!(e.message.contains("257 messages"), "{e}");
+        let long = "x".repeat(content_cap(256) + 1);
+        let e = check(&format!(
+            r#"{{"messages":[{{"role":"user","content":"{long}"}}]}}"#
+        ))
+        .expect_err("too long");
+        assert!(e.message.contains("bytes of content"), "{e}");
+        let e = check(r#"{"messages":[{"role":"tool","content":""}]}"#).expect_err("role");
+        assert!(e.message.contains("\"tool\""), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_role_is_quoted_at_most_32_characters_long() {
+        let role = "r".repeat(10_000);
+        let e = check(&format!(
+            r#"{{"messages":[{{"role":"{role}","content":""}}]}}"#
+        ))
+        .expect_err("role");
+        assert!(e.message.len() < 64, "{e}");
+    }
+
+    proptest! {
+        /// Whatever numbers come, a checked request's sampling is within its bounds.
+        #[test]
+        fn a_checked_request_is_within_every_bound(
+            t in proptest::num::f32::ANY,
+            p in proptest::num::f32::ANY,
+            r in proptest::num::f32::ANY,
+            k in any::<u32>(),
+        ) {
+            let mut req = ChatRequest::from_json(br#"{"messages":[{"role":"user","content":"Hi"}]}"#)
+                .expect("valid JSON");
+            req.temperature = Some(t);
+            req.top_p = Some(p);
+            req.repetition_penalty = Some(r);
+            req.top_k = Some(k);
+            if let Ok(chat) = req.check("tiny", 256) {
+                let s = chat.sampling;
+                prop_assert!(s.temperature.is_some_and(|t| (0.0..=2.0).contains(&t)));
+                prop_assert!(s.top_p.is_some_and(|p| p > 0.0 && p <= 1.0));
+                prop_assert!(s.repetition_penalty.is_some_and(|r| r > 0.0 && r <= MAX_REPETITION_PENALTY));
+                prop_assert!(s.top_k.is_some_and(|k| k <= MAX_TOP_K));
+            }
+        }
+    }
+}
