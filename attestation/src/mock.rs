@@ -541,17 +541,10 @@ impl MockLaunch {
         MockLaunch::new(executable, config)
     }
 
-    /// The canonical encoding of the configuration: `key=value\n`, sorted by key, with
-    /// keys and values length-prefixed so that no two configurations encode alike.
+    /// The canonical encoding of the configuration
+    /// ([`crate::launch_config::canonical`]).
     pub fn canonical_config(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (k, v) in &self.config {
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(k.as_bytes());
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(v.as_bytes());
-        }
-        out
+        crate::launch_config::canonical(&self.config)
     }
 
     /// MEASUREMENT = SHA-384("VEIL-MOCK-MEASUREMENT-v1\0" ‖ SHA-384(executable) ‖
@@ -567,11 +560,10 @@ impl MockLaunch {
         out
     }
 
-    /// HOST_DATA = SHA-256 of the canonical configuration.
+    /// HOST_DATA = SHA-256 of the canonical configuration, as for a real launch
+    /// ([`crate::launch_config::host_data`]).
     pub fn host_data(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest::digest(&digest::SHA256, &self.canonical_config()).as_ref());
-        out
+        crate::launch_config::host_data(&self.config)
     }
 }
 

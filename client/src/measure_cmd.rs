@@ -1,5 +1,6 @@
 //! `veil measure snp`: the expected SEV-SNP launch MEASUREMENT of a guest, from the files
-//! and settings it is launched with (see `docs/measure.md`).
+//! and settings it is launched with; `veil measure host-data`: the HOST_DATA that binds a
+//! server's launch configuration (see `docs/measure.md`).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,40 @@ pub enum MeasureCommand {
     /// Print the 48-byte launch MEASUREMENT an SEV-SNP guest will report (hex), the value
     /// for `veil policy snp --measurement`.
     Snp(SnpArgs),
+    /// Print the HOST_DATA (SHA-256 of the canonical launch configuration, hex) to launch
+    /// a `veil-server` guest with, the value for `veil policy snp --host-data`; with `-o`,
+    /// also write the configuration file for `veil-server --launch-config`.
+    HostData(HostDataArgs),
+}
+
+/// The launch configuration of `veil measure host-data`.
+#[derive(Args)]
+pub struct HostDataArgs {
+    /// The TEE kind the server attests with.
+    #[arg(long, value_parser = ["snp", "mock"])]
+    pub tee: String,
+    /// The address the server listens on (IP:PORT).
+    #[arg(long)]
+    pub listen: String,
+    /// The sealed model (its plaintext digest is read from the header) ...
+    #[arg(
+        long,
+        conflicts_with = "model_sha256",
+        required_unless_present = "model_sha256"
+    )]
+    pub model: Option<PathBuf>,
+    /// ... or that digest, 64 hex digits.
+    #[arg(long)]
+    pub model_sha256: Option<String>,
+    /// The key broker the server pulls its key from, if any.
+    #[arg(long)]
+    pub key_broker: Option<String>,
+    /// Write the configuration file here (for the guest; `veil-server --launch-config`).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Print JSON (`host_data`, `config`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The VMM that launches the guest.
@@ -133,7 +168,47 @@ fn file_json(path: &Path, sha256: String) -> serde_json::Value {
 pub fn run(cmd: MeasureCommand) -> CmdResult {
     match cmd {
         MeasureCommand::Snp(args) => snp(args).map_err(Failure::from),
+        MeasureCommand::HostData(args) => host_data(args).map_err(Failure::from),
     }
+}
+
+fn host_data(args: HostDataArgs) -> anyhow::Result<()> {
+    let model_sha256 = match (&args.model, &args.model_sha256) {
+        (Some(path), _) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            veil_sealing::read_header(&file)
+                .with_context(|| format!("{} is not a sealed model", path.display()))?
+                .model_sha256
+        }
+        (None, Some(hex_digest)) => {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(hex_digest, &mut out)
+                .context("--model-sha256: expected 64 hex digits")?;
+            out
+        }
+        (None, None) => anyhow::bail!("--model FILE or --model-sha256 HEX is required"),
+    };
+    let launch = veil_attestation::LaunchConfig::server(
+        &args.tee,
+        &args.listen,
+        &model_sha256,
+        args.key_broker.as_deref(),
+    )?;
+    let digest = hex::encode(launch.host_data());
+    if let Some(path) = &args.output {
+        std::fs::write(path, launch.to_text())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({ "host_data": digest, "config": launch.entries() })
+        );
+    } else {
+        println!("{digest}");
+    }
+    Ok(())
 }
 
 fn snp(args: SnpArgs) -> anyhow::Result<()> {

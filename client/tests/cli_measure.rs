@@ -385,3 +385,47 @@ fn policy_snp_appraises_real_snp_evidence_by_measurement() {
         assert_eq!(!measurement_failed, accepted, "{}: {name}", v.set.name);
     }
 }
+
+#[test]
+fn measure_host_data_prints_the_digest_of_the_configuration_it_writes() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let conf = dir.path().join("launch.conf");
+    let model = "ab".repeat(32);
+    let o = veil(&[
+        "measure",
+        "host-data",
+        "--tee",
+        "snp",
+        "--listen",
+        "0.0.0.0:8443",
+        "--model-sha256",
+        &model,
+        "--key-broker",
+        "http://10.0.0.1:8444",
+        "-o",
+        conf.to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let written = veil_attestation::LaunchConfig::parse(
+        &std::fs::read_to_string(&conf).expect("the file is written"),
+    )
+    .expect("the written file parses");
+    assert_eq!(out["host_data"], hex::encode(written.host_data()));
+    assert_eq!(written.key_broker(), Some("http://10.0.0.1:8444"));
+    assert_eq!(out["config"]["veil.model_sha256"], model);
+    // Refused, naming the value at fault.
+    let o = veil(&[
+        "measure",
+        "host-data",
+        "--tee",
+        "snp",
+        "--listen",
+        "localhost",
+        "--model-sha256",
+        &model,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("veil.listen"), "{}", text(&o));
+}

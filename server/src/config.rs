@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long)]
     #[serde(default)]
     pub mock_debug: bool,
+    /// The launch configuration (`veil measure host-data -o FILE`: TEE kind, listen
+    /// address, model digest, key broker), as the operator hands it to the guest. The
+    /// server then takes those settings from it alone, and refuses to start unless its
+    /// own report's HOST_DATA is the configuration's digest.
+    #[arg(long, value_name = "FILE")]
+    pub launch_config: Option<PathBuf>,
     /// A key broker to pull the model key from (`veil broker`), `http://HOST:PORT`.
     /// Without it the server waits for the owner to push the key (`veil provision`).
     #[arg(long, env = "VEIL_KEY_BROKER")]
@@ -125,6 +131,7 @@ impl Config {
         }
         fill!(
             model,
+            launch_config,
             tee,
             mock_platform,
             key_broker,
@@ -142,6 +149,61 @@ impl Config {
         );
         self.mock_debug |= file.mock_debug;
         Ok(self)
+    }
+
+    /// With `--launch-config FILE`: the configuration it holds, with the TEE kind, the
+    /// listen address and the key broker taken from it (the same values given again by
+    /// flag are accepted; others are refused).
+    ///
+    /// # Errors
+    /// If the file cannot be read or parsed, or a flag contradicts it.
+    pub fn bind_launch_config(
+        mut self,
+    ) -> anyhow::Result<(Self, Option<veil_attestation::LaunchConfig>)> {
+        let Some(path) = self.launch_config.clone() else {
+            return Ok((self, None));
+        };
+        let text = std::fs::read(&path)
+            .with_context(|| format!("cannot read the launch configuration {}", path.display()))?;
+        let text = std::str::from_utf8(&text)
+            .with_context(|| format!("the launch configuration {} is not UTF-8", path.display()))?;
+        let launch = veil_attestation::LaunchConfig::parse(text)
+            .with_context(|| format!("the launch configuration {}", path.display()))?;
+        let tee = match launch.tee() {
+            "snp" => Tee::Snp,
+            _ => Tee::Mock,
+        };
+        let conflict = |what: &str, flag: &str, bound: &str| {
+            anyhow::anyhow!(
+                "{what} {flag} contradicts the launch configuration {} ({bound}): with                  --launch-config the settings come from it alone",
+                path.display()
+            )
+        };
+        if let Some(t) = self.tee.filter(|t| *t != tee) {
+            let name = t
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            return Err(conflict("--tee", &name, launch.tee()));
+        }
+        if let Some(l) = self.listen.as_deref().filter(|l| *l != launch.listen()) {
+            return Err(conflict("--listen", l, launch.listen()));
+        }
+        if let Some(b) = self
+            .key_broker
+            .as_deref()
+            .filter(|b| Some(*b) != launch.key_broker())
+        {
+            return Err(conflict(
+                "--key-broker",
+                b,
+                launch.key_broker().unwrap_or("none"),
+            ));
+        }
+        self.tee = Some(tee);
+        self.listen = Some(launch.listen().to_owned());
+        self.key_broker = launch.key_broker().map(str::to_owned);
+        Ok((self, Some(launch)))
     }
 
     /// The TEE to attest with.

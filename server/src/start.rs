@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use veil_attestation::attester::SnpAttester;
-use veil_attestation::{Attester, ConfigFsTsm, MockAttester, MockLaunch, MockPlatform, TsmFs};
+use veil_attestation::{
+    Attester, ConfigFsTsm, LaunchConfig, MockAttester, MockLaunch, MockPlatform, TsmFs,
+};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, Tee};
@@ -21,6 +23,7 @@ fn attester(
     config: &Config,
     listen: &str,
     model_sha256: &[u8; 32],
+    launch: Option<&LaunchConfig>,
     tsm: Box<dyn TsmFs>,
 ) -> anyhow::Result<Box<dyn Attester>> {
     match tee {
@@ -30,7 +33,12 @@ fn attester(
             let exe_path = std::env::current_exe().context("cannot locate this executable")?;
             let exe = std::fs::read(&exe_path)
                 .with_context(|| format!("cannot read {}", exe_path.display()))?;
-            let mut launch = MockLaunch::server(&exe, listen, model_sha256);
+            // The launch configuration, when given, is what the mock launch measures and
+            // hashes into HOST_DATA (as a real launch would); otherwise the flags.
+            let mut launch = match launch {
+                Some(l) => MockLaunch::new(&exe, l.entries().clone()),
+                None => MockLaunch::server(&exe, listen, model_sha256),
+            };
             launch.debug = config.mock_debug;
             tracing::warn!(measurement = %hex::encode(launch.measurement()), "MOCK TEE: evidence is signed by a software platform, not by an AMD secure processor");
             Ok(Box::new(MockAttester::new(platform, launch)))
@@ -38,6 +46,26 @@ fn attester(
         Tee::Snp => snp_attester(tsm),
         Tee::AzSnpVtpm => az_snp_vtpm_attester(),
     }
+}
+
+/// Refuses to go on unless this launch's own report carries HOST_DATA = the digest of
+/// `launch`: the configuration the server runs with is the one its evidence names.
+fn check_host_data(attester: &dyn Attester, launch: &LaunchConfig) -> anyhow::Result<()> {
+    let evidence = attester
+        .report([0; 64])
+        .context("cannot read this launch's own report to check HOST_DATA")?;
+    let report = veil_attestation::Report::from_bytes(&evidence.report)
+        .context("this launch's own report")?;
+    let expected = launch.host_data();
+    if report.host_data() != expected {
+        anyhow::bail!(
+            "HOST_DATA of this launch is {}, but the launch configuration's digest is {}: the              guest was launched for another configuration than the one it was given; refusing              to serve",
+            hex::encode(report.host_data()),
+            hex::encode(expected)
+        );
+    }
+    tracing::info!(host_data = %hex::encode(expected), "launch configuration bound: HOST_DATA is its digest");
+    Ok(())
 }
 
 /// The SEV-SNP attester: configfs-tsm when the kernel has it, else `/dev/sev-guest` (a
@@ -106,8 +134,11 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let config = config.merge_file()?;
+    let (config, launch) = config.merge_file()?.bind_launch_config()?;
     let tee = config.tee()?;
+    if launch.is_some() && tee == Tee::AzSnpVtpm {
+        anyhow::bail!("--launch-config binds through HOST_DATA, which Azure sets itself: not with --tee az-snp-vtpm");
+    }
     // Before anything secret exists in this process: no core dumps, no ptrace by peers.
     let hardening = crate::harden::harden_process();
     let model = config
@@ -129,7 +160,31 @@ pub async fn run_with(
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let attester = attester(tee, &config, &listen, &header.model_sha256, tsm)?;
+    if let Some(launch) = &launch {
+        if launch.model_sha256() != Some(header.model_sha256) {
+            anyhow::bail!(
+                "the launch configuration names model {}, but {} holds {}",
+                hex::encode(launch.model_sha256().unwrap_or_default()),
+                model.display(),
+                hex::encode(header.model_sha256)
+            );
+        }
+    }
+    let attester = attester(
+        tee,
+        &config,
+        &listen,
+        &header.model_sha256,
+        launch.as_ref(),
+        tsm,
+    )?;
+    match &launch {
+        Some(launch) => check_host_data(attester.as_ref(), launch)?,
+        None if tee == Tee::Snp => tracing::warn!(
+            "no --launch-config: this server's settings (listen address, key broker) come from              flags and files that its evidence does not bind; launch it with HOST_DATA from              `veil measure host-data` and --launch-config to bind them"
+        ),
+        None => {}
+    }
     let tls = crate::tls::generate(vec![
         "localhost".into(),
         "veil-server".into(),

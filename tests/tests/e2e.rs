@@ -125,3 +125,76 @@ fn chat_sends_the_whole_conversation_each_turn() {
         2 * single
     );
 }
+
+#[test]
+fn a_server_started_from_its_launch_configuration_verifies_under_a_policy_pinning_its_host_data() {
+    let f = Fixture::new();
+    // The operator's side: the configuration file and the HOST_DATA to launch with.
+    let conf = f.path("launch.conf");
+    let o = veil(&[
+        "measure",
+        "host-data",
+        "--tee",
+        "mock",
+        "--listen",
+        harness::LISTEN,
+        "--model",
+        &f.model.display().to_string(),
+        "-o",
+        &conf.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let host_data = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let parsed = veil_attestation::LaunchConfig::parse(
+        &std::fs::read_to_string(&conf).expect("the configuration file"),
+    )
+    .expect("it parses");
+    assert_eq!(hex::encode(parsed.host_data()), host_data);
+
+    let server = f.start(&["--launch-config", &conf.display().to_string()]);
+    // The owner pins (measurement, host_data): the same launch passes, another fails on
+    // host_data alone.
+    let pinned = |name: &str, value: &str| {
+        let path = f.good_policy();
+        let pinned = f.path(name);
+        let toml = std::fs::read_to_string(&path).expect("policy");
+        std::fs::write(&pinned, format!("{toml}host_data = [\"{value}\"]\n")).expect("written");
+        pinned.display().to_string()
+    };
+    let o = veil(&[
+        "verify",
+        server.url(),
+        "--policy",
+        &pinned("bound.toml", &host_data),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = veil(&[
+        "verify",
+        server.url(),
+        "--policy",
+        &pinned("other.toml", &"00".repeat(32)),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(failed_checks(&o), ["host_data"], "{}", text(&o));
+
+    // A flag that contradicts the file stops the server at start.
+    let o = harness::run(
+        std::process::Command::new(binary("veil-server")).args([
+            "--model",
+            &f.model.display().to_string(),
+            "--mock-platform",
+            &f.platform.display().to_string(),
+            "--launch-config",
+            &conf.display().to_string(),
+            "--listen",
+            "127.0.0.1:9",
+        ]),
+        std::time::Duration::from_secs(30),
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("--listen 127.0.0.1:9 contradicts"),
+        "{}",
+        text(&o)
+    );
+}

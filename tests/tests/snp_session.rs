@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use veil_attestation::tsm::fake::{FakeMode, FakeTsm};
-use veil_attestation::{ConfigFsTsm, MockLaunch, MockPlatform, Policy, TeeKind, TsmFs};
+use veil_attestation::{
+    ConfigFsTsm, LaunchConfig, MockLaunch, MockPlatform, Policy, TeeKind, TsmFs,
+};
 use veil_client::kds::Collateral;
 use veil_client::remote::{attest, Target};
 use veil_client::remote_cmd::{release_key, stream_chat};
@@ -47,9 +49,16 @@ async fn start(
     fixture: &Fixture,
     tsm: Box<dyn TsmFs>,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    start_with(config(fixture), tsm).await
+}
+
+/// [`start`] with `config`.
+async fn start_with(
+    config: Config,
+    tsm: Box<dyn TsmFs>,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let config = config(fixture);
     tokio::spawn(async move {
         let result = veil_server::start::run_with(
             config,
@@ -206,4 +215,84 @@ async fn az_snp_vtpm_without_a_tpm_fails_at_start_naming_the_device() {
     .expect_err("no vTPM");
     let text = format!("{err:#}");
     assert!(text.contains("/dev/tpmrm0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_configuration_is_served_only_when_host_data_is_its_digest() {
+    let fixture = Fixture::new();
+    let bound = LaunchConfig::server("snp", LISTEN, &fixture.model_sha256, None).expect("valid");
+    let file = fixture.path("launch.conf");
+    std::fs::write(&file, bound.to_text()).expect("written");
+    // The same TEE kind and address by flag as in the file: accepted.
+    let with_file = |path: &std::path::Path| Config {
+        launch_config: Some(path.to_owned()),
+        ..config(&fixture)
+    };
+    let image = b"an SNP guest image";
+
+    // Launched for this configuration: HOST_DATA is its digest, and the server serves.
+    let fake = FakeTsm::new(
+        platform(&fixture),
+        MockLaunch::new(image, bound.entries().clone()),
+    );
+    let (addr, stop) = start_with(with_file(&file), Box::new(fake)).await;
+    let target = Target::parse(&format!("https://{addr}")).expect("a URL");
+    let mut probe = veil_client::remote::danger::connect(
+        &target,
+        veil_client::remote::danger::PinMode::Capture,
+    )
+    .await
+    .expect("a TLS connection");
+    let (_, body) = probe.fetch("GET", "/ready", None).await.expect("/ready");
+    let ready: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(ready["state"], "locked", "{ready}");
+    let _ = stop.send(());
+
+    let refused = |config: Config, launch: &LaunchConfig| {
+        let fake = FakeTsm::new(
+            platform(&fixture),
+            MockLaunch::new(image, launch.entries().clone()),
+        );
+        async move {
+            let err = veil_server::start::run_with(
+                config,
+                Box::new(fake),
+                std::future::pending(),
+                |_| panic!("it must not start"),
+            )
+            .await
+            .expect_err("refused at start");
+            format!("{err:#}")
+        }
+    };
+    // Launched for another configuration (another address) than the one it was given:
+    // refused, both digests named.
+    let other =
+        LaunchConfig::server("snp", "0.0.0.0:8443", &fixture.model_sha256, None).expect("valid");
+    let text = refused(with_file(&file), &other).await;
+    assert!(
+        text.contains("HOST_DATA")
+            && text.contains(&hex::encode(other.host_data()))
+            && text.contains(&hex::encode(bound.host_data())),
+        "{text}"
+    );
+    // A flag that contradicts the file is refused before anything else.
+    let text = refused(
+        Config {
+            key_broker: Some("http://127.0.0.1:9".into()),
+            ..with_file(&file)
+        },
+        &bound,
+    )
+    .await;
+    assert!(
+        text.contains("--key-broker http://127.0.0.1:9 contradicts"),
+        "{text}"
+    );
+    // A configuration for another model than the sealed file's is refused.
+    let elsewhere = LaunchConfig::server("snp", LISTEN, &[9; 32], None).expect("valid");
+    let other_file = fixture.path("other-model.conf");
+    std::fs::write(&other_file, elsewhere.to_text()).expect("written");
+    let text = refused(with_file(&other_file), &elsewhere).await;
+    assert!(text.contains("names model 0909"), "{text}");
 }
