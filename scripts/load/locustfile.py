@@ -37,6 +37,9 @@ class StreamingChat(HttpUser):
             timeout=120,
         ) as r:
             if r.status_code != 200:
+                # Read the (small) error body so that the connection goes back to the
+                # pool instead of lingering open.
+                _ = r.content
                 r.failure(f"HTTP {r.status_code}")
                 retry = r.headers.get("retry-after", "1")
                 time.sleep(min(5.0, float(retry) if retry.isdigit() else 1.0))

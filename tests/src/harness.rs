@@ -446,17 +446,22 @@ impl Fixture {
     /// If the server does not start or `veil provision` fails.
     pub fn start_provisioned(&self, extra: &[&str]) -> (Server, PathBuf) {
         let server = self.start(extra);
-        let policy = self.good_policy();
-        let o = veil(&[
+        let o = self.provision(&server);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        (server, self.good_policy())
+    }
+
+    /// `veil provision URL --policy GOOD --key KEY` against `server`, as the owner, within
+    /// [`COMMAND_TIMEOUT`]: its output, whatever the outcome.
+    pub fn provision(&self, server: &Server) -> Output {
+        veil(&[
             "provision",
             server.url(),
             "--policy",
-            &policy.display().to_string(),
+            &self.good_policy().display().to_string(),
             "--key",
             &self.key_arg(),
-        ]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        (server, policy)
+        ])
     }
 
     /// The key file as a string argument.

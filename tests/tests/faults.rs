@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use veil_tests::harness::{binary, run, text, veil, Fixture, Server};
+use veil_tests::harness::{binary, text, veil, Fixture, Server};
 use veil_tests::raw::{addr, request, runtime, tls_from, HOME, STEP};
 
 /// Polls `/ready` until its state is `state`; the body, or a panic after [`STEP`].
@@ -25,22 +25,6 @@ fn wait_state(server: &Server, state: &str) -> serde_json::Value {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `veil provision URL --policy GOOD --key KEY`, bounded in time.
-fn provision(f: &Fixture, server: &Server) -> std::process::Output {
-    let policy = f.good_policy().display().to_string();
-    run(
-        std::process::Command::new(binary("veil")).args([
-            "provision",
-            server.url(),
-            "--policy",
-            &policy,
-            "--key",
-            &f.key_arg(),
-        ]),
-        Duration::from_secs(60),
-    )
 }
 
 /// Sets the soft open-descriptor limit of process `pid` (the hard one stays: raising it
@@ -99,7 +83,7 @@ fn descriptors_running_out_while_unsealing_end_in_failed_with_the_reason_at_read
     // Room for the owner's one connection (attestation, provisioning and /ready all go
     // over it) and nothing more: the memfd the weights go into cannot be made.
     set_descriptor_limit(pid, Some(limit));
-    let o = provision(&f, &server);
+    let o = f.provision(&server);
     set_descriptor_limit(pid, None);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
@@ -111,7 +95,7 @@ fn descriptors_running_out_while_unsealing_end_in_failed_with_the_reason_at_read
     let reason = ready["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("Too many open files"), "{ready}");
     // Failed is final and says so: a second key is not taken.
-    let again = provision(&f, &server);
+    let again = f.provision(&server);
     assert_ne!(again.status.code(), Some(0), "{}", text(&again));
     assert_eq!(server.ready()["state"], "failed");
 }
@@ -123,7 +107,7 @@ fn a_sealed_file_removed_after_start_still_unseals_the_one_that_was_attested() {
     std::fs::copy(&f.model, &copy).expect("copied");
     let server = f.start_with(&binary("veil-server"), &copy, &[]);
     std::fs::remove_file(&copy).expect("removed");
-    let o = provision(&f, &server);
+    let o = f.provision(&server);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     wait_state(&server, "ready");
     let o = veil(&[
@@ -150,7 +134,7 @@ fn a_sealed_file_shrunk_after_start_ends_in_failed_with_the_reason_at_ready() {
         .open(&copy)
         .and_then(|file| file.set_len(len / 2))
         .expect("truncated");
-    let o = provision(&f, &server);
+    let o = f.provision(&server);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let ready = wait_state(&server, "failed");
     let reason = ready["reason"].as_str().unwrap_or_default();
@@ -192,7 +176,7 @@ fn an_owner_who_goes_away_mid_provisioning_leaves_the_server_locked_and_provisio
         assert_eq!(a.json()["state"], "locked", "{a:?}");
     });
     assert_eq!(server.ready()["state"], "locked");
-    let o = provision(&f, &server);
+    let o = f.provision(&server);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     wait_state(&server, "ready");
 }

@@ -269,14 +269,7 @@ fn one_flooding_peer_does_not_stop_another_peers_verification_and_provisioning()
             text(&o)
         );
     }
-    let o = veil(&[
-        "provision",
-        server.url(),
-        "--policy",
-        &policy,
-        "--key",
-        &f.key_arg(),
-    ]);
+    let o = f.provision(&server);
     assert_eq!(
         o.status.code(),
         Some(0),
