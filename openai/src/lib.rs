@@ -99,6 +99,8 @@ pub enum ErrorKind {
     ModelNotFound,
     /// `invalid_request`.
     Invalid,
+    /// `context_length_exceeded` (OpenAI's code): the chat cannot fit the context.
+    ContextLengthExceeded,
 }
 
 /// Why a request was refused: the kind, the field at fault, and a message that quotes no
@@ -263,9 +265,13 @@ fn check_messages(messages: &[Message], context_length: u32) -> Result<(), Reque
         ));
     }
     let context = context_length as usize;
+    let too_long = |message: String| RequestError {
+        kind: ErrorKind::ContextLengthExceeded,
+        param: "messages",
+        message,
+    };
     if messages.len() > context {
-        return Err(RequestError::invalid(
-            "messages",
+        return Err(too_long(
             format!(
                 "{} messages cannot fit a context of {context_length} tokens (at most {context} messages)",
                 messages.len()
@@ -275,8 +281,7 @@ fn check_messages(messages: &[Message], context_length: u32) -> Result<(), Reque
     let content: usize = messages.iter().map(|m| m.content.len()).sum();
     let max_content = content_cap(context_length);
     if content > max_content {
-        return Err(RequestError::invalid(
-            "messages",
+        return Err(too_long(
             format!(
                 "{content} bytes of content cannot fit a context of {context_length} tokens (at most {max_content} bytes)"
             ),
@@ -358,6 +363,7 @@ mod tests {
             .collect();
         let e = check(&format!(r#"{{"messages":[{}]}}"#, many.join(","))).expect_err("257");
         assert!(e.message.contains("257 messages"), "{e}");
+        assert_eq!(e.kind, ErrorKind::ContextLengthExceeded);
         let long = "x".repeat(content_cap(256) + 1);
         let e = check(&format!(
             r#"{{"messages":[{{"role":"user","content":"{long}"}}]}}"#

@@ -84,6 +84,9 @@ impl From<RequestError> for ApiError {
         let (status, code) = match e.kind {
             ErrorKind::ModelNotFound => (StatusCode::NOT_FOUND, "model_not_found"),
             ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ErrorKind::ContextLengthExceeded => {
+                (StatusCode::BAD_REQUEST, "context_length_exceeded")
+            }
         };
         ApiError {
             param: Some(e.param.to_owned()),
@@ -100,7 +103,10 @@ fn engine_error(e: EngineError) -> ApiError {
             "the server is busy; retry shortly",
         )
         .retry_after(1),
-        EngineError::PromptTooLong { .. } => ApiError::invalid("messages", e.to_string()),
+        EngineError::PromptTooLong { .. } => ApiError {
+            code: "context_length_exceeded",
+            ..ApiError::invalid("messages", e.to_string())
+        },
         EngineError::InvalidRequest(m) => ApiError::invalid("messages", m),
         EngineError::Stopped => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -329,6 +329,26 @@ async fn bad_requests_get_the_right_4xx_in_openai_shape() {
             .is_some_and(|m| m.contains("300 messages cannot fit a context of 256 tokens")),
         "{body}"
     );
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+    // Within the cheap caps but more tokens than the context: OpenAI's code too.
+    let words = "the sky is blue ".repeat(200);
+    let (status, body) = call(
+        &f,
+        post(
+            "/v1/chat/completions",
+            json!({ "messages": [{ "role": "user", "content": words }] }),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        (
+            body["error"]["code"].as_str(),
+            body["error"]["param"].as_str()
+        ),
+        (Some("context_length_exceeded"), Some("messages")),
+        "{body}"
+    );
     let big = json!({ "messages": [{ "role": "user", "content": "x".repeat(100_000) }] });
     let (status, body) = call(&f, post("/v1/chat/completions", big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
