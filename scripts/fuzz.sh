@@ -8,7 +8,7 @@
 #   scripts/fuzz.sh [--runs N] [--max-time SECONDS] [TARGET…]
 #
 # Each target starts from its corpus in fuzz/corpus/TARGET (kept in the repository),
-# explores into fuzz/work/TARGET (ignored), and at the end the inputs that add coverage
+# explores into fuzz/scratch/TARGET (ignored), and at the end the inputs that add coverage
 # are merged back into fuzz/corpus/TARGET. One line per target gives the executions,
 # the time, the rate and the crashes; a crash stops the script with exit 1 and leaves the
 # input in fuzz/artifacts/TARGET/. Default: 10,000,000 runs of every target.
@@ -46,19 +46,19 @@ cargo build --release --manifest-path fuzz/Cargo.toml --target "$triple" --bins 
 total_fail=0
 for t in "${targets[@]}"; do
   bin="fuzz/target/$triple/release/$t"
-  mkdir -p "fuzz/corpus/$t" "fuzz/work/$t" "fuzz/artifacts/$t"
-  log="fuzz/work/$t.log"
+  mkdir -p "fuzz/corpus/$t" "fuzz/scratch/$t" "fuzz/artifacts/$t"
+  log="fuzz/scratch/$t.log"
   args=(-runs="$runs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
         -artifact_prefix="fuzz/artifacts/$t/")
   if [ "$max_time" != 0 ]; then args+=(-max_total_time="$max_time"); fi
   started=$(date +%s)
-  if "$bin" "${args[@]}" "fuzz/work/$t" "fuzz/corpus/$t" >"$log" 2>&1; then status=ok; else status=CRASH; fi
+  if "$bin" "${args[@]}" "fuzz/scratch/$t" "fuzz/corpus/$t" >"$log" 2>&1; then status=ok; else status=CRASH; fi
   secs=$(( $(date +%s) - started ))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   execs=${execs:-0}
   # Keep what adds coverage: merged into the corpus, the scratch directory emptied.
-  "$bin" -merge=1 "fuzz/corpus/$t" "fuzz/work/$t" >>"$log" 2>&1 || true
-  rm -rf "fuzz/work/$t"
+  "$bin" -merge=1 "fuzz/corpus/$t" "fuzz/scratch/$t" >>"$log" 2>&1 || true
+  rm -rf "fuzz/scratch/$t"
   files=$(find "fuzz/corpus/$t" -type f | wc -l)
   crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
   printf '%-18s %12s runs in %6s s (%s/s), corpus %s files, %s crashes: %s\n' \

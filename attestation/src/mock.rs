@@ -533,10 +533,11 @@ impl MockLaunch {
     /// (`veil.tee`, `veil.listen`, `veil.model_sha256`). `veil mock-platform measure` and
     /// verifiers compute the expected measurement from the same values.
     pub fn server(executable: &[u8], listen: &str, model_sha256: &[u8; 32]) -> Self {
+        use crate::launch_config::{LISTEN, MODEL_SHA256, TEE};
         let config = BTreeMap::from([
-            ("veil.tee".to_owned(), "mock".to_owned()),
-            ("veil.listen".to_owned(), listen.to_owned()),
-            ("veil.model_sha256".to_owned(), hex::encode(model_sha256)),
+            (TEE.to_owned(), "mock".to_owned()),
+            (LISTEN.to_owned(), listen.to_owned()),
+            (MODEL_SHA256.to_owned(), hex::encode(model_sha256)),
         ]);
         MockLaunch::new(executable, config)
     }

@@ -65,16 +65,6 @@ impl Caps {
         })
     }
 
-    /// The total cap.
-    pub fn total(&self) -> usize {
-        self.total
-    }
-
-    /// The per-peer cap.
-    pub fn per_peer(&self) -> usize {
-        self.per_peer
-    }
-
     fn lock(&self) -> MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
