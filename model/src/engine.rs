@@ -307,6 +307,7 @@ impl Shared {
             parameters: model.n_params(),
             size_bytes: model.size(),
             parallel: config.parallel,
+            vocab_size: u32::try_from(vocab.n_tokens()).unwrap_or(0),
         };
         Ok(Shared {
             model,
@@ -331,6 +332,16 @@ impl Engine for LlamaEngine {
             return Err(EngineError::InvalidRequest(
                 "max_tokens must be at least 1".into(),
             ));
+        }
+        let n_vocab = self.shared.model.vocab().n_tokens();
+        if let Some((t, _)) = params
+            .logit_bias
+            .iter()
+            .find(|(t, _)| i32::try_from(*t).map_or(true, |t| t >= n_vocab))
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "logit_bias names token {t}, but the vocabulary has {n_vocab} tokens"
+            )));
         }
         let prompt = self.tokenize(&request.prompt)?;
         if prompt.is_empty() {
@@ -501,7 +512,9 @@ impl<'m> Worker<'m> {
             .expect("admit is called only with a free sequence");
         let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
         let mut sampler = sampler(&job.params, self.shared);
-        let argmax = job.params.temperature <= 0.0 && !penalised(&job.params);
+        let argmax = job.params.temperature <= 0.0
+            && !penalised(&job.params)
+            && job.params.logit_bias.is_empty();
         if !argmax {
             sampler.accept_many(&job.prompt);
         }
@@ -649,12 +662,20 @@ impl<'m> Worker<'m> {
 fn sampler(p: &SamplingParams, shared: &Shared) -> LlamaSampler {
     let n_vocab = shared.model.vocab().n_tokens();
     let mut chain = Vec::new();
-    if p.ignore_eos && !shared.eog.is_empty() {
-        let bias: Vec<_> = shared
-            .eog
-            .iter()
-            .map(|&t| LlamaLogitBias::new(t, f32::NEG_INFINITY))
-            .collect();
+    let mut bias: Vec<_> = p
+        .logit_bias
+        .iter()
+        .filter_map(|&(t, b)| Some(LlamaLogitBias::new(LlamaToken(i32::try_from(t).ok()?), b)))
+        .collect();
+    if p.ignore_eos {
+        bias.extend(
+            shared
+                .eog
+                .iter()
+                .map(|&t| LlamaLogitBias::new(t, f32::NEG_INFINITY)),
+        );
+    }
+    if !bias.is_empty() {
         chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
     }
     if penalised(p) {
@@ -676,6 +697,9 @@ fn sampler(p: &SamplingParams, shared: &Shared) -> LlamaSampler {
         }
         if p.top_p < 1.0 {
             chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        if p.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(p.min_p, 1));
         }
         chain.push(LlamaSampler::temp(p.temperature));
         chain.push(LlamaSampler::dist(p.seed.unwrap_or_else(random_seed)));

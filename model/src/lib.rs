@@ -136,6 +136,12 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Top-k (0 = off).
     pub top_k: u32,
+    /// Min-p: drop tokens whose probability is below this fraction of the most likely
+    /// one's (0 = off).
+    pub min_p: f32,
+    /// Added to the logits of these token ids before sampling (OpenAI's `logit_bias`);
+    /// ids must be below the vocabulary size.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Seed for reproducible sampling; random when `None`.
     pub seed: Option<u32>,
     /// Largest number of generated tokens (also bounded by the room left in the context).
@@ -155,6 +161,8 @@ impl Default for SamplingParams {
             temperature: 0.7,
             top_p: 0.95,
             top_k: 40,
+            min_p: 0.0,
+            logit_bias: vec![],
             seed: None,
             max_tokens: 256,
             stop: vec![],
@@ -276,6 +284,8 @@ pub struct ModelInfo {
     pub size_bytes: u64,
     /// Requests decoded together.
     pub parallel: u32,
+    /// Tokens in the vocabulary: token ids are below it.
+    pub vocab_size: u32,
 }
 
 /// Engine configuration.

@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,27 +24,42 @@ pub const MAX_REPETITION_PENALTY: f32 = 2.0;
 /// Most `stop` sequences.
 pub const MAX_STOP: usize = 4;
 
-/// One message of a chat.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One message of a checked chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user` or `assistant` (OpenAI's `developer` is `system`).
     pub role: String,
-    /// The text.
+    /// The text (text content parts joined by newlines).
     pub content: String,
 }
 
-/// The OpenAI chat completion request (the fields Veil honours; others are refused).
+/// A message as a client sends it: `content` a string, an array of content parts, or null
+/// (an assistant turn); other fields (`name`, ...) are accepted and ignored.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+pub struct RawMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+/// Most names of ignored fields kept for the debug log, each cut to 32 characters.
+pub const MAX_IGNORED_NAMES: usize = 8;
+
+/// The OpenAI chat completion request. The fields Veil honours are parsed and checked;
+/// those whose meaning it cannot honour are refused by name when they ask for it
+/// (`n` > 1, structured output, log-probabilities, a required tool call, audio); any
+/// other field is accepted and ignored, as OpenAI's API and llama.cpp's server do
+/// ([`ChatRequest::ignored`] names them).
+#[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     model: Option<String>,
-    messages: Vec<Message>,
+    messages: Vec<RawMessage>,
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     top_p: Option<f32>,
     top_k: Option<u32>,
+    min_p: Option<f32>,
     seed: Option<i64>,
     stop: Option<Value>,
     stream: Option<bool>,
@@ -50,10 +67,18 @@ pub struct ChatRequest {
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
     repetition_penalty: Option<f32>,
+    logit_bias: Option<Value>,
     n: Option<u32>,
-    user: Option<String>,
     /// llama.cpp's extension: keep generating past end-of-generation tokens.
     ignore_eos: Option<bool>,
+    response_format: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    tool_choice: Option<Value>,
+    modalities: Option<Value>,
+    audio: Option<Value>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
 }
 
 /// Sampling as the request asked for it; `None` leaves the engine's default.
@@ -73,9 +98,16 @@ pub struct Sampling {
     pub stop: Vec<String>,
     /// In (0, [`MAX_REPETITION_PENALTY`]].
     pub repetition_penalty: Option<f32>,
+    /// In [0, 1].
+    pub min_p: Option<f32>,
+    /// Token id → bias in [-100, 100], at most [`MAX_LOGIT_BIAS`] entries.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Never sample an end-of-generation token.
     pub ignore_eos: bool,
 }
+
+/// Most `logit_bias` entries (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: usize = 300;
 
 /// A checked chat request.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +183,7 @@ impl ChatRequest {
     pub fn check(self, model: &str, context_length: u32) -> Result<Chat, RequestError> {
         if let Some(m) = &self.model {
             if m != model {
+                let m: String = m.chars().take(64).collect();
                 return Err(RequestError {
                     kind: ErrorKind::ModelNotFound,
                     param: "model",
@@ -158,10 +191,11 @@ impl ChatRequest {
                 });
             }
         }
-        check_messages(&self.messages, context_length)?;
+        let messages = messages(&self.messages, context_length)?;
         if self.n.is_some_and(|n| n != 1) {
             return Err(RequestError::invalid("n", "only n = 1 is supported"));
         }
+        self.refuse_what_cannot_be_honoured()?;
         let sampling = self.sampling()?;
         let include_usage = self
             .stream_options
@@ -169,13 +203,73 @@ impl ChatRequest {
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let _ = self.user;
         Ok(Chat {
-            messages: self.messages,
+            messages,
             sampling,
             stream: self.stream.unwrap_or(false),
             include_usage,
         })
+    }
+
+    /// The names of the fields that were accepted and ignored (at most
+    /// [`MAX_IGNORED_NAMES`], each at most 32 characters), for a debug log.
+    pub fn ignored(&self) -> Vec<String> {
+        self.other
+            .keys()
+            .take(MAX_IGNORED_NAMES)
+            .map(|k| k.chars().take(32).collect())
+            .collect()
+    }
+
+    /// Fields Veil knows and cannot honour, refused by name when they ask for something.
+    fn refuse_what_cannot_be_honoured(&self) -> Result<(), RequestError> {
+        if let Some(format) = &self.response_format {
+            match format.get("type").and_then(Value::as_str) {
+                Some("text") => {}
+                Some(kind @ ("json_object" | "json_schema")) => {
+                    return Err(RequestError::invalid(
+                        "response_format",
+                        format!("response_format {kind} is not supported by this server"),
+                    ))
+                }
+                _ => {
+                    return Err(RequestError::invalid(
+                        "response_format",
+                        "response_format.type must be text, json_object or json_schema",
+                    ))
+                }
+            }
+        }
+        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(RequestError::invalid(
+                "logprobs",
+                "logprobs are not supported by this server",
+            ));
+        }
+        // Tools may be offered (an agent always sends them); this model's chat template
+        // cannot call one, so a request that requires a call is refused.
+        match &self.tool_choice {
+            None | Some(Value::Null) => {}
+            Some(Value::String(c)) if c == "auto" || c == "none" => {}
+            Some(_) => {
+                return Err(RequestError::invalid(
+                    "tool_choice",
+                    "this model's chat template has no tool calls: tool_choice may only be auto or none",
+                ))
+            }
+        }
+        let text_only = match &self.modalities {
+            None | Some(Value::Null) => true,
+            Some(Value::Array(m)) => m.iter().all(|v| v.as_str() == Some("text")),
+            Some(_) => false,
+        };
+        if !text_only || self.audio.as_ref().is_some_and(|a| !a.is_null()) {
+            return Err(RequestError::invalid(
+                "modalities",
+                "this model answers in text only",
+            ));
+        }
+        Ok(())
     }
 
     fn sampling(&self) -> Result<Sampling, RequestError> {
@@ -250,15 +344,88 @@ impl ChatRequest {
                 ));
             }
         }
+        if let Some(m) = self.min_p {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(RequestError::invalid("min_p", "min_p must be between 0 and 1"));
+            }
+            s.min_p = Some(m);
+        }
+        s.logit_bias = logit_bias(self.logit_bias.as_ref())?;
         s.ignore_eos = self.ignore_eos.unwrap_or(false);
         Ok(s)
     }
 }
 
-/// The caps on messages: at least one, each takes at least a token of the context, the
-/// content within [`MAX_CONTENT_BYTES_PER_TOKEN`] bytes a token, known roles.
-fn check_messages(messages: &[Message], context_length: u32) -> Result<(), RequestError> {
-    if messages.is_empty() {
+/// OpenAI's `logit_bias`: an object of token ids (as strings) to biases in [-100, 100].
+fn logit_bias(value: Option<&Value>) -> Result<Vec<(u32, f32)>, RequestError> {
+    let invalid = || {
+        RequestError::invalid(
+            "logit_bias",
+            format!("logit_bias must map up to {MAX_LOGIT_BIAS} token ids to numbers between -100 and 100"),
+        )
+    };
+    let map = match value {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Object(map)) if map.len() <= MAX_LOGIT_BIAS => map,
+        Some(_) => return Err(invalid()),
+    };
+    map.iter()
+        .map(|(token, bias)| {
+            let token: u32 = token.parse().map_err(|_| invalid())?;
+            let bias = bias.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(invalid)?;
+            Ok((token, bias as f32))
+        })
+        .collect()
+}
+
+/// A message's content as text: a string, null (an assistant turn that only called a
+/// tool), or text content parts joined by newlines; any other part is refused by type.
+fn content_text(content: &Value) -> Result<String, RequestError> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => match part.get("text").and_then(Value::as_str) {
+                        Some(t) => texts.push(t),
+                        None => {
+                            return Err(RequestError::invalid(
+                                "messages",
+                                "a text content part needs a text string",
+                            ))
+                        }
+                    },
+                    Some(kind) => {
+                        let kind: String = kind.chars().take(32).collect();
+                        return Err(RequestError::invalid(
+                            "messages",
+                            format!("content parts of type {kind:?} are not supported: this model reads text only"),
+                        ));
+                    }
+                    None => {
+                        return Err(RequestError::invalid(
+                            "messages",
+                            "each content part needs a type",
+                        ))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        _ => Err(RequestError::invalid(
+            "messages",
+            "content must be a string or an array of content parts",
+        )),
+    }
+}
+
+/// The checked messages: at least one, each takes at least a token of the context, the
+/// content within [`MAX_CONTENT_BYTES_PER_TOKEN`] bytes a token, known roles
+/// (`developer` becomes `system`).
+fn messages(raw: &[RawMessage], context_length: u32) -> Result<Vec<Message>, RequestError> {
+    if raw.is_empty() {
         return Err(RequestError::invalid(
             "messages",
             "messages must not be empty",
@@ -270,13 +437,32 @@ fn check_messages(messages: &[Message], context_length: u32) -> Result<(), Reque
         param: "messages",
         message,
     };
-    if messages.len() > context {
+    if raw.len() > context {
         return Err(too_long(
             format!(
                 "{} messages cannot fit a context of {context_length} tokens (at most {context} messages)",
-                messages.len()
+                raw.len()
             ),
         ));
+    }
+    let mut messages = Vec::with_capacity(raw.len());
+    for m in raw {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                let role: String = other.chars().take(32).collect();
+                return Err(RequestError::invalid(
+                    "messages",
+                    format!("unknown role {role:?}"),
+                ));
+            }
+        };
+        messages.push(Message {
+            role: role.to_owned(),
+            content: content_text(&m.content)?,
+        });
     }
     let content: usize = messages.iter().map(|m| m.content.len()).sum();
     let max_content = content_cap(context_length);
@@ -287,17 +473,7 @@ fn check_messages(messages: &[Message], context_length: u32) -> Result<(), Reque
             ),
         ));
     }
-    if let Some(m) = messages
-        .iter()
-        .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
-    {
-        let role: String = m.role.chars().take(32).collect();
-        return Err(RequestError::invalid(
-            "messages",
-            format!("unknown role {role:?}"),
-        ));
-    }
-    Ok(())
+    Ok(messages)
 }
 
 /// The most content bytes a chat may carry for a context of `context_length` tokens.
@@ -372,6 +548,85 @@ mod tests {
         assert!(e.message.contains("bytes of content"), "{e}");
         let e = check(r#"{"messages":[{"role":"tool","content":""}]}"#).expect_err("role");
         assert!(e.message.contains("\"tool\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_accepted_and_named_for_the_log() {
+        let body = r#"{"messages":[{"role":"user","content":"Hi","name":"ann"}],
+            "store":false,"metadata":{"a":"b"},"parallel_tool_calls":true,
+            "tools":[{"type":"function","function":{"name":"f","parameters":{}}}],
+            "tool_choice":"auto","response_format":{"type":"text"},"logprobs":false,
+            "service_tier":"auto","user":"u1"}"#;
+        let req = ChatRequest::from_json(body.as_bytes()).expect("parses");
+        assert_eq!(
+            req.ignored(),
+            ["metadata", "parallel_tool_calls", "service_tier", "store", "tools", "user"]
+        );
+        let chat = req.check("tiny", 256).expect("valid");
+        assert_eq!(chat.messages[0].content, "Hi");
+    }
+
+    #[test]
+    fn text_parts_are_joined_and_developer_is_system() {
+        let chat = check(
+            r#"{"messages":[{"role":"developer","content":"Be brief."},
+                {"role":"user","content":[{"type":"text","text":"Hello"},{"type":"text","text":"there"}]},
+                {"role":"assistant","content":null}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            chat.messages,
+            [
+                Message { role: "system".into(), content: "Be brief.".into() },
+                Message { role: "user".into(), content: "Hello\nthere".into() },
+                Message { role: "assistant".into(), content: String::new() },
+            ]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_name() {
+        let user = r#""messages":[{"role":"user","content":"Hi"}]"#;
+        for (extra, param, says) in [
+            (r#""response_format":{"type":"json_object"}"#, "response_format", "json_object"),
+            (r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}"#, "response_format", "json_schema"),
+            (r#""response_format":{"type":"yaml"}"#, "response_format", "must be"),
+            (r#""logprobs":true"#, "logprobs", "logprobs"),
+            (r#""top_logprobs":3"#, "logprobs", "logprobs"),
+            (r#""tool_choice":"required""#, "tool_choice", "tool calls"),
+            (r#""tool_choice":{"type":"function","function":{"name":"f"}}"#, "tool_choice", "tool calls"),
+            (r#""modalities":["text","audio"]"#, "modalities", "text only"),
+            (r#""logit_bias":{"abc":1}"#, "logit_bias", "token ids"),
+            (r#""logit_bias":{"5":101}"#, "logit_bias", "token ids"),
+            (r#""min_p":1.5"#, "min_p", "min_p"),
+        ] {
+            let e = check(&format!("{{{user},{extra}}}")).expect_err(extra);
+            assert_eq!(e.param, param, "{extra}: {e}");
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
+        for (content, says) in [
+            (r#"[{"type":"image_url","image_url":{"url":"data:,"}}]"#, "\"image_url\""),
+            (r#"[{"type":"text"}]"#, "text string"),
+            (r#"[{"text":"x"}]"#, "needs a type"),
+            ("42", "string or an array"),
+        ] {
+            let e = check(&format!(r#"{{"messages":[{{"role":"user","content":{content}}}]}}"#))
+                .expect_err(content);
+            assert_eq!(e.param, "messages", "{content}: {e}");
+            assert!(e.message.contains(says), "{content}: {e}");
+        }
+    }
+
+    #[test]
+    fn min_p_and_logit_bias_reach_the_sampling() {
+        let chat = check(
+            r#"{"messages":[{"role":"user","content":"Hi"}],"min_p":0.05,"logit_bias":{"7":-100,"12":2.5}}"#,
+        )
+        .expect("valid");
+        assert_eq!(chat.sampling.min_p, Some(0.05));
+        let mut bias = chat.sampling.logit_bias;
+        bias.sort_by_key(|(t, _)| *t);
+        assert_eq!(bias, [(7, -100.0), (12, 2.5)]);
     }
 
     #[test]

@@ -60,6 +60,8 @@ fn to_request(chat: Chat) -> GenerateRequest {
         temperature: s.temperature.unwrap_or(d.temperature),
         top_p: s.top_p.unwrap_or(d.top_p),
         top_k: s.top_k.unwrap_or(d.top_k),
+        min_p: s.min_p.unwrap_or(d.min_p),
+        logit_bias: s.logit_bias,
         seed: s.seed,
         max_tokens: s.max_tokens.unwrap_or(d.max_tokens),
         stop: s.stop,
@@ -144,7 +146,19 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
     let model = engine.info().name.clone();
+    let ignored = req.ignored();
+    if !ignored.is_empty() {
+        // Names only, each cut short: never a value, which could be a secret or a prompt.
+        tracing::debug!(fields = ?ignored, "chat request: unknown fields ignored");
+    }
     let chat = req.check(&model, engine.info().context_length)?;
+    let vocab = engine.info().vocab_size;
+    if let Some((t, _)) = chat.sampling.logit_bias.iter().find(|(t, _)| *t >= vocab) {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!("logit_bias names token {t}, but the model's vocabulary has {vocab} tokens"),
+        ));
+    }
     let (stream, include_usage) = (chat.stream, chat.include_usage);
     let request = to_request(chat);
     // Rendering the template and tokenizing are CPU work: on a blocking thread, a few at

@@ -228,6 +228,63 @@ async fn provisioning_with_the_right_key_unseals_and_serves() {
     );
 }
 
+/// The answer's content for a chat request with `extra` fields.
+async fn content(f: &Fixture, extra: Value) -> String {
+    let mut req = json!({ "messages": [{ "role": "user", "content": "hello" }], "max_tokens": 4 });
+    for (k, v) in extra.as_object().expect("object") {
+        req[k] = v.clone();
+    }
+    let (status, body) = call(f, post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn logit_bias_and_min_p_reach_the_sampler_and_unknown_fields_are_ignored() {
+    let f = fixture(EngineConfig::small());
+    let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
+    assert_eq!(provision(&f, &key, None).await.0, StatusCode::ACCEPTED);
+    wait_ready(&f).await;
+    let greedy = content(&f, json!({ "temperature": 0 })).await;
+    // min_p = 1 keeps only the most likely token: sampling at temperature 1 is greedy.
+    let min_p = content(&f, json!({ "temperature": 1, "min_p": 1.0, "top_k": 0, "top_p": 1 })).await;
+    assert_eq!(min_p, greedy);
+    // A bias of +100 makes one token the only choice, at every step.
+    let mut forced = Vec::new();
+    for t in [300, 301] {
+        let text = content(&f, json!({ "temperature": 0, "logit_bias": { t.to_string(): 100 } })).await;
+        assert!(!text.is_empty(), "token {t}");
+        forced.push(text);
+    }
+    assert_ne!(forced[0], forced[1]);
+    assert_ne!(forced[0], greedy);
+    // Fields Veil does not use are accepted, as OpenAI's API does.
+    let ignored = content(
+        &f,
+        json!({ "temperature": 0, "store": false, "metadata": { "a": "b" }, "parallel_tool_calls": true, "user": "u1" }),
+    )
+    .await;
+    assert_eq!(ignored, greedy);
+    // A token id outside the vocabulary is refused by name.
+    let (status, body) = call(
+        &f,
+        post(
+            "/v1/chat/completions",
+            json!({ "messages": [{ "role": "user", "content": "x" }], "logit_bias": { "99999999": 5 } }),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("logit_bias")),
+        "{body}"
+    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("vocabulary")), "{body}");
+}
+
 #[tokio::test]
 async fn a_wrong_key_is_refused_and_the_server_stays_locked() {
     let f = fixture(EngineConfig::small());
