@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use clap::{Args, Subcommand, ValueEnum};
 use ring::digest;
 use serde_json::json;
@@ -51,7 +53,7 @@ pub struct HostDataArgs {
     /// Write the configuration file here (for the guest; `veil-server --launch-config`).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Print JSON (`host_data`, `config`).
+    /// Print JSON (`host_data`, `host_data_base64` for QEMU's `host-data=`, `config`).
     #[arg(long)]
     pub json: bool,
 }
@@ -203,7 +205,12 @@ fn host_data(args: HostDataArgs) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            json!({ "host_data": digest, "config": launch.entries() })
+            json!({
+                "host_data": digest,
+                // QEMU's `-object sev-snp-guest,host-data=` takes it in base64.
+                "host_data_base64": STANDARD.encode(launch.host_data()),
+                "config": launch.entries(),
+            })
         );
     } else {
         println!("{digest}");

@@ -413,6 +413,13 @@ fn measure_host_data_prints_the_digest_of_the_configuration_it_writes() {
     )
     .expect("the written file parses");
     assert_eq!(out["host_data"], hex::encode(written.host_data()));
+    {
+        use base64::Engine as _;
+        assert_eq!(
+            out["host_data_base64"],
+            base64::engine::general_purpose::STANDARD.encode(written.host_data())
+        );
+    }
     assert_eq!(written.key_broker(), Some("http://10.0.0.1:8444"));
     assert_eq!(out["config"]["veil.model_sha256"], model);
     // Refused, naming the value at fault.

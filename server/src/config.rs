@@ -175,7 +175,7 @@ impl Config {
         };
         let conflict = |what: &str, flag: &str, bound: &str| {
             anyhow::anyhow!(
-                "{what} {flag} contradicts the launch configuration {} ({bound}): with                  --launch-config the settings come from it alone",
+                "{what} {flag} contradicts the launch configuration {} ({bound}): with --launch-config the settings come from it alone",
                 path.display()
             )
         };
