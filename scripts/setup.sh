@@ -8,6 +8,8 @@
 #
 #   scripts/setup.sh                    install what is missing, fetch the model
 #   scripts/setup.sh --bench            also what the benchmark scripts need
+#   scripts/setup.sh --image            also what scripts/build-image.sh and the boot
+#                                       test need
 #   scripts/setup.sh --print-decision   only print what would be installed, change nothing
 #
 # VEIL_DPKG_ADMINDIR points dpkg-query at another database (the test of this decision uses
@@ -16,12 +18,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bench=0
+image=0
 decide_only=0
 for arg in "$@"; do
   case "$arg" in
     --bench) bench=1 ;;
+    --image) image=1 ;;
     --print-decision) decide_only=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "setup: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,6 +39,18 @@ wanted=(
   "g++|llama.cpp is C++"
   "libclang-dev|bindgen (llama-cpp-sys-2) loads libclang"
 )
+if [ "$image" = 1 ]; then
+  wanted+=(
+    "nasm|edk2's OVMF build assembles with nasm"
+    "acpica-tools|edk2's OVMF build compiles its ACPI tables with iasl"
+    "uuid-dev|edk2's BaseTools link libuuid"
+    "cpio|the initrd is a cpio archive"
+    "patch|Debian's patches to edk2 are applied before the OVMF build"
+    "curl|edk2's source tarballs come from Debian's pool"
+    "xz-utils|the kernel's modules are xz-compressed"
+    "qemu-system-x86|the boot test runs the image under QEMU"
+  )
+fi
 if [ "$bench" = 1 ]; then
   wanted+=("time|/usr/bin/time measures peak RSS in the benchmark scripts")
 fi

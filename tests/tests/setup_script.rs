@@ -131,3 +131,26 @@ fn the_benchmarks_also_need_time() {
     assert_eq!(decision(db.path(), &[]), Vec::<String>::new());
     assert_eq!(decision(db.path(), &["--bench"]), ["time"]);
 }
+
+/// What `scripts/build-image.sh` and the boot test add (`--image`), in the script's order.
+const IMAGE: [&str; 8] = [
+    "nasm",
+    "acpica-tools",
+    "uuid-dev",
+    "cpio",
+    "patch",
+    "curl",
+    "xz-utils",
+    "qemu-system-x86",
+];
+
+#[test]
+fn the_image_option_adds_what_the_image_build_and_boot_test_need() {
+    let db = fake_dpkg(&all_installed(&[]));
+    assert_eq!(decision(db.path(), &["--image"]), IMAGE);
+    let mut packages = all_installed(&[]);
+    packages.extend(IMAGE.iter().map(|p| (*p, "installed")));
+    packages.retain(|(p, _)| *p != "qemu-system-x86");
+    let db = fake_dpkg(&packages);
+    assert_eq!(decision(db.path(), &["--image"]), ["qemu-system-x86"]);
+}
