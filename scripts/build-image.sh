@@ -121,7 +121,7 @@ build_ovmf() { # build_ovmf -> path of the cached OVMF.fd
     echo "$dir/OVMF.fd"
     return
   fi
-  say "OVMF: building AmdSevX64 from Debian's edk2 2025.02 source (about 9 minutes on 2 cores)"
+  say "OVMF: building AmdSevX64 from Debian's edk2 2025.02 source (about 4 minutes on 2 cores)"
   t0=$(date +%s)
   # Always the same absolute directory, whatever the cache's location or the user: edk2's
   # GenFw writes each module's build path into its PE image (the CodeView entry and the

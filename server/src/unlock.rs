@@ -112,7 +112,10 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
         };
         state.metrics.set_hardening("model_not_dumped", not_dumped);
         let locked = crate::harden::locked_bytes().unwrap_or(0);
-        let fully_locked = locked >= state.header.plaintext_len;
+        // llama.cpp maps and locks the tensor data, not the GGUF's header and vocabulary:
+        // the weights are locked when VmLck covers the tensors' bytes.
+        let weights_bytes = engine.info().size_bytes;
+        let fully_locked = locked >= weights_bytes;
         state.metrics.locked_bytes.store(locked, Ordering::Relaxed);
         state.metrics.set_hardening("model_locked", fully_locked);
         tracing::info!(
@@ -127,7 +130,7 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
             let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock);
             tracing::warn!(
                 locked_bytes = locked,
-                model_bytes = state.header.plaintext_len,
+                weights_bytes,
                 memlock_limit = ?limit.current,
                 "the model is not locked in memory (RLIMIT_MEMLOCK too low?): its pages may be swapped out"
             );

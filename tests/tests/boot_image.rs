@@ -426,6 +426,11 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
     assert!(log.contains("veil-init: eth0 has"), "{log}");
     assert!(log.contains("launch configuration bound"), "{log}");
     assert!(log.contains("module sev-guest not loaded"), "{log}");
+    // /init lifts RLIMIT_MEMLOCK, so the server's own hardening holds in the image: the
+    // decrypted weights are locked (the server warns when they are not).
+    assert!(log.contains("model unsealed and loaded"), "{log}");
+    assert!(!log.contains("not locked in memory"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes on the serial console: {log:?}");
 }
 
 /// `sev-snp-measure` (virtee's Python tool, `pip install sev-snp-measure==0.0.13`), when

@@ -66,6 +66,10 @@ fn seal_start_verify_provision_ask_and_a_refused_provision_sends_nothing() {
         .and_then(|n| n.trim().parse().ok())
         .expect("veil_tokens_out_total");
     assert!(tokens_out > 0, "{metrics}");
+    // Its log goes to a file here: plain text, no terminal colour codes.
+    let log = server.log();
+    assert!(log.contains("model unsealed and loaded"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes in a log file: {log:?}");
 }
 
 /// `veil_tokens_in_total` of a server.
