@@ -346,7 +346,10 @@ impl ChatRequest {
         }
         if let Some(m) = self.min_p {
             if !(0.0..=1.0).contains(&m) {
-                return Err(RequestError::invalid("min_p", "min_p must be between 0 and 1"));
+                return Err(RequestError::invalid(
+                    "min_p",
+                    "min_p must be between 0 and 1",
+                ));
             }
             s.min_p = Some(m);
         }
@@ -372,7 +375,10 @@ fn logit_bias(value: Option<&Value>) -> Result<Vec<(u32, f32)>, RequestError> {
     map.iter()
         .map(|(token, bias)| {
             let token: u32 = token.parse().map_err(|_| invalid())?;
-            let bias = bias.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(invalid)?;
+            let bias = bias
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(invalid)?;
             Ok((token, bias as f32))
         })
         .collect()
@@ -560,7 +566,14 @@ mod tests {
         let req = ChatRequest::from_json(body.as_bytes()).expect("parses");
         assert_eq!(
             req.ignored(),
-            ["metadata", "parallel_tool_calls", "service_tier", "store", "tools", "user"]
+            [
+                "metadata",
+                "parallel_tool_calls",
+                "service_tier",
+                "store",
+                "tools",
+                "user"
+            ]
         );
         let chat = req.check("tiny", 256).expect("valid");
         assert_eq!(chat.messages[0].content, "Hi");
@@ -577,9 +590,18 @@ mod tests {
         assert_eq!(
             chat.messages,
             [
-                Message { role: "system".into(), content: "Be brief.".into() },
-                Message { role: "user".into(), content: "Hello\nthere".into() },
-                Message { role: "assistant".into(), content: String::new() },
+                Message {
+                    role: "system".into(),
+                    content: "Be brief.".into()
+                },
+                Message {
+                    role: "user".into(),
+                    content: "Hello\nthere".into()
+                },
+                Message {
+                    role: "assistant".into(),
+                    content: String::new()
+                },
             ]
         );
     }
@@ -588,14 +610,34 @@ mod tests {
     fn what_cannot_be_honoured_is_refused_by_name() {
         let user = r#""messages":[{"role":"user","content":"Hi"}]"#;
         for (extra, param, says) in [
-            (r#""response_format":{"type":"json_object"}"#, "response_format", "json_object"),
-            (r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}"#, "response_format", "json_schema"),
-            (r#""response_format":{"type":"yaml"}"#, "response_format", "must be"),
+            (
+                r#""response_format":{"type":"json_object"}"#,
+                "response_format",
+                "json_object",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}"#,
+                "response_format",
+                "json_schema",
+            ),
+            (
+                r#""response_format":{"type":"yaml"}"#,
+                "response_format",
+                "must be",
+            ),
             (r#""logprobs":true"#, "logprobs", "logprobs"),
             (r#""top_logprobs":3"#, "logprobs", "logprobs"),
             (r#""tool_choice":"required""#, "tool_choice", "tool calls"),
-            (r#""tool_choice":{"type":"function","function":{"name":"f"}}"#, "tool_choice", "tool calls"),
-            (r#""modalities":["text","audio"]"#, "modalities", "text only"),
+            (
+                r#""tool_choice":{"type":"function","function":{"name":"f"}}"#,
+                "tool_choice",
+                "tool calls",
+            ),
+            (
+                r#""modalities":["text","audio"]"#,
+                "modalities",
+                "text only",
+            ),
             (r#""logit_bias":{"abc":1}"#, "logit_bias", "token ids"),
             (r#""logit_bias":{"5":101}"#, "logit_bias", "token ids"),
             (r#""min_p":1.5"#, "min_p", "min_p"),
@@ -605,13 +647,18 @@ mod tests {
             assert!(e.message.contains(says), "{extra}: {e}");
         }
         for (content, says) in [
-            (r#"[{"type":"image_url","image_url":{"url":"data:,"}}]"#, "\"image_url\""),
+            (
+                r#"[{"type":"image_url","image_url":{"url":"data:,"}}]"#,
+                "\"image_url\"",
+            ),
             (r#"[{"type":"text"}]"#, "text string"),
             (r#"[{"text":"x"}]"#, "needs a type"),
             ("42", "string or an array"),
         ] {
-            let e = check(&format!(r#"{{"messages":[{{"role":"user","content":{content}}}]}}"#))
-                .expect_err(content);
+            let e = check(&format!(
+                r#"{{"messages":[{{"role":"user","content":{content}}}]}}"#
+            ))
+            .expect_err(content);
             assert_eq!(e.param, "messages", "{content}: {e}");
             assert!(e.message.contains(says), "{content}: {e}");
         }

@@ -250,12 +250,20 @@ async fn logit_bias_and_min_p_reach_the_sampler_and_unknown_fields_are_ignored()
     wait_ready(&f).await;
     let greedy = content(&f, json!({ "temperature": 0 })).await;
     // min_p = 1 keeps only the most likely token: sampling at temperature 1 is greedy.
-    let min_p = content(&f, json!({ "temperature": 1, "min_p": 1.0, "top_k": 0, "top_p": 1 })).await;
+    let min_p = content(
+        &f,
+        json!({ "temperature": 1, "min_p": 1.0, "top_k": 0, "top_p": 1 }),
+    )
+    .await;
     assert_eq!(min_p, greedy);
     // A bias of +100 makes one token the only choice, at every step.
     let mut forced = Vec::new();
     for t in [300, 301] {
-        let text = content(&f, json!({ "temperature": 0, "logit_bias": { t.to_string(): 100 } })).await;
+        let text = content(
+            &f,
+            json!({ "temperature": 0, "logit_bias": { t.to_string(): 100 } }),
+        )
+        .await;
         assert!(!text.is_empty(), "token {t}");
         forced.push(text);
     }
@@ -282,7 +290,12 @@ async fn logit_bias_and_min_p_reach_the_sampler_and_unknown_fields_are_ignored()
         (StatusCode::BAD_REQUEST, Some("logit_bias")),
         "{body}"
     );
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("vocabulary")), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("vocabulary")),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -39,9 +39,16 @@ fn image() -> Option<PathBuf> {
     let dir = std::env::var_os("VEIL_IMAGE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("image"));
-    let complete = ["build-info.json", "vmlinuz", "initrd.img", "OVMF.fd", "cmdline", "veil-server"]
-        .iter()
-        .all(|f| dir.join(f).is_file());
+    let complete = [
+        "build-info.json",
+        "vmlinuz",
+        "initrd.img",
+        "OVMF.fd",
+        "cmdline",
+        "veil-server",
+    ]
+    .iter()
+    .all(|f| dir.join(f).is_file());
     if complete {
         return Some(dir);
     }
@@ -124,13 +131,23 @@ fn build_info_names_every_artefact_and_veil_measure_agrees_with_its_measurements
         let features = case["guest_features"].as_str().expect("guest_features");
         let expected = case["measurement"].as_str().expect("measurement");
         assert_eq!(expected.len(), 96, "a 48-byte measurement in hex");
-        assert_eq!(measure(&image, &image.join("initrd.img"), vcpus, features), expected);
+        assert_eq!(
+            measure(&image, &image.join("initrd.img"), vcpus, features),
+            expected
+        );
         seen.push((vcpus, features));
     }
     seen.sort_unstable();
     assert_eq!(
         seen,
-        [(1, "0x1"), (1, "0x21"), (2, "0x1"), (2, "0x21"), (4, "0x1"), (4, "0x21")]
+        [
+            (1, "0x1"),
+            (1, "0x21"),
+            (2, "0x1"),
+            (2, "0x21"),
+            (4, "0x1"),
+            (4, "0x21")
+        ]
     );
 }
 
@@ -217,7 +234,16 @@ fn the_initrd_holds_the_server_and_its_init_and_nothing_that_gives_a_shell() {
         .filter(|l| !l.trim_start().starts_with('#'))
         .collect::<Vec<_>>()
         .join("\n");
-    for word in ["getty", "swapon", "telnetd", "httpd", "sshd", "crond", "syslogd", "/bin/sh -i"] {
+    for word in [
+        "getty",
+        "swapon",
+        "telnetd",
+        "httpd",
+        "sshd",
+        "crond",
+        "syslogd",
+        "/bin/sh -i",
+    ] {
         assert!(!code.contains(word), "/init runs {word}");
     }
     // The veil-server beside the image (what the owner measures) is the initrd's.
@@ -273,7 +299,9 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
             !required(),
             "VEIL_REQUIRE_IMAGE=1 but qemu-system-x86_64 is not on PATH (scripts/setup.sh --image installs it)"
         );
-        eprintln!("skipped: qemu-system-x86_64 is not on PATH (scripts/setup.sh --image installs it)");
+        eprintln!(
+            "skipped: qemu-system-x86_64 is not on PATH (scripts/setup.sh --image installs it)"
+        );
         return;
     };
     let model = repo().join(MODEL);
@@ -283,7 +311,10 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
             "VEIL_REQUIRE_MODEL=1 but {} is absent",
             model.display()
         );
-        eprintln!("skipped: {} is absent (scripts/fetch-model.sh)", model.display());
+        eprintln!(
+            "skipped: {} is absent (scripts/fetch-model.sh)",
+            model.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -351,7 +382,9 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
     let console = dir.path().join("console.log");
     let cmdline = String::from_utf8(read(&image.join("cmdline"))).expect("cmdline");
     let child = Command::new(&qemu)
-        .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1536"])
+        .args([
+            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1536",
+        ])
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
@@ -361,8 +394,14 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
         .arg(image.join("initrd.img"))
         .args(["-append", &cmdline])
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio,readonly=on", disk.display()))
-        .args(["-netdev", &format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:8443")])
+        .arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            disk.display()
+        ))
+        .args([
+            "-netdev",
+            &format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:8443"),
+        ])
         .args(["-device", "virtio-net-pci,netdev=n0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -380,7 +419,10 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
             if let Some(mut e) = guest.child.stderr.take() {
                 let _ = e.read_to_string(&mut stderr);
             }
-            panic!("QEMU exited ({status}): {stderr}\n--- guest console ---\n{}", guest.console());
+            panic!(
+                "QEMU exited ({status}): {stderr}\n--- guest console ---\n{}",
+                guest.console()
+            );
         }
         let o = veil(&["verify", &url, "--policy", &policy]);
         if o.status.code() == Some(0) {
@@ -397,7 +439,14 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
     let booted = started.elapsed();
     eprintln!("the guest served verified evidence {booted:?} after QEMU started");
 
-    let o = veil(&["provision", &url, "--policy", &policy, "--key", &key.display().to_string()]);
+    let o = veil(&[
+        "provision",
+        &url,
+        "--policy",
+        &policy,
+        "--key",
+        &key.display().to_string(),
+    ]);
     ok(&o, "veil provision", &guest);
     let asked = Instant::now();
     let o = harness::run(
@@ -414,7 +463,11 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
         ]),
         ASK_DEADLINE,
     );
-    eprintln!("veil ask took {:?}; console:\n{}", asked.elapsed(), guest.console());
+    eprintln!(
+        "veil ask took {:?}; console:\n{}",
+        asked.elapsed(),
+        guest.console()
+    );
     ok(&o, "veil ask", &guest);
     let answer = String::from_utf8_lossy(&o.stdout);
     assert!(answer.contains("Paris"), "{answer}");
@@ -430,7 +483,10 @@ fn the_image_boots_under_qemu_and_serves_a_verified_session() {
     // decrypted weights are locked (the server warns when they are not).
     assert!(log.contains("model unsealed and loaded"), "{log}");
     assert!(!log.contains("not locked in memory"), "{log}");
-    assert!(!log.contains('\x1b'), "ANSI escapes on the serial console: {log:?}");
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI escapes on the serial console: {log:?}"
+    );
 }
 
 /// `sev-snp-measure` (virtee's Python tool, `pip install sev-snp-measure==0.0.13`), when
@@ -450,7 +506,9 @@ fn sev_snp_measure() -> Option<PathBuf> {
 #[test]
 fn sev_snp_measure_computes_the_same_measurements_for_the_image() {
     let Some(image) = image() else { return };
-    let Some(tool) = sev_snp_measure() else { return };
+    let Some(tool) = sev_snp_measure() else {
+        return;
+    };
     let info = build_info(&image);
     let cmdline = String::from_utf8(read(&image.join("cmdline"))).expect("cmdline");
     for case in info["measurements"].as_array().expect("measurements") {
@@ -458,7 +516,14 @@ fn sev_snp_measure_computes_the_same_measurements_for_the_image() {
         let features = case["guest_features"].as_str().expect("guest_features");
         let o = harness::run(
             Command::new(&tool)
-                .args(["--mode", "snp", "--vmm-type", "QEMU", "--vcpu-type", "EPYC-v4"])
+                .args([
+                    "--mode",
+                    "snp",
+                    "--vmm-type",
+                    "QEMU",
+                    "--vcpu-type",
+                    "EPYC-v4",
+                ])
                 .args(["--vcpus", &vcpus, "--guest-features", features])
                 .arg("--ovmf")
                 .arg(image.join("OVMF.fd"))
