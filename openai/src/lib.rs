@@ -54,6 +54,25 @@ pub const MAX_IGNORED_NAMES: usize = 8;
 pub struct ChatRequest {
     model: Option<String>,
     messages: Vec<RawMessage>,
+    stream: Option<bool>,
+    stream_options: Option<Value>,
+    n: Option<u32>,
+    response_format: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+    tool_choice: Option<Value>,
+    modalities: Option<Value>,
+    audio: Option<Value>,
+    /// Before `other`: serde hands a flattened struct its fields first.
+    #[serde(flatten)]
+    sampling: SamplingFields,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// The sampling fields that chat and text completions share.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct SamplingFields {
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
@@ -62,23 +81,12 @@ pub struct ChatRequest {
     min_p: Option<f32>,
     seed: Option<i64>,
     stop: Option<Value>,
-    stream: Option<bool>,
-    stream_options: Option<Value>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
     repetition_penalty: Option<f32>,
     logit_bias: Option<Value>,
-    n: Option<u32>,
     /// llama.cpp's extension: keep generating past end-of-generation tokens.
     ignore_eos: Option<bool>,
-    response_format: Option<Value>,
-    logprobs: Option<bool>,
-    top_logprobs: Option<u32>,
-    tool_choice: Option<Value>,
-    modalities: Option<Value>,
-    audio: Option<Value>,
-    #[serde(flatten)]
-    other: BTreeMap<String, Value>,
 }
 
 /// Sampling as the request asked for it; `None` leaves the engine's default.
@@ -181,44 +189,25 @@ impl ChatRequest {
     /// # Errors
     /// [`RequestError`], naming the first field at fault.
     pub fn check(self, model: &str, context_length: u32) -> Result<Chat, RequestError> {
-        if let Some(m) = &self.model {
-            if m != model {
-                let m: String = m.chars().take(64).collect();
-                return Err(RequestError {
-                    kind: ErrorKind::ModelNotFound,
-                    param: "model",
-                    message: format!("model {m:?} does not exist; this server serves {model:?}"),
-                });
-            }
-        }
+        check_model(self.model.as_deref(), model)?;
         let messages = messages(&self.messages, context_length)?;
         if self.n.is_some_and(|n| n != 1) {
             return Err(RequestError::invalid("n", "only n = 1 is supported"));
         }
         self.refuse_what_cannot_be_honoured()?;
-        let sampling = self.sampling()?;
-        let include_usage = self
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let sampling = self.sampling.check()?;
         Ok(Chat {
             messages,
             sampling,
             stream: self.stream.unwrap_or(false),
-            include_usage,
+            include_usage: include_usage(self.stream_options.as_ref()),
         })
     }
 
     /// The names of the fields that were accepted and ignored (at most
     /// [`MAX_IGNORED_NAMES`], each at most 32 characters), for a debug log.
     pub fn ignored(&self) -> Vec<String> {
-        self.other
-            .keys()
-            .take(MAX_IGNORED_NAMES)
-            .map(|k| k.chars().take(32).collect())
-            .collect()
+        ignored(&self.other)
     }
 
     /// Fields Veil knows and cannot honour, refused by name when they ask for something.
@@ -271,8 +260,11 @@ impl ChatRequest {
         }
         Ok(())
     }
+}
 
-    fn sampling(&self) -> Result<Sampling, RequestError> {
+impl SamplingFields {
+    /// The sampling asked for, each value within its bound.
+    fn check(&self) -> Result<Sampling, RequestError> {
         let mut s = Sampling::default();
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
@@ -357,6 +349,194 @@ impl ChatRequest {
         s.ignore_eos = self.ignore_eos.unwrap_or(false);
         Ok(s)
     }
+}
+
+/// `model`, when given, must name this server's model (404 `model_not_found` otherwise).
+fn check_model(requested: Option<&str>, model: &str) -> Result<(), RequestError> {
+    match requested {
+        Some(m) if m != model => {
+            let m: String = m.chars().take(64).collect();
+            Err(RequestError {
+                kind: ErrorKind::ModelNotFound,
+                param: "model",
+                message: format!("model {m:?} does not exist; this server serves {model:?}"),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `max_tokens` of a text completion that does not say (OpenAI's default).
+pub const COMPLETION_DEFAULT_MAX_TOKENS: u32 = 16;
+
+/// OpenAI's text completion request (`POST /v1/completions`): a prompt the model
+/// continues as it is, with no chat template (special tokens in it are read as such, as
+/// llama.cpp's server does). The sampling fields are those of [`ChatRequest`]; `n`,
+/// `best_of` above 1, `echo`, `suffix` and `logprobs` are refused by name; other fields
+/// are accepted and ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    model: Option<String>,
+    prompt: Value,
+    stream: Option<bool>,
+    stream_options: Option<Value>,
+    n: Option<u32>,
+    best_of: Option<u32>,
+    echo: Option<bool>,
+    suffix: Option<Value>,
+    logprobs: Option<Value>,
+    #[serde(flatten)]
+    sampling: SamplingFields,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// A checked text completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The prompt, within the content cap.
+    pub prompt: String,
+    /// Sampling, every value within its bound; `max_tokens` is always set
+    /// ([`COMPLETION_DEFAULT_MAX_TOKENS`] unless the request says).
+    pub sampling: Sampling,
+    /// Whether to answer with server-sent events.
+    pub stream: bool,
+    /// With `stream`: whether a last chunk carries the usage.
+    pub include_usage: bool,
+}
+
+impl CompletionRequest {
+    /// Parses a request body.
+    ///
+    /// # Errors
+    /// If it is not JSON of this shape.
+    pub fn from_json(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    /// Checks the request for a server of `model` with a context of `context_length`
+    /// tokens.
+    ///
+    /// # Errors
+    /// [`RequestError`], naming the first field at fault.
+    pub fn check(self, model: &str, context_length: u32) -> Result<Completion, RequestError> {
+        check_model(self.model.as_deref(), model)?;
+        let prompt = match &self.prompt {
+            Value::String(p) => p.clone(),
+            Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+                a[0].as_str().unwrap_or_default().to_owned()
+            }
+            Value::Array(a) if a.len() > 1 && a.iter().all(Value::is_string) => {
+                return Err(RequestError::invalid(
+                    "prompt",
+                    "only one prompt per request is supported",
+                ))
+            }
+            _ => {
+                return Err(RequestError::invalid(
+                    "prompt",
+                    "prompt must be a string (token-id prompts are not supported)",
+                ))
+            }
+        };
+        let cap = content_cap(context_length);
+        if prompt.len() > cap {
+            return Err(RequestError {
+                kind: ErrorKind::ContextLengthExceeded,
+                param: "prompt",
+                message: format!(
+                    "{} bytes of prompt cannot fit a context of {context_length} tokens (at most {cap} bytes)",
+                    prompt.len()
+                ),
+            });
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(RequestError::invalid("n", "only n = 1 is supported"));
+        }
+        if self.best_of.is_some_and(|n| n != 1) {
+            return Err(RequestError::invalid(
+                "best_of",
+                "only best_of = 1 is supported",
+            ));
+        }
+        if self.echo == Some(true) {
+            return Err(RequestError::invalid("echo", "echo is not supported"));
+        }
+        if self.suffix.as_ref().is_some_and(|s| !s.is_null()) {
+            return Err(RequestError::invalid(
+                "suffix",
+                "suffix (insertion) is not supported",
+            ));
+        }
+        if self
+            .logprobs
+            .as_ref()
+            .is_some_and(|l| !l.is_null() && l.as_u64() != Some(0))
+        {
+            return Err(RequestError::invalid(
+                "logprobs",
+                "logprobs are not supported by this server",
+            ));
+        }
+        let mut sampling = self.sampling.check()?;
+        sampling.max_tokens = sampling.max_tokens.or(Some(COMPLETION_DEFAULT_MAX_TOKENS));
+        Ok(Completion {
+            prompt,
+            sampling,
+            stream: self.stream.unwrap_or(false),
+            include_usage: include_usage(self.stream_options.as_ref()),
+        })
+    }
+
+    /// The names of the fields that were accepted and ignored, as
+    /// [`ChatRequest::ignored`].
+    pub fn ignored(&self) -> Vec<String> {
+        ignored(&self.other)
+    }
+}
+
+/// `stream_options.include_usage`.
+fn include_usage(options: Option<&Value>) -> bool {
+    options
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// At most [`MAX_IGNORED_NAMES`] names, each at most 32 characters.
+fn ignored(other: &BTreeMap<String, Value>) -> Vec<String> {
+    other
+        .keys()
+        .take(MAX_IGNORED_NAMES)
+        .map(|k| k.chars().take(32).collect())
+        .collect()
+}
+
+/// A model id as OpenAI clients expect one: lower-case ASCII letters, digits, `.`, `-`
+/// and `_`, every other run of characters one `-`, with a `.gguf` ending dropped
+/// (`SmolLM2-135M-Instruct.Q4_1.gguf` → `smollm2-135m-instruct.q4_1`). `None` when
+/// nothing is left.
+pub fn model_slug(name: &str) -> Option<String> {
+    let name = name.trim();
+    let name = name
+        .strip_suffix(".gguf")
+        .or_else(|| name.strip_suffix(".GGUF"))
+        .unwrap_or(name);
+    let mut slug = String::with_capacity(name.len().min(64));
+    for c in name.chars() {
+        if slug.len() >= 64 {
+            break;
+        }
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug
+        .trim_matches(|c| matches!(c, '-' | '.' | '_'))
+        .to_owned();
+    (!slug.is_empty()).then_some(slug)
 }
 
 /// OpenAI's `logit_bias`: an object of token ids (as strings) to biases in [-100, 100].
@@ -562,7 +742,7 @@ mod tests {
             "store":false,"metadata":{"a":"b"},"parallel_tool_calls":true,
             "tools":[{"type":"function","function":{"name":"f","parameters":{}}}],
             "tool_choice":"auto","response_format":{"type":"text"},"logprobs":false,
-            "service_tier":"auto","user":"u1"}"#;
+            "service_tier":"auto","user":"u1","temperature":0.5,"seed":3,"stop":"x"}"#;
         let req = ChatRequest::from_json(body.as_bytes()).expect("parses");
         assert_eq!(
             req.ignored(),
@@ -577,6 +757,87 @@ mod tests {
         );
         let chat = req.check("tiny", 256).expect("valid");
         assert_eq!(chat.messages[0].content, "Hi");
+        // The shared sampling fields reach the sampling, not the ignored ones.
+        assert_eq!(
+            (
+                chat.sampling.temperature,
+                chat.sampling.seed,
+                chat.sampling.stop
+            ),
+            (Some(0.5), Some(3), vec!["x".to_owned()])
+        );
+    }
+
+    fn complete(body: &str) -> Result<Completion, RequestError> {
+        CompletionRequest::from_json(body.as_bytes())
+            .expect("JSON of the request's shape")
+            .check("tiny", 256)
+    }
+
+    #[test]
+    fn a_text_completion_takes_its_prompt_and_openais_default_length() {
+        let c =
+            complete(r#"{"model":"tiny","prompt":"Once upon","temperature":0}"#).expect("valid");
+        assert_eq!(c.prompt, "Once upon");
+        assert_eq!(c.sampling.max_tokens, Some(COMPLETION_DEFAULT_MAX_TOKENS));
+        assert_eq!(c.sampling.temperature, Some(0.0));
+        assert!(!c.stream);
+        let c = complete(r#"{"prompt":["Hi"],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#)
+            .expect("one prompt in an array");
+        assert_eq!((c.prompt.as_str(), c.sampling.max_tokens), ("Hi", Some(5)));
+        assert!(c.stream && c.include_usage);
+        let req = CompletionRequest::from_json(br#"{"prompt":"x","user":"u","top_k":3}"#)
+            .expect("parses");
+        assert_eq!(req.ignored(), ["user"]);
+    }
+
+    #[test]
+    fn a_text_completion_refuses_what_it_cannot_honour_by_name() {
+        for (body, param) in [
+            (r#"{"prompt":"x","model":"other"}"#, "model"),
+            (r#"{"prompt":["a","b"]}"#, "prompt"),
+            (r#"{"prompt":[1,2,3]}"#, "prompt"),
+            (r#"{"prompt":null}"#, "prompt"),
+            (r#"{"prompt":"x","n":2}"#, "n"),
+            (r#"{"prompt":"x","best_of":3}"#, "best_of"),
+            (r#"{"prompt":"x","echo":true}"#, "echo"),
+            (r#"{"prompt":"x","suffix":"y"}"#, "suffix"),
+            (r#"{"prompt":"x","logprobs":2}"#, "logprobs"),
+            (r#"{"prompt":"x","temperature":3}"#, "temperature"),
+            (r#"{"prompt":"x","max_tokens":0}"#, "max_tokens"),
+        ] {
+            let e = complete(body).expect_err(body);
+            assert_eq!(e.param, param, "{body}: {e}");
+        }
+        assert!(complete(
+            r#"{"prompt":"x","logprobs":null,"echo":false,"suffix":null,"best_of":1}"#
+        )
+        .is_ok());
+        let long = "x".repeat(content_cap(256) + 1);
+        let e = complete(&format!(r#"{{"prompt":"{long}"}}"#)).expect_err("too long");
+        assert_eq!(e.kind, ErrorKind::ContextLengthExceeded);
+    }
+
+    #[test]
+    fn model_ids_are_slugs_without_spaces() {
+        for (name, slug) in [
+            (
+                "Smollm2 135M 8k Lc100K Mix1 Ep2",
+                Some("smollm2-135m-8k-lc100k-mix1-ep2"),
+            ),
+            (
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                Some("smollm2-135m-instruct.q4_1"),
+            ),
+            ("veil-tiny", Some("veil-tiny")),
+            ("  Qwen/Qwen2.5 (0.5B)  ", Some("qwen-qwen2.5-0.5b")),
+            ("*** ***", None),
+            ("", None),
+        ] {
+            assert_eq!(model_slug(name).as_deref(), slug, "{name:?}");
+        }
+        assert!(model_slug(&"é".repeat(500)).is_none());
+        assert!(model_slug(&"a".repeat(500)).is_some_and(|s| s.len() <= 64));
     }
 
     #[test]
@@ -697,10 +958,10 @@ mod tests {
         ) {
             let mut req = ChatRequest::from_json(br#"{"messages":[{"role":"user","content":"Hi"}]}"#)
                 .expect("valid JSON");
-            req.temperature = Some(t);
-            req.top_p = Some(p);
-            req.repetition_penalty = Some(r);
-            req.top_k = Some(k);
+            req.sampling.temperature = Some(t);
+            req.sampling.top_p = Some(p);
+            req.sampling.repetition_penalty = Some(r);
+            req.sampling.top_k = Some(k);
             if let Ok(chat) = req.check("tiny", 256) {
                 let s = chat.sampling;
                 prop_assert!(s.temperature.is_some_and(|t| (0.0..=2.0).contains(&t)));
