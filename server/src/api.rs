@@ -24,7 +24,7 @@ use veil_attestation::KeyRelease;
 use veil_sealing::KeyId;
 
 use crate::error::{ApiError, Json};
-use crate::openai::{chat_completions, models};
+use crate::openai::{chat_completions, completions, model, models};
 use crate::state::{AppState, IssuedOnConnection, Lifecycle, Limited};
 use crate::unlock::{accept_key, Accepted, UnlockError};
 
@@ -54,14 +54,23 @@ impl ChannelBinding {
 /// The router, with every route and the request-counting middleware.
 pub fn app(state: Arc<AppState>) -> Router {
     let max_body = state.max_body;
+    // The model's routes: behind the API keys when there are some.
+    let openai = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_api_key,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/attestation", get(attestation))
         .route("/v1/provision", post(provision))
-        .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat_completions))
+        .merge(openai)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -73,6 +82,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// With `--api-keys`: a request without a listed key gets 401 before its body is read.
+async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(keys) = &state.api_keys {
+        if let Err(refused) = keys.check(req.headers()) {
+            return refused.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

@@ -111,6 +111,16 @@ pub struct Config {
     /// request, between kept-alive requests, or for a header sent slowly [default: 30].
     #[arg(long, env = "VEIL_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
+    /// The model id clients name (`model` in requests, `GET /v1/models`) [default: the
+    /// seal's name as a slug, e.g. smollm2-135m-instruct.q4_1].
+    #[arg(long, env = "VEIL_ALIAS")]
+    pub alias: Option<String>,
+    /// API keys that may use the model: a file of `sha256:HEX [NAME]` lines (`veil api-key
+    /// new`), reloaded on SIGHUP. Requests to the model's routes then need
+    /// `Authorization: Bearer KEY` (401 otherwise); attestation and health stay open
+    /// [default: none, anyone who reaches the server may use it].
+    #[arg(long, env = "VEIL_API_KEYS", value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
 }
 
 impl Config {
@@ -145,7 +155,9 @@ impl Config {
             max_connections,
             max_connections_per_peer,
             body_timeout,
-            idle_timeout
+            idle_timeout,
+            alias,
+            api_keys
         );
         self.mock_debug |= file.mock_debug;
         Ok(self)
@@ -268,6 +280,26 @@ impl Config {
             .map_or(AppState::DEFAULT_BODY_TIMEOUT, Duration::from_secs);
         anyhow::ensure!(!t.is_zero(), "--body-timeout must be at least 1 second");
         Ok(t)
+    }
+
+    /// The model id, if `--alias` gave one.
+    ///
+    /// # Errors
+    /// If it is empty, longer than 64 characters or holds whitespace or control
+    /// characters (clients put it in JSON and URLs).
+    pub fn alias(&self) -> anyhow::Result<Option<String>> {
+        let Some(alias) = &self.alias else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            !alias.is_empty()
+                && alias.chars().count() <= 64
+                && !alias
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '/'),
+            "--alias must be 1 to 64 characters without spaces, control characters or '/'"
+        );
+        Ok(Some(alias.clone()))
     }
 
     /// The largest request body, in bytes.

@@ -52,7 +52,9 @@ impl ApiError {
 
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
-            401 | 403 => "permission_error",
+            // OpenAI answers a missing or wrong API key so.
+            401 => "invalid_request_error",
+            403 => "permission_error",
             404 => "not_found_error",
             429 => "rate_limit_error",
             500..=599 => "server_error",

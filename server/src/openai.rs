@@ -1,19 +1,19 @@
-//! The OpenAI-compatible part of the API: `GET /v1/models` and
-//! `POST /v1/chat/completions` (with `stream: true` as server-sent events), mapped onto the
-//! engine, and engine errors mapped onto API errors.
+//! The OpenAI-compatible part of the API: `GET /v1/models`, `GET /v1/models/{id}`,
+//! `POST /v1/chat/completions` and `POST /v1/completions` (with `stream: true` as
+//! server-sent events), mapped onto the engine, and engine errors mapped onto API errors.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde_json::{json, Value};
 use veil_model::{ChatMessage, Engine, EngineError, Event, GenerateRequest, SamplingParams};
-use veil_openai::{Chat, ChatRequest, ErrorKind, RequestError};
+use veil_openai::{Chat, ChatRequest, CompletionRequest, ErrorKind, RequestError, Sampling};
 
 use crate::error::{ApiError, Json};
 use crate::state::{AppState, Lifecycle};
@@ -41,22 +41,46 @@ fn engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
     }
 }
 
+/// The model object of OpenAI's `/v1/models`.
+fn model_object(state: &AppState, engine: &dyn Engine) -> Value {
+    json!({ "id": state.model_id(engine), "object": "model", "created": state.ready_at(), "owned_by": "veil" })
+}
+
 /// `GET /v1/models`: the one model this server serves.
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{ "id": engine.info().name, "object": "model", "created": 0, "owned_by": "veil" }]
-    }))
-    .into_response())
+    Ok(
+        Json(json!({ "object": "list", "data": [model_object(&state, engine.as_ref())] }))
+            .into_response(),
+    )
 }
 
-/// A checked request as the engine takes it: the chat, sampling over the engine's
+/// `GET /v1/models/{id}`: the model, when `id` names it.
+pub(crate) async fn model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?;
+    let served = state.model_id(engine.as_ref());
+    if id != served {
+        let id: String = id.chars().take(64).collect();
+        return Err(ApiError {
+            param: Some("model".into()),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("model {id:?} does not exist; this server serves {served:?}"),
+            )
+        });
+    }
+    Ok(Json(model_object(&state, engine.as_ref())).into_response())
+}
+
+/// Checked sampling as the engine takes it: the request's values over the engine's
 /// defaults.
-fn to_request(chat: Chat) -> GenerateRequest {
-    let s = chat.sampling;
+fn sampling_params(s: Sampling) -> SamplingParams {
     let d = SamplingParams::default();
-    let params = SamplingParams {
+    SamplingParams {
         temperature: s.temperature.unwrap_or(d.temperature),
         top_p: s.top_p.unwrap_or(d.top_p),
         top_k: s.top_k.unwrap_or(d.top_k),
@@ -67,7 +91,11 @@ fn to_request(chat: Chat) -> GenerateRequest {
         stop: s.stop,
         repetition_penalty: s.repetition_penalty.unwrap_or(d.repetition_penalty),
         ignore_eos: s.ignore_eos,
-    };
+    }
+}
+
+/// A checked chat as the engine takes it.
+fn chat_request(chat: Chat) -> GenerateRequest {
     let messages = chat
         .messages
         .into_iter()
@@ -77,8 +105,28 @@ fn to_request(chat: Chat) -> GenerateRequest {
         })
         .collect();
     let mut request = GenerateRequest::chat(messages);
-    request.params = params;
+    request.params = sampling_params(chat.sampling);
     request
+}
+
+/// A `logit_bias` naming a token the model does not have is refused by name.
+fn check_vocabulary(sampling: &Sampling, engine: &dyn Engine) -> Result<(), ApiError> {
+    let vocab = engine.info().vocab_size;
+    match sampling.logit_bias.iter().find(|(t, _)| *t >= vocab) {
+        Some((t, _)) => Err(ApiError::invalid(
+            "logit_bias",
+            format!("logit_bias names token {t}, but the model's vocabulary has {vocab} tokens"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Names of ignored fields go to the debug log; never a value, which could be a secret
+/// or a prompt.
+fn log_ignored(route: &str, ignored: &[String]) {
+    if !ignored.is_empty() {
+        tracing::debug!(route, fields = ?ignored, "unknown request fields ignored");
+    }
 }
 
 impl From<RequestError> for ApiError {
@@ -132,11 +180,11 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn completion_id() -> String {
+fn completion_id(prefix: &str) -> String {
     let mut b = [0u8; 12];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
         .expect("the system CSPRNG works");
-    format!("chatcmpl-{}", hex::encode(b))
+    format!("{prefix}-{}", hex::encode(b))
 }
 
 /// `POST /v1/chat/completions`: a completion, or server-sent events with `stream: true`.
@@ -145,22 +193,70 @@ pub(crate) async fn chat_completions(
     Json(req): Json<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
-    let model = engine.info().name.clone();
-    let ignored = req.ignored();
-    if !ignored.is_empty() {
-        // Names only, each cut short: never a value, which could be a secret or a prompt.
-        tracing::debug!(fields = ?ignored, "chat request: unknown fields ignored");
-    }
+    let model = state.model_id(engine.as_ref());
+    log_ignored("/v1/chat/completions", &req.ignored());
     let chat = req.check(&model, engine.info().context_length)?;
-    let vocab = engine.info().vocab_size;
-    if let Some((t, _)) = chat.sampling.logit_bias.iter().find(|(t, _)| *t >= vocab) {
-        return Err(ApiError::invalid(
-            "logit_bias",
-            format!("logit_bias names token {t}, but the model's vocabulary has {vocab} tokens"),
-        ));
-    }
+    check_vocabulary(&chat.sampling, engine.as_ref())?;
     let (stream, include_usage) = (chat.stream, chat.include_usage);
-    let request = to_request(chat);
+    let answer = Answer {
+        kind: Kind::Chat,
+        model,
+        stream,
+        include_usage,
+    };
+    generate(state, engine, chat_request(chat), answer).await
+}
+
+/// `POST /v1/completions`: the prompt continued as it is (no chat template), or
+/// server-sent events with `stream: true`.
+pub(crate) async fn completions(
+    State(state): State<Arc<AppState>>,
+    Json(req): Json<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?;
+    let model = state.model_id(engine.as_ref());
+    log_ignored("/v1/completions", &req.ignored());
+    let completion = req.check(&model, engine.info().context_length)?;
+    check_vocabulary(&completion.sampling, engine.as_ref())?;
+    let answer = Answer {
+        kind: Kind::Text,
+        model,
+        stream: completion.stream,
+        include_usage: completion.include_usage,
+    };
+    let mut request = GenerateRequest::text(completion.prompt);
+    request.params = sampling_params(completion.sampling);
+    generate(state, engine, request, answer).await
+}
+
+/// Which OpenAI answer: a chat completion or a text completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+/// How to answer a request.
+struct Answer {
+    kind: Kind,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// Submits `request` and answers with the whole completion, or with server-sent events.
+async fn generate(
+    state: Arc<AppState>,
+    engine: Arc<dyn Engine>,
+    request: GenerateRequest,
+    answer: Answer,
+) -> Result<Response, ApiError> {
+    let Answer {
+        kind,
+        model,
+        stream,
+        include_usage,
+    } = answer;
     // Rendering the template and tokenizing are CPU work: on a blocking thread, a few at
     // a time, never on the async workers that answer health, attestation and provisioning.
     // The engine refuses a prompt whose tokens do not fit the context before queueing it.
@@ -168,16 +264,24 @@ pub(crate) async fn chat_completions(
         .acquire_owned()
         .await
         .map_err(|_| engine_error(EngineError::Stopped))?;
-    let submitter = Arc::clone(&engine);
     let mut rx = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        submitter.submit(request)
+        engine.submit(request)
     })
     .await
     .map_err(|_| engine_error(EngineError::Stopped))?
     .map_err(engine_error)?;
-    let id = completion_id();
+
+    let (id, object, chunk_object) = match kind {
+        Kind::Chat => (
+            completion_id("chatcmpl"),
+            "chat.completion",
+            "chat.completion.chunk",
+        ),
+        Kind::Text => (completion_id("cmpl"), "text_completion", "text_completion"),
+    };
     let created = now_secs();
+    let usage_json = |u: &veil_model::Usage| json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens });
     if !stream {
         let mut text = String::new();
         while let Some(ev) = rx.recv().await {
@@ -187,10 +291,17 @@ pub(crate) async fn chat_completions(
                     state
                         .metrics
                         .count_tokens(usage.prompt_tokens, usage.completion_tokens);
+                    let choice = match kind {
+                        Kind::Chat => {
+                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
+                        }
+                        Kind::Text => {
+                            json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null })
+                        }
+                    };
                     return Ok(Json(json!({
-                        "id": id, "object": "chat.completion", "created": created, "model": model,
-                        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null }],
-                        "usage": { "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.prompt_tokens + usage.completion_tokens }
+                        "id": id, "object": object, "created": created, "model": model,
+                        "choices": [choice], "usage": usage_json(&usage)
                     }))
                     .into_response());
                 }
@@ -199,13 +310,28 @@ pub(crate) async fn chat_completions(
         }
         return Err(engine_error(EngineError::Stopped));
     }
-    // Streaming: the role first, then text deltas, then the finish reason (and usage if
-    // asked), then [DONE]. Dropping the stream (client gone) drops `rx`: generation stops.
-    let chunk = move |delta: Value, finish: Value| {
-        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }] })
+    // Streaming: for a chat the role first, then text deltas, then the finish reason (and
+    // usage if asked), then [DONE]. Dropping the stream (client gone) drops `rx`:
+    // generation stops.
+    let chunk = move |text: Option<&str>, finish: Value| {
+        let choice = match kind {
+            Kind::Chat => {
+                json!({ "index": 0, "delta": text.map_or(json!({}), |t| json!({ "content": t })), "finish_reason": finish, "logprobs": null })
+            }
+            Kind::Text => {
+                json!({ "index": 0, "text": text.unwrap_or_default(), "finish_reason": finish, "logprobs": null })
+            }
+        };
+        json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [choice] })
     };
-    let first = chunk(json!({ "role": "assistant", "content": "" }), Value::Null);
+    let first = match kind {
+        Kind::Chat => {
+            let mut c = chunk(Some(""), Value::Null);
+            c["choices"][0]["delta"] = json!({ "role": "assistant", "content": "" });
+            Some(c)
+        }
+        Kind::Text => None,
+    };
     enum Phase {
         Start,
         Streaming,
@@ -216,26 +342,29 @@ pub(crate) async fn chat_completions(
         move |(mut rx, phase, state, chunk, first)| async move {
             match phase {
                 Phase::Start => {
-                    let ev = SseEvent::default().data(first.to_string());
-                    Some((vec![ev], (rx, Phase::Streaming, state, chunk, first)))
+                    let evs = first
+                        .iter()
+                        .map(|c| SseEvent::default().data(c.to_string()))
+                        .collect();
+                    Some((evs, (rx, Phase::Streaming, state, chunk, first)))
                 }
                 Phase::Streaming => {
                     let out = match rx.recv().await {
                         Some(Event::Text(t)) => (
-                            vec![SseEvent::default()
-                                .data(chunk(json!({ "content": t }), Value::Null).to_string())],
+                            vec![SseEvent::default().data(chunk(Some(&t), Value::Null).to_string())],
                             Phase::Streaming,
                         ),
                         Some(Event::Done { finish, usage, .. }) => {
                             state
                                 .metrics
                                 .count_tokens(usage.prompt_tokens, usage.completion_tokens);
-                            let mut evs = vec![SseEvent::default()
-                                .data(chunk(json!({}), json!(finish)).to_string())];
+                            let mut evs =
+                                vec![SseEvent::default()
+                                    .data(chunk(None, json!(finish)).to_string())];
                             if include_usage {
-                                let mut u = chunk(json!({}), Value::Null);
+                                let mut u = chunk(None, Value::Null);
                                 u["choices"] = json!([]);
-                                u["usage"] = json!({ "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.prompt_tokens + usage.completion_tokens });
+                                u["usage"] = usage_json(&usage);
                                 evs.push(SseEvent::default().data(u.to_string()));
                             }
                             evs.push(SseEvent::default().data("[DONE]"));

@@ -181,7 +181,9 @@ pub async fn run_with(
     match &launch {
         Some(launch) => check_host_data(attester.as_ref(), launch)?,
         None if tee == Tee::Snp => tracing::warn!(
-            "no --launch-config: this server's settings (listen address, key broker) come from              flags and files that its evidence does not bind; launch it with HOST_DATA from              `veil measure host-data` and --launch-config to bind them"
+            "no --launch-config: this server's settings (listen address, key broker) come from \
+             flags and files that its evidence does not bind; launch it with HOST_DATA from \
+             `veil measure host-data` and --launch-config to bind them"
         ),
         None => {}
     }
@@ -190,11 +192,22 @@ pub async fn run_with(
         "veil-server".into(),
         "127.0.0.1".into(),
     ])?;
+    let api_keys = match &config.api_keys {
+        Some(path) => {
+            let keys = Arc::new(crate::auth::ApiKeys::load(path)?);
+            tracing::info!(keys = keys.len(), file = %path.display(), "API keys required on the model's routes");
+            reload_api_keys_on_sighup(Arc::clone(&keys))?;
+            Some(keys)
+        }
+        None => None,
+    };
     let state = Arc::new(
         AppState::builder(attester, tls.spki_sha256, header, sealed)
             .engine_config(config.engine_config())
             .max_body(config.max_body())
             .body_timeout(body_timeout)
+            .alias(config.alias()?)
+            .api_keys(api_keys)
             .build(),
     );
     hardening.record(&state.metrics());
@@ -223,6 +236,31 @@ pub async fn run_with(
         shutdown,
     )
     .await
+}
+
+/// Reads the API key file again on every SIGHUP; a file that does not load leaves the
+/// keys as they were, and says why in the log.
+fn reload_api_keys_on_sighup(keys: Arc<crate::auth::ApiKeys>) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot watch for SIGHUP (to reload the API keys)")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match keys.reload() {
+                    Ok(n) => {
+                        tracing::info!(keys = n, file = %keys.path().display(), "API keys reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "API keys not reloaded; the previous keys stay")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = keys;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

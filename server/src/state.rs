@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use veil_attestation::{Attester, Evidence, WrappingKey};
 use veil_model::{Engine, EngineConfig};
 use veil_sealing::SealedHeader;
 
+use crate::auth::ApiKeys;
 use crate::metrics::Metrics;
 
 /// Where the server is in its life. It moves only forward: `Locked` → `Unsealing` →
@@ -262,6 +263,12 @@ pub struct AppState {
     /// Chat prompts rendered and tokenized at once (on blocking threads, not the async
     /// workers); more wait their turn.
     pub(crate) prepare: Arc<tokio::sync::Semaphore>,
+    /// `--alias`: the model id, instead of one made from the seal's name.
+    alias: Option<String>,
+    /// With `--api-keys`: who may use the model.
+    pub(crate) api_keys: Option<Arc<ApiKeys>>,
+    /// When the engine became ready, in Unix seconds (0 before): the model's `created`.
+    ready_at: AtomicU64,
 }
 
 /// The sealed model: the file opened at start, and its path for messages.
@@ -295,9 +302,23 @@ pub struct AppStateBuilder {
     attest_per_peer: (f64, f64),
     max_body: usize,
     body_timeout: Duration,
+    alias: Option<String>,
+    api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl AppStateBuilder {
+    /// The model id clients use, instead of one made from the seal's name.
+    pub fn alias(mut self, alias: Option<String>) -> Self {
+        self.alias = alias;
+        self
+    }
+
+    /// Requires one of these API keys on the OpenAI routes.
+    pub fn api_keys(mut self, keys: Option<Arc<ApiKeys>>) -> Self {
+        self.api_keys = keys;
+        self
+    }
+
     /// How to build the engine once unsealed (default: [`EngineConfig::default`]).
     pub fn engine_config(mut self, config: EngineConfig) -> Self {
         self.engine_config = config;
@@ -349,6 +370,9 @@ impl AppStateBuilder {
             prepare: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             )),
+            alias: self.alias,
+            api_keys: self.api_keys,
+            ready_at: AtomicU64::new(0),
         }
     }
 }
@@ -382,6 +406,8 @@ impl AppState {
             attest_per_peer: Self::ATTEST_PER_PEER,
             max_body: Self::DEFAULT_MAX_BODY,
             body_timeout: Self::DEFAULT_BODY_TIMEOUT,
+            alias: None,
+            api_keys: None,
         }
     }
 
@@ -421,7 +447,13 @@ impl AppState {
     /// Moves from `Unsealing` to `Ready` with the engine, or to `Failed` with the reason.
     pub(crate) fn finish_unsealing(&self, outcome: Result<Arc<dyn Engine>, String>) {
         let next = match outcome {
-            Ok(engine) => Lifecycle::Ready(engine),
+            Ok(engine) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.ready_at.store(now, Ordering::Relaxed);
+                Lifecycle::Ready(engine)
+            }
             Err(reason) => Lifecycle::Failed(reason),
         };
         let mut s = self
@@ -431,6 +463,21 @@ impl AppState {
         debug_assert!(matches!(*s, Lifecycle::Unsealing), "finished from {s:?}");
         tracing::info!(from = s.name(), to = next.name(), "lifecycle");
         *s = next;
+    }
+
+    /// The model id clients name: `--alias`, or the seal's name as a slug
+    /// ([`veil_openai::model_slug`]), or the model's own name as one.
+    pub fn model_id(&self, engine: &dyn Engine) -> String {
+        self.alias
+            .clone()
+            .or_else(|| self.header.name().and_then(veil_openai::model_slug))
+            .or_else(|| veil_openai::model_slug(&engine.info().name))
+            .unwrap_or_else(|| "model".to_owned())
+    }
+
+    /// When the engine became ready, in Unix seconds (`created` of the model).
+    pub fn ready_at(&self) -> u64 {
+        self.ready_at.load(Ordering::Relaxed)
     }
 
     /// The TEE kind the attester speaks for and the interface it reports through

@@ -17,7 +17,7 @@ use veil_server::api::ChannelBinding;
 use veil_server::app;
 use zeroize::Zeroizing;
 
-use common::{fixture, fixture_with_model, Fixture};
+use common::{fixture, fixture_custom, fixture_with_model, Fixture};
 
 const EXPORTER: [u8; 32] = [0xE5; 32];
 
@@ -226,6 +226,231 @@ async fn provisioning_with_the_right_key_unseals_and_serves() {
         m.contains("route=\"/v1/chat/completions\",status=\"200\""),
         "{m}"
     );
+}
+
+async fn provision_and_wait(f: &Fixture) {
+    let key = ModelKey::from_key_file(&f.key.to_key_file()).expect("copy");
+    let (status, body) = provision(f, &key, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_ready(f).await;
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+#[tokio::test]
+async fn the_model_id_is_the_seals_name_as_a_slug_or_the_alias() {
+    let named = || veil_sealing::SealOptions::default().with_name("My Model v2.gguf");
+    let f = fixture_custom(
+        EngineConfig::small(),
+        &veil_model::tiny::gguf(3),
+        named(),
+        |b| b,
+    );
+    let before = unix_now();
+    provision_and_wait(&f).await;
+    let (status, body) = call(&f, get("/v1/models")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let model = &body["data"][0];
+    assert_eq!(model["id"], "my-model-v2", "{body}");
+    let created = model["created"].as_u64().expect("created");
+    assert!((before..=unix_now()).contains(&created), "{body}");
+    let (status, one) = call(&f, get("/v1/models/my-model-v2")).await;
+    assert_eq!((status, &one), (StatusCode::OK, model));
+    let (status, body) = call(&f, get("/v1/models/veil-tiny")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+    let mut req = chat(2, false);
+    req["model"] = json!("my-model-v2");
+    let (status, body) = call(&f, post("/v1/chat/completions", req.clone())).await;
+    assert_eq!(
+        (status, &body["model"]),
+        (StatusCode::OK, &json!("my-model-v2")),
+        "{body}"
+    );
+    req["model"] = json!("veil-tiny");
+    let (status, body) = call(&f, post("/v1/chat/completions", req)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let f = fixture_custom(
+        EngineConfig::small(),
+        &veil_model::tiny::gguf(3),
+        named(),
+        |b| b.alias(Some("prod-llm".into())),
+    );
+    provision_and_wait(&f).await;
+    let (_, body) = call(&f, get("/v1/models")).await;
+    assert_eq!(body["data"][0]["id"], "prod-llm", "{body}");
+}
+
+#[tokio::test]
+async fn a_text_completion_continues_the_prompt_whole_or_streamed() {
+    let f = fixture(EngineConfig::small());
+    provision_and_wait(&f).await;
+    let req =
+        json!({ "model": "veil-tiny", "prompt": "hello there", "max_tokens": 5, "temperature": 0 });
+    let (status, body) = call(&f, post("/v1/completions", req.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "text_completion", "{body}");
+    assert!(
+        body["id"].as_str().is_some_and(|i| i.starts_with("cmpl-")),
+        "{body}"
+    );
+    let text = body["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    let usage = &body["usage"];
+    assert!(
+        usage["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| (1..=5).contains(&n)),
+        "{body}"
+    );
+    assert!(body["choices"][0]["finish_reason"].is_string(), "{body}");
+    // Without max_tokens: OpenAI's default of 16.
+    let (_, body) = call(
+        &f,
+        post(
+            "/v1/completions",
+            json!({ "prompt": "hello", "ignore_eos": true }),
+        ),
+    )
+    .await;
+    assert_eq!(body["usage"]["completion_tokens"], 16, "{body}");
+    // Streamed: text chunks whose concatenation is the same greedy text, then the finish
+    // reason, the usage asked for, [DONE].
+    let mut streamed = req;
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({ "include_usage": true });
+    let resp = app(f.state.clone())
+        .oneshot(post("/v1/completions", streamed))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sse = body_text(resp).await;
+    let datas: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"), "{sse}");
+    let chunks: Vec<Value> = datas[..datas.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect();
+    assert!(
+        chunks.iter().all(|c| c["object"] == "text_completion"),
+        "{sse}"
+    );
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(joined, text, "{sse}");
+    let usage_chunk = chunks.last().expect("usage chunk");
+    assert_eq!(&usage_chunk["usage"], usage, "{sse}");
+    assert!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"].is_string(),
+        "{sse}"
+    );
+    // Refused by name.
+    let (status, body) = call(&f, post("/v1/completions", json!({ "prompt": ["a", "b"] }))).await;
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (StatusCode::BAD_REQUEST, &json!("prompt")),
+        "{body}"
+    );
+    let (status, body) = call(
+        &f,
+        post(
+            "/v1/completions",
+            json!({ "prompt": "a", "logit_bias": { "999999": 1 } }),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (StatusCode::BAD_REQUEST, &json!("logit_bias")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn api_keys_guard_the_models_routes_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("api-keys");
+    let digest = |k: &str| hex::encode(ring::digest::digest(&ring::digest::SHA256, k.as_bytes()));
+    std::fs::write(&path, format!("sha256:{} alice\n", digest("sk-alice"))).expect("write");
+    let keys = std::sync::Arc::new(veil_server::auth::ApiKeys::load(&path).expect("keys"));
+    let f = fixture_custom(
+        EngineConfig::small(),
+        &veil_model::tiny::gguf(3),
+        veil_sealing::SealOptions::default(),
+        |b| b.api_keys(Some(std::sync::Arc::clone(&keys))),
+    );
+    // Health, readiness, attestation and provisioning need no key.
+    assert_eq!(call(&f, get("/health")).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&f, get("/ready")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    provision_and_wait(&f).await;
+    assert_eq!(call(&f, get("/metrics")).await.0, StatusCode::OK);
+    let with = |req: Request<Body>, auth: Option<&str>| {
+        let mut req = req;
+        if let Some(a) = auth {
+            req.headers_mut()
+                .insert("authorization", a.parse().expect("header"));
+        }
+        req
+    };
+    for (auth, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("Bearer sk-mallory"), StatusCode::UNAUTHORIZED),
+        (Some("Basic sk-alice"), StatusCode::UNAUTHORIZED),
+        (Some("Bearer sk-alice"), StatusCode::OK),
+    ] {
+        for req in [
+            get("/v1/models"),
+            get("/v1/models/veil-tiny"),
+            post("/v1/chat/completions", chat(2, false)),
+            post(
+                "/v1/completions",
+                json!({ "prompt": "hi", "max_tokens": 2 }),
+            ),
+        ] {
+            let uri = req.uri().to_string();
+            let resp = app(f.state.clone())
+                .oneshot(with(req, auth))
+                .await
+                .expect("infallible");
+            assert_eq!(resp.status(), want, "{uri} with {auth:?}");
+            if want == StatusCode::UNAUTHORIZED {
+                assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+                let body: Value = serde_json::from_str(&body_text(resp).await).expect("json");
+                assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+                assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+                assert!(!body.to_string().contains("sk-"), "{body}");
+            }
+        }
+    }
+    // A reload takes the new keys and drops the old.
+    std::fs::write(&path, format!("sha256:{} bob\n", digest("sk-bob"))).expect("write");
+    keys.reload().expect("reload");
+    let resp = app(f.state.clone())
+        .oneshot(with(get("/v1/models"), Some("Bearer sk-alice")))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = app(f.state.clone())
+        .oneshot(with(get("/v1/models"), Some("Bearer sk-bob")))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
 }
 
 /// The answer's content for a chat request with `extra` fields.

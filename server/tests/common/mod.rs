@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use veil_attestation::{MockAttester, MockLaunch, MockPlatform, Policy};
 use veil_model::EngineConfig;
 use veil_sealing::{seal, ModelKey, SealOptions};
+use veil_server::state::AppStateBuilder;
 use veil_server::tls::TlsIdentity;
 use veil_server::AppState;
 
@@ -27,6 +28,16 @@ pub fn fixture(engine: EngineConfig) -> Fixture {
 
 /// A locked server state for this engine configuration and model.
 pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
+    fixture_custom(engine, gguf, SealOptions::default(), |b| b)
+}
+
+/// The same, sealed with `options` and built through `custom`.
+pub fn fixture_custom(
+    engine: EngineConfig,
+    gguf: &[u8],
+    options: SealOptions,
+    custom: impl FnOnce(AppStateBuilder) -> AppStateBuilder,
+) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = ModelKey::generate();
     let path = dir.path().join("tiny.veil");
@@ -35,7 +46,7 @@ pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
         &mut Cursor::new(gguf),
         &mut out,
         &key,
-        &SealOptions::default(),
+        &options,
         &mut |_, _| {},
     )
     .expect("seal");
@@ -48,15 +59,17 @@ pub fn fixture_with_model(engine: EngineConfig, gguf: &[u8]) -> Fixture {
     let policy = Policy::mock(platform.root(), &[launch.measurement()]);
     let tls = veil_server::tls::generate(vec!["localhost".into()]).expect("tls");
     let state = Arc::new(
-        AppState::builder(
-            Box::new(MockAttester::new(platform, launch.clone())),
-            tls.spki_sha256,
-            header,
-            veil_server::state::SealedFile::open(path).expect("the sealed model opens"),
+        custom(
+            AppState::builder(
+                Box::new(MockAttester::new(platform, launch.clone())),
+                tls.spki_sha256,
+                header,
+                veil_server::state::SealedFile::open(path).expect("the sealed model opens"),
+            )
+            .engine_config(engine)
+            .attest_limit(1000.0, 1000.0)
+            .max_body(64 * 1024),
         )
-        .engine_config(engine)
-        .attest_limit(1000.0, 1000.0)
-        .max_body(64 * 1024)
         .build(),
     );
     Fixture {
