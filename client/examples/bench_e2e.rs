@@ -207,9 +207,14 @@ async fn direct(upstream: &veil_client::remote::Upstream) -> Gen {
         last: None,
         writes: 0,
     };
-    veil_client::remote_cmd::stream_chat(&mut session, &request_json(), &mut stamps)
-        .await
-        .expect("stream");
+    veil_client::remote_cmd::stream_chat(
+        &mut session,
+        &Default::default(),
+        &request_json(),
+        &mut stamps,
+    )
+    .await
+    .expect("stream");
     let done = Instant::now();
     Gen {
         total: done - started,

@@ -228,7 +228,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
         println!("> {}", args.prompt);
         let request = json!({
             "messages": [
-                { "role": "system", "content": "You are a helpful assistant." },
+                { "role": "system", "content": crate::remote_cmd::DEFAULT_SYSTEM },
                 { "role": "user", "content": args.prompt },
             ],
             "max_tokens": 96,
@@ -236,7 +236,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
             "stream": true,
         });
         let started = Instant::now();
-        stream_chat(&mut user, &request, &mut std::io::stdout()).await?;
+        stream_chat(&mut user, &hyper::HeaderMap::new(), &request, &mut std::io::stdout()).await?;
         println!("\n({:.2?})", started.elapsed());
         Ok::<(), Failure>(())
     })?;
@@ -249,7 +249,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
         );
         println!("The server keeps running at {url}. Try, in another terminal:");
         println!("  veil verify {url} --policy {policy}");
-        println!("  veil ask    {url} --policy {policy} --system 'You are a helpful assistant.' 'Why is the sky blue?'");
+        println!("  veil ask    {url} --policy {policy} 'Why is the sky blue?'");
         println!("  veil chat   {url} --policy {policy}");
         println!("  veil proxy  --upstream {url} --policy {policy} --listen 127.0.0.1:8080");
         // Listen before saying so: a Ctrl-C right after the line must not kill the demo.

@@ -6,6 +6,7 @@
 // Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
 #![forbid(unsafe_code)]
 
+pub mod api_key;
 pub mod broker;
 pub mod demo;
 pub mod files;

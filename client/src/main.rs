@@ -50,6 +50,9 @@ enum Command {
     Chat(remote_cmd::ChatArgs),
     /// A local OpenAI-compatible endpoint that forwards only to a verified server.
     Proxy(proxy::ProxyArgs),
+    /// API keys for a server started with --api-keys.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(veil_client::api_key::ApiKeyCommand),
     /// The owner's key broker: releases model keys to servers whose evidence passes a policy (pull flow).
     Broker(broker::BrokerArgs),
     /// Seal a model: encrypt it under a model key (`--inspect` shows a sealed header).
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => remote_cmd::chat(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Broker(args) => broker::run(args),
+        Command::ApiKey(cmd) => veil_client::api_key::run(cmd),
         Command::Seal(args) => seal::run(args).map_err(Failure::from),
         Command::Demo(args) => demo::run(args),
     };

@@ -1,5 +1,7 @@
 //! Printing verdicts: a per-check table for people, JSON for scripts.
 
+use std::io::Write;
+
 use serde_json::json;
 use veil_attestation::{Claims, Outcome, Rejection, Report, Status, VtpmClaims};
 
@@ -9,6 +11,10 @@ pub type Verdict<'a> = Result<&'a Claims, &'a Rejection>;
 
 /// Prints one line per check: ✓ passed, ✗ failed, – not checked.
 pub fn print_outcomes(outcomes: &[Outcome]) {
+    let _ = write_outcomes(&mut std::io::stdout().lock(), outcomes);
+}
+
+fn write_outcomes(out: &mut dyn Write, outcomes: &[Outcome]) -> std::io::Result<()> {
     let width = outcomes
         .iter()
         .map(|o| o.check.name().len())
@@ -20,55 +26,97 @@ pub fn print_outcomes(outcomes: &[Outcome]) {
             Status::Failed => "✗",
             Status::Skipped => "–",
         };
-        println!("  {mark} {:width$}  {}", o.check.name(), o.detail);
+        writeln!(out, "  {mark} {:width$}  {}", o.check.name(), o.detail)?;
     }
+    Ok(())
 }
 
 /// Prints the verdict of an appraisal for people. MOCK evidence says so first and last.
 pub fn print_verdict(result: Verdict<'_>, mock: bool) {
+    let _ = write_verdict(&mut std::io::stdout().lock(), result, mock);
+}
+
+/// The same on stderr, for commands whose stdout is the model's answer.
+pub fn eprint_verdict(result: Verdict<'_>, mock: bool) {
+    let _ = write_verdict(&mut std::io::stderr().lock(), result, mock);
+}
+
+fn write_verdict(out: &mut dyn Write, result: Verdict<'_>, mock: bool) -> std::io::Result<()> {
     if mock {
-        println!(
+        writeln!(
+            out,
             "MOCK evidence: signed by a software mock platform, not by an AMD secure processor"
-        );
+        )?;
     }
     match result {
         Ok(a) => {
-            print_outcomes(a.outcomes());
+            write_outcomes(out, a.outcomes())?;
             if let Some(vtpm) = a.vtpm() {
-                print_pcrs(vtpm);
+                write_pcrs(out, vtpm)?;
             }
+        }
+        Err(r) => write_outcomes(out, &r.outcomes)?,
+    }
+    writeln!(out, "{}", verdict_line(result, mock))
+}
+
+/// The verdict in one line: `VERIFIED (MOCK): Milan report v3, signed by the VCEK`, or
+/// `REJECTED: 2 check(s) failed: measurement, tcb`. MOCK evidence always says MOCK.
+pub fn verdict_line(result: Verdict<'_>, mock: bool) -> String {
+    match result {
+        Ok(a) => {
             let tag = if mock { "VERIFIED (MOCK)" } else { "VERIFIED" };
             let via = if a.vtpm().is_some() {
                 " (az-snp-vtpm: Azure paravisor, vTPM quote)"
             } else {
                 ""
             };
-            println!(
+            format!(
                 "{tag}: {} report v{}, signed by the {}{via}",
                 a.product(),
                 a.report().version(),
                 a.signing_key()
-            );
+            )
         }
         Err(r) => {
-            print_outcomes(&r.outcomes);
             let failed: Vec<&str> = r.failures().map(|o| o.check.name()).collect();
             let tag = if mock { "REJECTED (MOCK)" } else { "REJECTED" };
-            println!(
+            format!(
                 "{tag}: {} check(s) failed: {}",
                 failed.len(),
                 failed.join(", ")
-            );
+            )
         }
+    }
+}
+
+/// For `ask`, `chat` and `proxy`, on stderr: with `verbose` the whole table; otherwise
+/// the one line naming `url` (and, for a rejection, the failed checks under it).
+pub fn report_verification(result: Verdict<'_>, mock: bool, url: &str, verbose: bool) {
+    if verbose {
+        eprint_verdict(result, mock);
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "veil: {} ({url})", verdict_line(result, mock));
+    if let Err(r) = result {
+        let failed: Vec<Outcome> = r.failures().cloned().collect();
+        let _ = write_outcomes(&mut err, &failed);
+        let _ = writeln!(err, "veil: --verbose shows every check");
     }
 }
 
 /// Prints the quoted PCRs of az-snp-vtpm evidence, one per line.
 pub fn print_pcrs(vtpm: &VtpmClaims) {
-    println!("PCRs (SHA-256 bank, quoted):");
+    let _ = write_pcrs(&mut std::io::stdout().lock(), vtpm);
+}
+
+fn write_pcrs(out: &mut dyn Write, vtpm: &VtpmClaims) -> std::io::Result<()> {
+    writeln!(out, "PCRs (SHA-256 bank, quoted):")?;
     for (index, value) in vtpm.pcrs() {
-        println!("  {index:2}  {}", hex::encode(value));
+        writeln!(out, "  {index:2}  {}", hex::encode(value))?;
     }
+    Ok(())
 }
 
 /// What the vTPM quote verified, as JSON: the PCRs by index, the nonce, the user data.

@@ -1,7 +1,9 @@
 //! `veil proxy`: a local, plain-HTTP, OpenAI-compatible endpoint for clients that know
-//! nothing of attestation (the `openai` SDKs, curl). It forwards `GET /v1/models` and
-//! `POST /v1/chat/completions` to a `veil-server` only over a connection pinned to a TLS
-//! key whose evidence passed the policy; when the server's key changes (a restart, or
+//! nothing of attestation (the `openai` SDKs, curl). It forwards `GET /v1/models[/ID]`,
+//! `POST /v1/chat/completions` and `POST /v1/completions` (with the client's
+//! `Authorization`, or its own from `--api-key-file`) to a `veil-server` only over a
+//! connection pinned to a TLS key whose evidence passed the policy, and answers `/health`
+//! (itself) and `/ready` (the upstream verified and Ready) on its own; when the server's key changes (a restart, or
 //! someone else answering) it verifies again before it forwards, and when verification
 //! fails it answers 502 with the reason and forwards nothing.
 //!
@@ -28,8 +30,8 @@ use crate::http::{
     json_response, read_body, reload_on_sighup, serve, shutdown_signal, Handler, ListenLimits,
 };
 use crate::kds::{Collateral, KdsArgs};
-use crate::output::print_verdict;
-use crate::remote::{Connection, Target, Upstream, UpstreamError};
+use crate::output::report_verification;
+use crate::remote::{Connection, Target, Trusted, Upstream, UpstreamError};
 use crate::{CmdResult, Failure};
 
 /// Largest request body forwarded.
@@ -63,6 +65,14 @@ pub struct ProxyArgs {
     /// Connection caps and timeouts.
     #[command(flatten)]
     pub limits: ListenLimits,
+    /// The server's API key (`veil-server --api-keys`), read from this file and sent with
+    /// every forwarded request in place of the client's `Authorization` (which is
+    /// forwarded as it is without this option).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Print every check of each appraisal (on stderr), not just the verdict's line.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// An error inside a proxied body.
@@ -80,6 +90,9 @@ pub struct Proxy {
     local: Option<std::net::IpAddr>,
     allow_origins: Vec<String>,
     stream_idle: Duration,
+    /// With `--api-key-file`: the `Authorization` sent upstream instead of the client's.
+    authorization: Option<hyper::header::HeaderValue>,
+    verbose: bool,
 }
 
 impl Proxy {
@@ -95,6 +108,8 @@ impl Proxy {
             local: None,
             allow_origins: Vec::new(),
             stream_idle: Duration::from_secs(60),
+            authorization: None,
+            verbose: false,
         })
     }
 
@@ -118,6 +133,83 @@ impl Proxy {
         Proxy {
             stream_idle: idle,
             ..self
+        }
+    }
+
+    /// The same, sending `authorization` upstream in place of the client's.
+    #[must_use]
+    pub fn authorization(self, authorization: Option<hyper::header::HeaderValue>) -> Self {
+        Proxy {
+            authorization,
+            ..self
+        }
+    }
+
+    /// The same, printing every check of each appraisal.
+    #[must_use]
+    pub fn verbose(self, verbose: bool) -> Self {
+        Proxy { verbose, ..self }
+    }
+
+    /// A connection to the verified upstream (verified again if its key changed), or the
+    /// 502 that says why there is none.
+    async fn trusted(&self) -> Result<Trusted, Response<ProxyBody>> {
+        self.trusted_or_reason()
+            .await
+            .map_err(|(code, message)| local_error(StatusCode::BAD_GATEWAY, code, &message))
+    }
+
+    /// The same, or the error code and message.
+    async fn trusted_or_reason(&self) -> Result<Trusted, (&'static str, String)> {
+        match self.upstream.connect().await {
+            Ok(Connection::Pinned(s)) => Ok(s),
+            Ok(Connection::Verified(v)) => {
+                let mock = v.appraisal().is_mock();
+                report_verification(Ok(v.appraisal().claims()), mock, &self.url, self.verbose);
+                Ok(v.into_trusted())
+            }
+            Err(e) => {
+                let code = match &e {
+                    UpstreamError::Rejected { rejection, mock } => {
+                        report_verification(Err(rejection), *mock, &self.url, self.verbose);
+                        "attestation_rejected"
+                    }
+                    UpstreamError::Unreachable(_) => "upstream_unreachable",
+                };
+                eprintln!("veil proxy: refusing to forward: {e}");
+                Err((code, format!("veil proxy did not forward the request: {e}")))
+            }
+        }
+    }
+
+    /// `GET /ready`: 200 while the upstream verifies and is Ready itself; 503 otherwise,
+    /// with the reason (the upstream's state, or why it is not verified).
+    async fn ready(&self) -> Response<ProxyBody> {
+        let not_ready = |reason: String| {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "ready": false, "upstream": self.url, "reason": reason }),
+            )
+            .map(Either::Right)
+        };
+        let mut session = match self.trusted_or_reason().await {
+            Ok(s) => s,
+            Err((code, message)) => return not_ready(format!("{code}: {message}")),
+        };
+        match session.session().fetch("GET", "/ready", None).await {
+            Ok((status, _)) if status == StatusCode::OK => json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "ready": true, "upstream": self.url, "verified": true }),
+            )
+            .map(Either::Right),
+            Ok((status, body)) => {
+                let state = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["state"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| status.to_string());
+                not_ready(format!("the verified upstream is {state}"))
+            }
+            Err(e) => not_ready(format!("the verified upstream did not answer: {e:#}")),
         }
     }
 
@@ -202,16 +294,20 @@ impl Proxy {
             return refused;
         }
         let path = parts.uri.path().to_owned();
-        let forwarded = matches!(
-            (&parts.method, path.as_str()),
-            (&Method::GET, "/v1/models") | (&Method::POST, "/v1/chat/completions")
-        );
-        if !forwarded {
+        match (&parts.method, path.as_str()) {
+            (&Method::GET, "/health") => {
+                return json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+                    .map(Either::Right)
+            }
+            (&Method::GET, "/ready") => return self.ready().await,
+            _ => {}
+        }
+        if !forwarded(&parts.method, &path) {
             return local_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!(
-                    "veil proxy forwards GET /v1/models and POST /v1/chat/completions, not {} {path}",
+                    "veil proxy forwards GET /v1/models[/ID], POST /v1/chat/completions and POST /v1/completions, not {} {path}",
                     parts.method
                 ),
             );
@@ -220,35 +316,24 @@ impl Proxy {
             Ok(b) => b,
             Err(e) => return local_error(e.status(), e.code(), &e.to_string()),
         };
-        let mut session = match self.upstream.connect().await {
-            Ok(Connection::Pinned(s)) => s,
-            Ok(Connection::Verified(v)) => {
-                let mock = v.appraisal().is_mock();
-                eprintln!(
-                    "veil proxy: {} {} (TLS key sha256 {})",
-                    if mock { "VERIFIED (MOCK)" } else { "VERIFIED" },
-                    self.url,
-                    hex::encode(v.spki_sha256())
-                );
-                v.into_trusted()
-            }
-            Err(e) => {
-                let code = match e {
-                    UpstreamError::Rejected { .. } => "attestation_rejected",
-                    UpstreamError::Unreachable(_) => "upstream_unreachable",
-                };
-                eprintln!("veil proxy: refusing to forward: {e}");
-                return local_error(
-                    StatusCode::BAD_GATEWAY,
-                    code,
-                    &format!("veil proxy did not forward the request: {e}"),
-                );
-            }
+        let mut session = match self.trusted().await {
+            Ok(s) => s,
+            Err(refused) => return refused,
         };
+        // The API key: the proxy's own, or the client's as it came; nothing else of the
+        // client's headers goes upstream.
+        let mut headers = hyper::HeaderMap::new();
+        if let Some(auth) = self
+            .authorization
+            .as_ref()
+            .or_else(|| parts.headers.get(hyper::header::AUTHORIZATION))
+        {
+            headers.insert(hyper::header::AUTHORIZATION, auth.clone());
+        }
         let body = (parts.method == Method::POST).then(|| body.to_vec());
         let resp = match session
             .session()
-            .send(parts.method.as_str(), &path, body)
+            .send_with(parts.method.as_str(), &path, &headers, body)
             .await
         {
             Ok(r) => r,
@@ -265,6 +350,20 @@ impl Proxy {
             head.headers.remove(hop);
         }
         Response::from_parts(head, Either::Left(idle_bounded(body, self.stream_idle)))
+    }
+}
+
+/// Whether `method path` is one of the OpenAI routes the proxy forwards.
+fn forwarded(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET => {
+            path == "/v1/models"
+                || path
+                    .strip_prefix("/v1/models/")
+                    .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        }
+        Method::POST => path == "/v1/chat/completions" || path == "/v1/completions",
+        _ => false,
     }
 }
 
@@ -343,10 +442,17 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = bind_loopback(&args.listen).await?;
+        let authorization = args
+            .api_key_file
+            .as_deref()
+            .map(crate::api_key::load_api_key)
+            .transpose()?;
         let proxy = Arc::new(
             proxy
                 .serving(listener.local_addr()?, &args.allow_origins)
-                .stream_idle_timeout(Duration::from_secs(args.stream_idle_timeout)),
+                .stream_idle_timeout(Duration::from_secs(args.stream_idle_timeout))
+                .authorization(authorization)
+                .verbose(args.verbose),
         );
         let (reloaded, path) = (Arc::clone(&proxy), args.policy.clone());
         reload_on_sighup(format!("policy {}", path.display()), move || {
@@ -358,11 +464,12 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         match proxy.verify().await {
             Ok(c) => {
                 if let Connection::Verified(v) = &c {
-                    print_verdict(Ok(v.appraisal().claims()), v.appraisal().is_mock());
+                    let mock = v.appraisal().is_mock();
+                    report_verification(Ok(v.appraisal().claims()), mock, &args.upstream, args.verbose);
                 }
             }
             Err(UpstreamError::Rejected { rejection, mock }) => {
-                print_verdict(Err(&rejection), mock);
+                report_verification(Err(&rejection), mock, &args.upstream, args.verbose);
                 return Err(Failure::Rejected);
             }
             Err(UpstreamError::Unreachable(e)) => return Err(Failure::Error(e)),

@@ -12,14 +12,14 @@
 //! # async fn f(session: &mut veil_client::remote::Session) {
 //! // An unverified session is not a `Trusted` one: this does not compile.
 //! let request = serde_json::json!({"messages": []});
-//! let _ = veil_client::remote_cmd::stream_chat(session, &request, &mut std::io::sink()).await;
+//! let _ = veil_client::remote_cmd::stream_chat(session, &hyper::HeaderMap::new(), &request, &mut std::io::sink()).await;
 //! # }
 //! ```
 //!
 //! ```no_run
 //! # async fn f(session: &mut veil_client::remote::Trusted) {
 //! let request = serde_json::json!({"messages": []});
-//! let _ = veil_client::remote_cmd::stream_chat(session, &request, &mut std::io::sink()).await;
+//! let _ = veil_client::remote_cmd::stream_chat(session, &hyper::HeaderMap::new(), &request, &mut std::io::sink()).await;
 //! # }
 //! ```
 
@@ -260,11 +260,30 @@ impl Session {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Response<Incoming>> {
+        self.send_with(method, path, &hyper::HeaderMap::new(), body)
+            .await
+    }
+
+    /// [`Session::send`] with `headers` added (an `Authorization` for the server's API
+    /// keys: send one only over a [`Trusted`] session).
+    ///
+    /// # Errors
+    /// If the connection fails.
+    pub async fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &hyper::HeaderMap,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Response<Incoming>> {
         self.sender.ready().await.context("the connection closed")?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", &self.target.host);
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }

@@ -15,7 +15,7 @@ use veil_sealing::ModelKey;
 
 use crate::files::load_policy;
 use crate::kds::{Collateral, KdsArgs};
-use crate::output::{print_claims, print_verdict, verdict_json};
+use crate::output::{print_claims, print_verdict, report_verification, verdict_json};
 use crate::remote::{
     attest, within, Connection, Deadlines, Rejected, Session, Target, Trusted, Upstream,
     UpstreamError, Verified,
@@ -91,17 +91,45 @@ pub struct SamplingArgs {
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
-    /// A system message sent before the conversation (default: the model's own).
+    /// A system message sent before the conversation; `--system ''` sends none (the
+    /// model's template may then put its own).
+    #[arg(long, default_value = DEFAULT_SYSTEM)]
+    pub system: String,
+    /// The server's API key (`veil-server --api-keys`), read from this file and sent only
+    /// after the server's evidence passed the policy.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Print every check of the appraisal (on stderr), not just the verdict's line.
     #[arg(long)]
-    pub system: Option<String>,
+    pub verbose: bool,
 }
 
+/// The system message `ask` and `chat` send unless told otherwise. Without one, the default
+/// model's template says it is "SmolLM, trained by Hugging Face", and its answers to plain
+/// questions wander (asked for France's capital it answered with a list of landmarks).
+pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
+
 impl SamplingArgs {
+    /// The headers of a model request: `Authorization` when `--api-key-file` is given.
+    ///
+    /// # Errors
+    /// If the key file cannot be read.
+    pub fn headers(&self) -> anyhow::Result<hyper::HeaderMap> {
+        let mut headers = hyper::HeaderMap::new();
+        if let Some(path) = &self.api_key_file {
+            headers.insert(
+                hyper::header::AUTHORIZATION,
+                crate::api_key::load_api_key(path)?,
+            );
+        }
+        Ok(headers)
+    }
+
     /// The chat-completions request for this conversation, streamed.
     pub fn request(&self, conversation: &[Value]) -> Value {
         let mut messages = Vec::with_capacity(conversation.len() + 1);
-        if let Some(system) = &self.system {
-            messages.push(json!({ "role": "system", "content": system }));
+        if !self.system.is_empty() {
+            messages.push(json!({ "role": "system", "content": self.system }));
         }
         messages.extend_from_slice(conversation);
         json!({
@@ -146,16 +174,40 @@ pub(crate) fn rejected(r: &Rejected) -> Failure {
     Failure::Rejected
 }
 
-async fn verified(remote: &RemoteArgs, quiet: bool) -> Result<Verified, Failure> {
+/// How a command shows the verdict: the table on stdout (`verify`, `provision`), or one
+/// line on stderr (`ask`, `chat`, whose stdout is the answer), the table there with
+/// `--verbose`.
+#[derive(Debug, Clone, Copy)]
+enum Show {
+    Table,
+    Line { verbose: bool },
+}
+
+async fn verified(remote: &RemoteArgs, show: Show) -> Result<Verified, Failure> {
     let policy = load_policy(&remote.policy)?;
     let target = remote.target()?;
-    let verified = attest(&target, &policy, &remote.collateral())
-        .await?
-        .map_err(|r| rejected(&r))?;
-    if !quiet {
-        print_verdict(Ok(verified.appraisal()), verified.appraisal().is_mock());
+    match attest(&target, &policy, &remote.collateral()).await? {
+        Ok(verified) => {
+            let mock = verified.appraisal().is_mock();
+            match show {
+                Show::Table => print_verdict(Ok(verified.appraisal().claims()), mock),
+                Show::Line { verbose } => report_verification(
+                    Ok(verified.appraisal().claims()),
+                    mock,
+                    &remote.url,
+                    verbose,
+                ),
+            }
+            Ok(verified)
+        }
+        Err(r) => match show {
+            Show::Table => Err(rejected(&r)),
+            Show::Line { verbose } => {
+                report_verification(Err(&r.rejection), r.mock, &remote.url, verbose);
+                Err(Failure::Rejected)
+            }
+        },
     }
-    Ok(verified)
 }
 
 /// Runs `veil verify`.
@@ -209,7 +261,7 @@ pub fn provision(args: ProvisionArgs) -> CmdResult {
     let key = ModelKey::read_key_file(&args.key)
         .with_context(|| format!("key file {}", args.key.display()))?;
     runtime()?.block_on(async move {
-        let mut verified = verified(&args.remote, false).await?;
+        let mut verified = verified(&args.remote, Show::Table).await?;
         let took = release_key(&mut verified, key, Duration::from_secs(args.wait)).await?;
         println!("ready after {took:.1?}");
         Ok(())
@@ -311,12 +363,16 @@ pub async fn wait_ready(
 /// [`Failure::Rejected`] or [`Failure::Error`].
 pub fn ask(args: AskArgs) -> CmdResult {
     runtime()?.block_on(async {
-        let verified = verified(&args.remote, true).await?;
+        let headers = args.sampling.headers()?;
+        let show = Show::Line {
+            verbose: args.sampling.verbose,
+        };
+        let verified = verified(&args.remote, show).await?;
         let request = args
             .sampling
             .request(&[json!({ "role": "user", "content": args.prompt })]);
         let mut session = verified.into_trusted();
-        stream_chat(&mut session, &request, &mut std::io::stdout()).await?;
+        stream_chat(&mut session, &headers, &request, &mut std::io::stdout()).await?;
         println!();
         Ok(())
     })
@@ -333,8 +389,10 @@ pub fn chat(args: ChatArgs) -> CmdResult {
     runtime()?.block_on(async {
         let policy = load_policy(&args.remote.policy)?;
         let upstream = Upstream::new(args.remote.target()?, policy, args.remote.collateral());
-        let mut session = connect_verified(&upstream).await?;
-        eprintln!("verified; type a message (/reset forgets the conversation, /quit leaves)");
+        let headers = args.sampling.headers()?;
+        let (url, verbose) = (args.remote.url.as_str(), args.sampling.verbose);
+        let mut session = connect_verified(&upstream, url, verbose).await?;
+        eprintln!("type a message (/reset forgets the conversation, /quit leaves)");
         let mut history: Vec<Value> = Vec::new();
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut out = std::io::stdout();
@@ -359,14 +417,14 @@ pub fn chat(args: ChatArgs) -> CmdResult {
             }
             history.push(json!({ "role": "user", "content": line }));
             let request = args.sampling.request(&history);
-            let answer = match stream_chat(&mut session, &request, &mut out).await {
+            let answer = match stream_chat(&mut session, &headers, &request, &mut out).await {
                 Ok(answer) => answer,
                 Err(e) if session.is_closed() => {
                     // The server closed the connection (restart, idle timeout): reconnect
                     // under the pin, or verify the new key, and send this turn again.
                     eprintln!("veil: connection lost ({e:#}); reconnecting");
-                    session = connect_verified(&upstream).await?;
-                    stream_chat(&mut session, &request, &mut out).await?
+                    session = connect_verified(&upstream, url, verbose).await?;
+                    stream_chat(&mut session, &headers, &request, &mut out).await?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -376,15 +434,24 @@ pub fn chat(args: ChatArgs) -> CmdResult {
     })
 }
 
-async fn connect_verified(upstream: &Upstream) -> Result<Trusted, Failure> {
+async fn connect_verified(
+    upstream: &Upstream,
+    url: &str,
+    verbose: bool,
+) -> Result<Trusted, Failure> {
     match upstream.connect().await {
         Ok(Connection::Pinned(s)) => Ok(s),
         Ok(Connection::Verified(v)) => {
-            print_verdict(Ok(v.appraisal().claims()), v.appraisal().is_mock());
+            report_verification(
+                Ok(v.appraisal().claims()),
+                v.appraisal().is_mock(),
+                url,
+                verbose,
+            );
             Ok(v.into_trusted())
         }
         Err(UpstreamError::Rejected { rejection, mock }) => {
-            print_verdict(Err(&rejection), mock);
+            report_verification(Err(&rejection), mock, url, verbose);
             Err(Failure::Rejected)
         }
         Err(UpstreamError::Unreachable(e)) => Err(Failure::Error(e)),
@@ -400,18 +467,22 @@ async fn connect_verified(upstream: &Upstream) -> Result<Trusted, Failure> {
 /// or it ends without `[DONE]`.
 pub async fn stream_chat(
     session: &mut Trusted,
+    headers: &hyper::HeaderMap,
     request: &Value,
     out: &mut dyn Write,
 ) -> anyhow::Result<String> {
     let deadlines = session.session().deadlines();
-    let resp = session
-        .session()
-        .send_within_deadline(
+    let resp = within(
+        deadlines.response,
+        || "POST /v1/chat/completions: no answer".to_owned(),
+        session.session().send_with(
             "POST",
             "/v1/chat/completions",
+            headers,
             Some(serde_json::to_vec(request)?),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     if !resp.status().is_success() {
         let status = resp.status();
         let bytes = tokio::time::timeout(

@@ -107,10 +107,15 @@ pub fn text(o: &Output) -> String {
 }
 
 /// The names of the checks that a `veil verify|provision|ask` verdict table marks failed
-/// (`  ✗ name  detail`), in order.
+/// (`  ✗ name  detail`), in order: on stdout (`verify`, `provision`) or stderr (`ask`,
+/// `chat`, `proxy`, whose stdout is the answer).
 pub fn failed_checks(o: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    out.lines()
+        .chain(err.lines())
         .filter_map(|line| line.trim_start().strip_prefix("✗ "))
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_owned)

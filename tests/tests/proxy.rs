@@ -417,3 +417,175 @@ fn the_proxy_refuses_web_pages_foreign_hosts_and_non_json_chat_requests() {
         assert!(body.contains("\"choices\""), "{headers:?}: {body}");
     }
 }
+
+/// `veil api-key new` into the fixture: the key file's path and contents.
+fn new_api_key(f: &Fixture, name: &str, keys: &std::path::Path) -> (String, String) {
+    let key_out = f.path(&format!("{name}.key")).display().to_string();
+    let o = veil(&[
+        "api-key",
+        "new",
+        "--key-out",
+        &key_out,
+        "--name",
+        name,
+        "--keys",
+        &keys.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let key = std::fs::read_to_string(&key_out).expect("key file");
+    assert!(
+        !text(&o).contains(key.trim()),
+        "the key is never printed: {}",
+        text(&o)
+    );
+    (key_out, key.trim().to_owned())
+}
+
+#[test]
+fn api_keys_health_ready_and_every_openai_route_through_the_proxy_and_ask() {
+    let f = Fixture::new();
+    let keys = f.path("api-keys");
+    let (alice_file, alice) = new_api_key(&f, "alice", &keys);
+    let server = f.start(&["--api-keys", &keys.display().to_string()]);
+    let policy = f.good_policy().display().to_string();
+    let (_proxy, addr, lines) = start_proxy_with_stderr(server.url(), &policy);
+    // One verdict line on stderr, saying MOCK.
+    let verdict = wait_for_line(&lines, "VERIFIED");
+    assert!(
+        verdict.contains("VERIFIED (MOCK)") && verdict.contains(server.url()),
+        "{verdict}"
+    );
+    // The proxy's own routes: alive at once, ready only once the upstream is.
+    let (status, _) = http(addr, "GET", "/health", "");
+    assert_eq!(status, 200);
+    let (status, raw) = http(addr, "GET", "/ready", "");
+    assert!(status == 503 && raw.contains("locked"), "{raw}");
+    let o = f.provision(&server);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (status, raw) = http(addr, "GET", "/ready", "");
+    assert!(status == 200 && raw.contains("\"ready\":true"), "{raw}");
+
+    // The server wants a key; the proxy forwards the client's.
+    let (status, raw) = http(addr, "GET", "/v1/models", "");
+    assert!(status == 401 && raw.contains("invalid_api_key"), "{raw}");
+    let auth = format!(
+        "Host: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer {alice}\r\n"
+    );
+    let (status, raw) = http_with(addr, "GET", "/v1/models", &auth, "");
+    assert_eq!(status, 200, "{raw}");
+    let body: serde_json::Value =
+        serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap_or_default()).expect("JSON");
+    let id = body["data"][0]["id"]
+        .as_str()
+        .expect("a model id")
+        .to_owned();
+    assert!(
+        !id.contains(' ') && body["data"][0]["created"].as_u64() > Some(0),
+        "{body}"
+    );
+    let (status, raw) = http_with(addr, "GET", &format!("/v1/models/{id}"), &auth, "");
+    assert!(status == 200 && raw.contains(&id), "{raw}");
+    let (status, raw) = http_with(
+        addr,
+        "POST",
+        "/v1/completions",
+        &auth,
+        r#"{"prompt":"hello","max_tokens":3}"#,
+    );
+    assert!(status == 200 && raw.contains("text_completion"), "{raw}");
+
+    // A proxy with its own key file sends that one instead of whatever the client sends.
+    let (_keyed, keyed_addr, _) = start_proxy_in(
+        Command::new(binary("veil")),
+        server.url(),
+        &policy,
+        &["--api-key-file", &alice_file],
+    );
+    let unused =
+        "Host: localhost\r\nContent-Type: application/json\r\nAuthorization: Bearer unused\r\n";
+    let (status, raw) = http_with(keyed_addr, "GET", "/v1/models", unused, "");
+    assert_eq!(status, 200, "{raw}");
+
+    // `veil ask`: the key from a file, the verdict in one line on stderr (every check with
+    // --verbose), the answer alone on stdout.
+    let url = server.url();
+    let o = veil(&["ask", url, "--policy", &policy, "--max-tokens", "3", "hi"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("invalid_api_key"), "{}", text(&o));
+    let o = veil(&[
+        "ask",
+        url,
+        "--policy",
+        &policy,
+        "--api-key-file",
+        &alice_file,
+        "--max-tokens",
+        "3",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("VERIFIED (MOCK)"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('✓') && !stdout.contains("VERIFIED"),
+        "{}",
+        text(&o)
+    );
+    let o = veil(&[
+        "ask",
+        url,
+        "--policy",
+        &policy,
+        "--api-key-file",
+        &alice_file,
+        "--max-tokens",
+        "1",
+        "--verbose",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains('✓'),
+        "{}",
+        text(&o)
+    );
+
+    // SIGHUP reloads the server's keys: a new file without alice, with bob.
+    std::fs::remove_file(&keys).expect("remove");
+    let (bob_file, _) = new_api_key(&f, "bob", &keys);
+    let o = harness::run(
+        Command::new("kill").args(["-HUP", &server.pid().to_string()]),
+        harness::COMMAND_TIMEOUT,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    while !server.log().contains("API keys reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = http_with(addr, "GET", "/v1/models", &auth, "");
+    assert_eq!(status, 401, "alice's key is gone");
+    let o = veil(&[
+        "ask",
+        url,
+        "--policy",
+        &policy,
+        "--api-key-file",
+        &bob_file,
+        "--max-tokens",
+        "1",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!server.log().contains(&alice), "no key in the server's log");
+}

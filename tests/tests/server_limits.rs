@@ -418,8 +418,18 @@ fn a_rate_limited_verify_waits_out_retry_after_and_succeeds() {
         let url = server.url().to_owned();
         move || veil(&["verify", &url, "--policy", &policy])
     });
-    // The flood goes on while verify starts, then stops so that the retries can pass.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The flood goes on until verify has been refused at least once (however long the
+    // process takes to start on a busy machine), then stops so that the retries can pass.
+    // The flood has one request in flight: at most one refusal it has not seen yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &server,
+        "veil_attestation_rate_limited_total{limit=\"per_peer\"} ",
+    ) <= limited.load(Ordering::Relaxed) + 1
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop.store(true, Ordering::Relaxed);
     rt.block_on(flood).expect("the flood task");
     let o = verify.join().expect("the verify thread");

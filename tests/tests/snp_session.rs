@@ -128,7 +128,7 @@ async fn the_snp_start_up_path_on_configfs_tsm_serves_verify_provision_ask() {
             "stream": true,
         });
         let mut out = Vec::new();
-        let answer = stream_chat(&mut trusted, &request, &mut out)
+        let answer = stream_chat(&mut trusted, &Default::default(), &request, &mut out)
             .await
             .expect("an answer");
         assert!(!answer.is_empty(), "an empty answer");
