@@ -497,7 +497,10 @@ impl Policy {
                 if consistent {
                     detail
                 } else {
-                    format!("{detail}: CPUID names {cpuid:?}")
+                    match cpuid {
+                        Some(c) => format!("{detail}: its CPUID names {c}"),
+                        None => format!("{detail}: its CPUID names no known product"),
+                    }
                 },
             );
 

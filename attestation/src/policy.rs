@@ -20,9 +20,10 @@ use crate::revocation::Crl;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    /// Not valid TOML, or an unknown or mistyped key.
+    /// Not valid TOML, or an unknown or mistyped key. The TOML error is the message, not
+    /// a source, so that a chain of causes prints it once.
     #[error("policy: {0}")]
-    Toml(#[from] toml::de::Error),
+    Toml(toml::de::Error),
     /// A value that parses but makes no sense.
     #[error("policy: {field}: {reason}")]
     Invalid {
@@ -31,6 +32,12 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl From<toml::de::Error> for PolicyError {
+    fn from(e: toml::de::Error) -> Self {
+        PolicyError::Toml(e)
+    }
 }
 
 /// A minimum TCB; components left out are 0.

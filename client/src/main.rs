@@ -62,6 +62,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Whether the command was asked for JSON: then a failure too answers with a JSON body
+    // on stdout (scripts read stdout), besides the message on stderr.
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
     let cli = Cli::parse();
     if cli.allow_insecure_key_file {
         veil_sealing::key::danger::allow_insecure_key_files();
@@ -86,6 +89,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Rejected) => ExitCode::from(3),
         Err(Failure::Error(e)) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }

@@ -408,3 +408,40 @@ fn a_policy_that_names_a_crl_refuses_a_revoked_mock_intermediate() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("✗ revocation"), "{}", text(&o));
 }
+
+#[test]
+fn a_failing_json_command_still_answers_json_and_says_each_error_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "measurements = [1\n").expect("write");
+    let bad = bad.display().to_string();
+    // Before any appraisal: the policy does not parse.
+    let o = veil(&["verify", "https://127.0.0.1:1", "--policy", &bad, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON body on stdout");
+    let message = v["error"].as_str().expect("error");
+    assert_eq!(message.matches("TOML parse error").count(), 1, "{message}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.matches("TOML parse error").count(), 1, "{stderr}");
+    // Without --json, nothing on stdout.
+    let o = veil(&["verify", "https://127.0.0.1:1", "--policy", &bad]);
+    assert_eq!(
+        (o.status.code(), o.stdout.len()),
+        (Some(1), 0),
+        "{}",
+        text(&o)
+    );
+    // A file that is not there, for another --json command.
+    let o = veil(&[
+        "report",
+        "show",
+        &dir.path().join("none.bin").display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON body on stdout");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("none.bin")),
+        "{v}"
+    );
+}

@@ -343,6 +343,10 @@ impl Engine for LlamaEngine {
                 "logit_bias names token {t}, but the vocabulary has {n_vocab} tokens"
             )));
         }
+        if let Some(g) = &params.grammar {
+            // Parsed here, where a bad one is a refusal, not a failed stream.
+            grammar_sampler(&self.shared.model, g)?;
+        }
         let prompt = self.tokenize(&request.prompt)?;
         if prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
@@ -378,6 +382,9 @@ struct Sequence {
     id: i32,
     events: UnboundedSender<Event>,
     sampler: LlamaSampler,
+    /// With a grammar: applied before `sampler`, kept apart from it because the prompt's
+    /// tokens (which `sampler` reads for its repetition history) are not in the grammar.
+    grammar: Option<LlamaSampler>,
     /// Greedy without a repetition penalty: argmax over the logits, no sampler chain
     /// (which would sort a candidate array of the whole vocabulary for every token).
     argmax: bool,
@@ -512,9 +519,22 @@ impl<'m> Worker<'m> {
             .expect("admit is called only with a free sequence");
         let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
         let mut sampler = sampler(&job.params, self.shared);
+        let grammar = match job.params.grammar.as_deref() {
+            None => None,
+            Some(g) => match grammar_sampler(&self.shared.model, g) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    // It parsed at submit: this is llama.cpp's own failure.
+                    let _ = job.events.send(Event::Error(e));
+                    self.free.push(id);
+                    return;
+                }
+            },
+        };
         let argmax = job.params.temperature <= 0.0
             && !penalised(&job.params)
-            && job.params.logit_bias.is_empty();
+            && job.params.logit_bias.is_empty()
+            && grammar.is_none();
         if !argmax {
             sampler.accept_many(&job.prompt);
         }
@@ -522,6 +542,7 @@ impl<'m> Worker<'m> {
             id,
             events: job.events,
             sampler,
+            grammar,
             argmax,
             ignore_eos: job.params.ignore_eos,
             prompt: job.prompt,
@@ -621,6 +642,18 @@ impl<'m> Worker<'m> {
                         &[]
                     },
                 )
+            } else if let Some(grammar) = &mut seq.grammar {
+                match constrained(&self.ctx, at, grammar, &mut seq.sampler, &vocab) {
+                    Some(t) => t,
+                    None => {
+                        // Nothing the grammar allows is left (it cannot happen while end
+                        // of generation is allowed): end here rather than feed the grammar
+                        // a token it refuses, which llama.cpp would abort on.
+                        seq.finish(FinishReason::Stop, true);
+                        ended.push(i);
+                        continue;
+                    }
+                }
             } else {
                 // `sample` also feeds the token to the sampler chain (repetition history).
                 seq.sampler.sample(&self.ctx, at)
@@ -705,6 +738,44 @@ fn sampler(p: &SamplingParams, shared: &Shared) -> LlamaSampler {
         chain.push(LlamaSampler::dist(p.seed.unwrap_or_else(random_seed)));
     }
     LlamaSampler::chain_simple(chain)
+}
+
+/// A grammar sampler for `grammar` (GBNF, start symbol `root`).
+fn grammar_sampler(model: &LlamaModel, grammar: &str) -> Result<LlamaSampler, EngineError> {
+    LlamaSampler::grammar(model, grammar, "root").map_err(|e| {
+        EngineError::InvalidRequest(format!("response_format: the grammar is not valid: {e}"))
+    })
+}
+
+/// Samples from the logits at `at` among the tokens `grammar` allows, then feeds the token
+/// to both samplers (not an end-of-generation token, which ends the sequence: the grammar
+/// allows one only once it is complete). `None` when the grammar allows none.
+fn constrained(
+    ctx: &LlamaContext<'_>,
+    at: i32,
+    grammar: &mut LlamaSampler,
+    chain: &mut LlamaSampler,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+) -> Option<LlamaToken> {
+    let mut candidates = ctx.token_data_array_ith(at);
+    grammar.apply(&mut candidates);
+    if !candidates.data.iter().any(|c| c.logit().is_finite()) {
+        return None;
+    }
+    chain.apply(&mut candidates);
+    let token = candidates.selected_token()?;
+    let allowed = candidates
+        .data
+        .iter()
+        .any(|c| c.id() == token && c.logit().is_finite());
+    if !allowed {
+        return None;
+    }
+    if !vocab.is_eog(token) {
+        grammar.accept(token);
+        chain.accept(token);
+    }
+    Some(token)
 }
 
 /// Whether the repetition penalty is on.

@@ -153,6 +153,9 @@ pub struct SamplingParams {
     /// Never sample an end-of-generation token (benchmarks): generation stops only at
     /// `max_tokens` or a stop sequence.
     pub ignore_eos: bool,
+    /// A llama.cpp grammar (GBNF, start symbol `root`) that every sampled token must keep
+    /// the output within (structured output); the request is refused if it does not parse.
+    pub grammar: Option<String>,
 }
 
 impl Default for SamplingParams {
@@ -168,6 +171,7 @@ impl Default for SamplingParams {
             stop: vec![],
             repetition_penalty: 1.0,
             ignore_eos: false,
+            grammar: None,
         }
     }
 }

@@ -164,3 +164,29 @@ fn two_concurrent_requests_each_get_their_own_answer() {
         japan.text
     );
 }
+
+#[test]
+fn a_json_grammar_gives_the_real_model_parseable_json_that_still_answers() {
+    let Some(e) = engine() else { return };
+    let mut r = ask(
+        "What is the capital of France? Answer in JSON with the key \"capital\".",
+        48,
+    );
+    // The grammar of `{"type":"object","properties":{"capital":{"type":"string"}}}`
+    // (veil-openai makes such grammars; the engine takes any).
+    r.params.grammar = Some(
+        r#"root ::= "{" ws "\"capital\"" ws ":" ws string ws "}"
+ws ::= | " " | "\n" [ \t]{0,20}
+string ::= "\"" [^"\\\x7F\x00-\x1F]{0,40} "\""
+"#
+        .into(),
+    );
+    let out = e.generate_blocking(r).expect("answers");
+    assert_eq!(out.finish, FinishReason::Stop, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.text).expect("JSON");
+    assert!(
+        v["capital"].as_str().is_some_and(|c| c.contains("Paris")),
+        "{:?}",
+        out.text
+    );
+}

@@ -303,3 +303,38 @@ fn a_broken_chat_template_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn a_grammar_confines_the_output_and_a_bad_one_is_refused_at_submit() {
+    let e = engine();
+    // Random weights would never say exactly this on their own; sampled, with several seeds.
+    for seed in 1..=4 {
+        let mut r = greedy("hello", 40);
+        r.params.temperature = 1.0;
+        r.params.seed = Some(seed);
+        r.params.grammar = Some(r#"root ::= ("yes" | "no") " " [0-9] [0-9]?"#.into());
+        let out = e.generate_blocking(r).expect("generates");
+        let (word, number) = out.text.split_once(' ').expect("a word and a number");
+        assert!(["yes", "no"].contains(&word), "{:?}", out.text);
+        assert!(
+            (1..=2).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_digit()),
+            "{:?}",
+            out.text
+        );
+        assert_eq!(
+            out.finish,
+            FinishReason::Stop,
+            "ends when the grammar does: {out:?}"
+        );
+    }
+    // Greedy too (the argmax fast path is off under a grammar).
+    let mut r = greedy("hello", 40);
+    r.params.grammar = Some(r#"root ::= "ok""#.into());
+    assert_eq!(e.generate_blocking(r).expect("generates").text, "ok");
+    let mut r = greedy("hello", 4);
+    r.params.grammar = Some("root ::= (".into());
+    match e.submit(r) {
+        Err(EngineError::InvalidRequest(m)) => assert!(m.contains("grammar"), "{m}"),
+        other => panic!("a bad grammar must be refused: {other:?}"),
+    }
+}

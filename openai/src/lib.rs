@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod grammar;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -112,6 +114,9 @@ pub struct Sampling {
     pub logit_bias: Vec<(u32, f32)>,
     /// Never sample an end-of-generation token.
     pub ignore_eos: bool,
+    /// A llama.cpp grammar (GBNF, start symbol `root`) the output must follow: from
+    /// `response_format` `json_object` or `json_schema`.
+    pub grammar: Option<String>,
 }
 
 /// Most `logit_bias` entries (OpenAI's limit).
@@ -195,7 +200,14 @@ impl ChatRequest {
             return Err(RequestError::invalid("n", "only n = 1 is supported"));
         }
         self.refuse_what_cannot_be_honoured()?;
-        let sampling = self.sampling.check()?;
+        let mut sampling = self.sampling.check()?;
+        sampling.grammar = response_format(self.response_format.as_ref())?;
+        if sampling.grammar.is_some() && sampling.ignore_eos {
+            return Err(RequestError::invalid(
+                "ignore_eos",
+                "ignore_eos cannot be combined with a JSON response_format (the answer ends when the JSON does)",
+            ));
+        }
         Ok(Chat {
             messages,
             sampling,
@@ -212,23 +224,6 @@ impl ChatRequest {
 
     /// Fields Veil knows and cannot honour, refused by name when they ask for something.
     fn refuse_what_cannot_be_honoured(&self) -> Result<(), RequestError> {
-        if let Some(format) = &self.response_format {
-            match format.get("type").and_then(Value::as_str) {
-                Some("text") => {}
-                Some(kind @ ("json_object" | "json_schema")) => {
-                    return Err(RequestError::invalid(
-                        "response_format",
-                        format!("response_format {kind} is not supported by this server"),
-                    ))
-                }
-                _ => {
-                    return Err(RequestError::invalid(
-                        "response_format",
-                        "response_format.type must be text, json_object or json_schema",
-                    ))
-                }
-            }
-        }
         if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
             return Err(RequestError::invalid(
                 "logprobs",
@@ -348,6 +343,32 @@ impl SamplingFields {
         s.logit_bias = logit_bias(self.logit_bias.as_ref())?;
         s.ignore_eos = self.ignore_eos.unwrap_or(false);
         Ok(s)
+    }
+}
+
+/// `response_format`: `text` (or none) needs no grammar; `json_object` and `json_schema`
+/// become one ([`grammar`]).
+fn response_format(format: Option<&Value>) -> Result<Option<String>, RequestError> {
+    let invalid = |m: String| RequestError::invalid("response_format", m);
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(grammar::json_object())),
+        Some("json_schema") => {
+            let Some(schema) = format.get("json_schema").and_then(|j| j.get("schema")) else {
+                return Err(invalid(
+                    "response_format json_schema needs json_schema.schema".into(),
+                ));
+            };
+            grammar::json_schema(schema)
+                .map(Some)
+                .map_err(|e| invalid(format!("response_format json_schema: {e}")))
+        }
+        _ => Err(invalid(
+            "response_format.type must be text, json_object or json_schema".into(),
+        )),
     }
 }
 
@@ -872,14 +893,19 @@ mod tests {
         let user = r#""messages":[{"role":"user","content":"Hi"}]"#;
         for (extra, param, says) in [
             (
-                r#""response_format":{"type":"json_object"}"#,
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"x"}}"#,
                 "response_format",
-                "json_object",
+                "json_schema.schema",
             ),
             (
-                r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}"#,
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","pattern":"a+"}}}"#,
                 "response_format",
-                "json_schema",
+                "pattern",
+            ),
+            (
+                r#""response_format":{"type":"json_object"},"ignore_eos":true"#,
+                "ignore_eos",
+                "ignore_eos",
             ),
             (
                 r#""response_format":{"type":"yaml"}"#,
@@ -922,6 +948,34 @@ mod tests {
             .expect_err(content);
             assert_eq!(e.param, "messages", "{content}: {e}");
             assert!(e.message.contains(says), "{content}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_json_response_format_becomes_a_grammar() {
+        let user = r#""messages":[{"role":"user","content":"Hi"}]"#;
+        let chat = check(&format!(
+            r#"{{{user},"response_format":{{"type":"json_object"}}}}"#
+        ))
+        .expect("json_object");
+        assert_eq!(
+            chat.sampling.grammar.as_deref(),
+            Some(grammar::json_object().as_str())
+        );
+        let chat = check(&format!(
+            r#"{{{user},"response_format":{{"type":"json_schema","json_schema":{{"name":"a","strict":true,"schema":{{"type":"object","properties":{{"ok":{{"type":"boolean"}}}},"required":["ok"],"additionalProperties":false}}}}}}}}"#
+        ))
+        .expect("json_schema");
+        assert!(chat
+            .sampling
+            .grammar
+            .is_some_and(|g| g.contains(r#""\"ok\"" ws ":" ws boolean"#)));
+        for text in [
+            r#""response_format":{"type":"text"}"#,
+            r#""response_format":null"#,
+        ] {
+            let chat = check(&format!("{{{user},{text}}}")).expect(text);
+            assert_eq!(chat.sampling.grammar, None);
         }
     }
 

@@ -91,6 +91,7 @@ fn sampling_params(s: Sampling) -> SamplingParams {
         stop: s.stop,
         repetition_penalty: s.repetition_penalty.unwrap_or(d.repetition_penalty),
         ignore_eos: s.ignore_eos,
+        grammar: s.grammar,
     }
 }
 
