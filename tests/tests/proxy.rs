@@ -510,20 +510,16 @@ fn api_keys_health_ready_and_every_openai_route_through_the_proxy_and_ask() {
     // `veil ask`: the key from a file, the verdict in one line on stderr (every check with
     // --verbose), the answer alone on stdout.
     let url = server.url();
+    let ask = |key_file: &str, extra: &[&str]| {
+        let mut args = vec!["ask", url, "--policy", &policy, "--api-key-file", key_file];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--max-tokens", "2", "hi"]);
+        veil(&args)
+    };
     let o = veil(&["ask", url, "--policy", &policy, "--max-tokens", "3", "hi"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("invalid_api_key"), "{}", text(&o));
-    let o = veil(&[
-        "ask",
-        url,
-        "--policy",
-        &policy,
-        "--api-key-file",
-        &alice_file,
-        "--max-tokens",
-        "3",
-        "hi",
-    ]);
+    let o = ask(&alice_file, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let (stdout, stderr) = (
         String::from_utf8_lossy(&o.stdout),
@@ -542,18 +538,7 @@ fn api_keys_health_ready_and_every_openai_route_through_the_proxy_and_ask() {
         "{}",
         text(&o)
     );
-    let o = veil(&[
-        "ask",
-        url,
-        "--policy",
-        &policy,
-        "--api-key-file",
-        &alice_file,
-        "--max-tokens",
-        "1",
-        "--verbose",
-        "hi",
-    ]);
+    let o = ask(&alice_file, &["--verbose"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains('✓'),
@@ -576,17 +561,7 @@ fn api_keys_health_ready_and_every_openai_route_through_the_proxy_and_ask() {
     }
     let (status, _) = http_with(addr, "GET", "/v1/models", &auth, "");
     assert_eq!(status, 401, "alice's key is gone");
-    let o = veil(&[
-        "ask",
-        url,
-        "--policy",
-        &policy,
-        "--api-key-file",
-        &bob_file,
-        "--max-tokens",
-        "1",
-        "hi",
-    ]);
+    let o = ask(&bob_file, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!server.log().contains(&alice), "no key in the server's log");
 }
