@@ -271,7 +271,14 @@ async fn generate(
     })
     .await
     .map_err(|_| engine_error(EngineError::Stopped))?
-    .map_err(engine_error)?;
+    .map_err(|e| {
+        let mut err = engine_error(e);
+        // What the engine refuses is the prompt of a text completion, not messages.
+        if kind == Kind::Text && err.param.as_deref() == Some("messages") {
+            err.param = Some("prompt".into());
+        }
+        err
+    })?;
 
     let (id, object, chunk_object) = match kind {
         Kind::Chat => (
