@@ -64,12 +64,8 @@ fn new_key(cmd: ApiKeyCommand) -> anyhow::Result<()> {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random.as_ref())
     ));
     let line = digest_line(&key, name.as_deref());
-    write_new(
-        &key_out,
-        format!("{}\n", key.as_str()).as_bytes(),
-        true,
-        force,
-    )?;
+    let contents = zeroize::Zeroizing::new(format!("{}\n", key.as_str()));
+    write_new(&key_out, contents.as_bytes(), true, force)?;
     if let Some(keys) = &keys {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -111,7 +107,8 @@ pub fn load_api_key(path: &Path) -> anyhow::Result<HeaderValue> {
             path.display()
         );
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+    let bearer = zeroize::Zeroizing::new(format!("Bearer {key}"));
+    let mut value = HeaderValue::from_str(&bearer)
         .with_context(|| format!("the API key in {} is not a valid header", path.display()))?;
     value.set_sensitive(true);
     Ok(value)

@@ -263,8 +263,9 @@ pub struct AppState {
     /// Chat prompts rendered and tokenized at once (on blocking threads, not the async
     /// workers); more wait their turn.
     pub(crate) prepare: Arc<tokio::sync::Semaphore>,
-    /// `--alias`: the model id, instead of one made from the seal's name.
-    alias: Option<String>,
+    /// The model id, when known before the engine is: `--alias`, or the seal's name as a
+    /// slug (made once, at build).
+    model_id: Option<String>,
     /// With `--api-keys`: who may use the model.
     pub(crate) api_keys: Option<Arc<ApiKeys>>,
     /// When the engine became ready, in Unix seconds (0 before): the model's `created`.
@@ -354,6 +355,9 @@ impl AppStateBuilder {
 
     /// The state, `Locked`, with a fresh [`WrappingKey`].
     pub fn build(self) -> AppState {
+        let model_id = self
+            .alias
+            .or_else(|| self.header.name().and_then(veil_openai::model_slug));
         AppState {
             lifecycle: RwLock::new(Lifecycle::Locked),
             attester: self.attester,
@@ -370,7 +374,7 @@ impl AppStateBuilder {
             prepare: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             )),
-            alias: self.alias,
+            model_id,
             api_keys: self.api_keys,
             ready_at: AtomicU64::new(0),
         }
@@ -468,9 +472,8 @@ impl AppState {
     /// The model id clients name: `--alias`, or the seal's name as a slug
     /// ([`veil_openai::model_slug`]), or the model's own name as one.
     pub fn model_id(&self, engine: &dyn Engine) -> String {
-        self.alias
+        self.model_id
             .clone()
-            .or_else(|| self.header.name().and_then(veil_openai::model_slug))
             .or_else(|| veil_openai::model_slug(&engine.info().name))
             .unwrap_or_else(|| "model".to_owned())
     }
