@@ -394,6 +394,9 @@ pub fn chat(args: ChatArgs) -> CmdResult {
         let mut session = connect_verified(&upstream, url, verbose).await?;
         eprintln!("type a message (/reset forgets the conversation, /quit leaves)");
         let mut history: Vec<Value> = Vec::new();
+        // The server reuses this conversation's prompt prefix only for requests that
+        // carry this key, a secret of this conversation (docs/threat-model.md).
+        let mut conversation = conversation_key();
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut out = std::io::stdout();
         let interactive = std::io::stdin().is_terminal();
@@ -410,13 +413,15 @@ pub fn chat(args: ChatArgs) -> CmdResult {
                 "/quit" | "/exit" => return Ok(()),
                 "/reset" => {
                     history.clear();
+                    conversation = conversation_key();
                     eprintln!("(conversation forgotten)");
                     continue;
                 }
                 _ => {}
             }
             history.push(json!({ "role": "user", "content": line }));
-            let request = args.sampling.request(&history);
+            let mut request = args.sampling.request(&history);
+            request["prompt_cache_key"] = json!(conversation);
             let answer = match stream_chat(&mut session, &headers, &request, &mut out).await {
                 Ok(answer) => answer,
                 Err(e) if session.is_closed() => {
@@ -432,6 +437,14 @@ pub fn chat(args: ChatArgs) -> CmdResult {
             history.push(json!({ "role": "assistant", "content": answer }));
         }
     })
+}
+
+/// A random `prompt_cache_key` for one conversation (128 bits, hex).
+fn conversation_key() -> String {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("the system CSPRNG works");
+    hex::encode(b)
 }
 
 async fn connect_verified(

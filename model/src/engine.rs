@@ -23,8 +23,8 @@ use crate::memfd::ModelFile;
 use crate::template::ChatTemplate;
 use crate::text::{Step, TextStream};
 use crate::{
-    Engine, EngineConfig, EngineError, Event, EventStream, FinishReason, GenerateRequest,
-    ModelInfo, Prompt, SamplingParams, Timings, Usage,
+    CacheScope, Engine, EngineConfig, EngineError, Event, EventStream, FinishReason,
+    GenerateRequest, ModelInfo, Prompt, SamplingParams, Timings, Usage,
 };
 
 /// Tokens of history that the repetition penalty looks at.
@@ -63,6 +63,7 @@ struct Shared {
 struct Job {
     prompt: Vec<LlamaToken>,
     params: SamplingParams,
+    scope: Option<CacheScope>,
     max_tokens: u32,
     submitted: Instant,
     events: UnboundedSender<Event>,
@@ -364,6 +365,7 @@ impl Engine for LlamaEngine {
         self.queue.push(Job {
             prompt,
             params,
+            scope: request.cache_scope,
             max_tokens,
             submitted,
             events,
@@ -390,8 +392,14 @@ struct Sequence {
     argmax: bool,
     ignore_eos: bool,
     prompt: Vec<LlamaToken>,
-    /// Prompt tokens already decoded.
+    /// Prompt tokens already decoded (reused ones included).
     prompt_done: usize,
+    /// Prompt tokens whose cells were reused from this scope's earlier request.
+    cached: u32,
+    /// Who may reuse the cells this sequence leaves.
+    scope: Option<CacheScope>,
+    /// The tokens whose cells are in this sequence's KV cache, in position order.
+    cells: Vec<LlamaToken>,
     /// Position of the next token fed to this sequence.
     pos: i32,
     /// The last sampled token, to be fed next (none while reading the prompt).
@@ -411,6 +419,7 @@ impl Sequence {
         Usage {
             prompt_tokens: self.prompt.len() as u32,
             completion_tokens: self.generated,
+            cached_tokens: self.cached,
         }
     }
 
@@ -448,6 +457,20 @@ struct Worker<'m> {
     /// Free sequence ids.
     free: Vec<i32>,
     active: Vec<Sequence>,
+    /// What each sequence's KV cache holds while it is free, by sequence id.
+    slots: Vec<Slot>,
+    /// Counts releases, for least-recently-used eviction of cached prefixes.
+    clock: u64,
+}
+
+/// The cells a free sequence kept for reuse: at most one cached prefix per sequence, so
+/// `parallel` in all; the least recently used one of another scope is evicted first.
+#[derive(Default)]
+struct Slot {
+    /// `None`: nothing reusable (its cells are cleared).
+    scope: Option<CacheScope>,
+    tokens: Vec<LlamaToken>,
+    released: u64,
 }
 
 impl<'m> Worker<'m> {
@@ -489,6 +512,8 @@ impl<'m> Worker<'m> {
             batch_size: batch_size as usize,
             free: (0..parallel).rev().collect(),
             active: Vec::new(),
+            slots: (0..parallel).map(|_| Slot::default()).collect(),
+            clock: 0,
         })
     }
 
@@ -513,11 +538,7 @@ impl<'m> Worker<'m> {
         if job.events.is_closed() {
             return; // the client went away while waiting
         }
-        let id = self
-            .free
-            .pop()
-            .expect("admit is called only with a free sequence");
-        let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+        let (id, reused) = self.take_sequence(job.scope, &job.prompt);
         let mut sampler = sampler(&job.params, self.shared);
         let grammar = match job.params.grammar.as_deref() {
             None => None,
@@ -526,7 +547,8 @@ impl<'m> Worker<'m> {
                 Err(e) => {
                     // It parsed at submit: this is llama.cpp's own failure.
                     let _ = job.events.send(Event::Error(e));
-                    self.free.push(id);
+                    self.forget(id);
+                    self.return_free(id);
                     return;
                 }
             },
@@ -538,6 +560,8 @@ impl<'m> Worker<'m> {
         if !argmax {
             sampler.accept_many(&job.prompt);
         }
+        let cells = self.slots[id as usize].tokens[..reused].to_vec();
+        self.slots[id as usize] = Slot::default();
         self.active.push(Sequence {
             id,
             events: job.events,
@@ -546,8 +570,11 @@ impl<'m> Worker<'m> {
             argmax,
             ignore_eos: job.params.ignore_eos,
             prompt: job.prompt,
-            prompt_done: 0,
-            pos: 0,
+            prompt_done: reused,
+            cached: reused as u32,
+            scope: job.scope,
+            cells,
+            pos: reused as i32,
             next: None,
             logits_at: None,
             generated: 0,
@@ -559,13 +586,84 @@ impl<'m> Worker<'m> {
         });
     }
 
-    /// Frees the sequence at `i` (its KV cells are cleared, its id reused).
-    fn release(&mut self, i: usize) {
-        let seq = self.active.swap_remove(i);
-        let _ = self.ctx.clear_kv_cache_seq(Some(seq.id as u32), None, None);
-        self.free.push(seq.id);
-        // Highest first, so that `pop` reuses the lowest id and active ids stay consecutive.
+    /// A free sequence for a prompt of `scope`, and how many of the prompt's tokens its KV
+    /// cache already holds: the free sequence of the same scope with the longest common
+    /// prefix (at least one prompt token is left to decode, for the logits); otherwise an
+    /// empty one (lowest id first), or the least recently released one, whose cells are
+    /// cleared. Cells of another scope are never reused.
+    fn take_sequence(&mut self, scope: Option<CacheScope>, prompt: &[LlamaToken]) -> (i32, usize) {
+        let limit = prompt.len().saturating_sub(1);
+        let matching = scope.and_then(|scope| {
+            self.free
+                .iter()
+                .map(|&id| {
+                    let slot = &self.slots[id as usize];
+                    let n = if slot.scope == Some(scope) {
+                        common_prefix(&slot.tokens, prompt).min(limit)
+                    } else {
+                        0
+                    };
+                    (id, n)
+                })
+                .filter(|&(_, n)| n > 0)
+                .max_by_key(|&(id, n)| (n, std::cmp::Reverse(id)))
+        });
+        if let Some((id, n)) = matching {
+            self.free.retain(|&f| f != id);
+            // The cells past the common prefix go; the prefix stays.
+            if self
+                .ctx
+                .clear_kv_cache_seq(Some(id as u32), Some(n as u32), None)
+                .unwrap_or(false)
+            {
+                return (id, n);
+            }
+            // A memory that cannot drop a suffix (not the case for transformers): start over.
+            self.forget(id);
+            return (id, 0);
+        }
+        let id = self
+            .free
+            .iter()
+            .copied()
+            .min_by_key(|&id| {
+                let slot = &self.slots[id as usize];
+                (slot.scope.is_some(), slot.released, id)
+            })
+            .expect("admit is called only with a free sequence");
+        self.free.retain(|&f| f != id);
+        self.forget(id);
+        (id, 0)
+    }
+
+    /// Clears the KV cells of sequence `id` and what its slot remembers of them.
+    fn forget(&mut self, id: i32) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+        self.slots[id as usize] = Slot::default();
+    }
+
+    fn return_free(&mut self, id: i32) {
+        self.free.push(id);
+        // Highest first, so that the lowest id is preferred and active ids stay consecutive.
         self.free.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
+    /// Frees the sequence at `i`, its id reused. With `keep` and a cache scope, its KV cells
+    /// stay for a later request of that scope; otherwise they are cleared.
+    fn release(&mut self, i: usize, keep: bool) {
+        let seq = self.active.swap_remove(i);
+        match seq.scope {
+            Some(scope) if keep => {
+                self.clock += 1;
+                self.slots[seq.id as usize] = Slot {
+                    scope: Some(scope),
+                    tokens: seq.cells,
+                    released: self.clock,
+                };
+            }
+            _ => self.forget(seq.id),
+        }
+        self.return_free(seq.id);
     }
 
     /// One decode: the next token of every generating sequence, then prompt tokens of the
@@ -575,7 +673,7 @@ impl<'m> Worker<'m> {
         // Sequences whose consumer went away need no more work.
         for i in (0..self.active.len()).rev() {
             if self.active[i].events.is_closed() {
-                self.release(i);
+                self.release(i, true);
             }
         }
         if self.active.is_empty() {
@@ -591,6 +689,7 @@ impl<'m> Worker<'m> {
                 self.batch
                     .add(t, seq.pos, &[seq.id], true)
                     .expect("the batch holds a token per sequence");
+                seq.cells.push(t);
                 seq.logits_at = Some(self.batch.n_tokens() - 1);
                 seq.pos += 1;
                 budget -= 1;
@@ -607,6 +706,7 @@ impl<'m> Worker<'m> {
                 self.batch
                     .add(t, seq.pos, &[seq.id], last)
                     .expect("within the batch budget");
+                seq.cells.push(t);
                 seq.pos += 1;
                 if last {
                     seq.logits_at = Some(self.batch.n_tokens() - 1);
@@ -624,7 +724,7 @@ impl<'m> Worker<'m> {
                     let _ = self.active[i]
                         .events
                         .send(Event::Error(EngineError::Decode(e.to_string())));
-                    self.release(i);
+                    self.release(i, false);
                 }
             }
             return;
@@ -686,9 +786,14 @@ impl<'m> Worker<'m> {
             }
         }
         for i in ended.into_iter().rev() {
-            self.release(i);
+            self.release(i, true);
         }
     }
+}
+
+/// How many tokens `a` and `b` share at their start.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// The llama.cpp sampler chain for one request.

@@ -194,6 +194,24 @@ pub struct GenerateRequest {
     pub prompt: Prompt,
     /// How to sample.
     pub params: SamplingParams,
+    /// Who may reuse this request's KV cells, and whose cells it may reuse: a request
+    /// continues the longest common token prefix left by an earlier request of the same
+    /// scope (prompt reuse, as llama.cpp's `cache_prompt`), and never one of another scope,
+    /// since a fast first token would tell one user about another's prompt. `None`: no
+    /// reuse either way. The server derives it from the API key and `prompt_cache_key`.
+    pub cache_scope: Option<CacheScope>,
+}
+
+/// An opaque prompt-cache scope (see [`GenerateRequest::cache_scope`]): equal scopes share
+/// cached prefixes, different ones never do.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheScope(pub [u8; 32]);
+
+impl std::fmt::Debug for CacheScope {
+    // A scope may derive from a secret (an API key, a conversation's key): never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheScope(..)")
+    }
 }
 
 impl GenerateRequest {
@@ -202,6 +220,7 @@ impl GenerateRequest {
         GenerateRequest {
             prompt: Prompt::Chat(messages),
             params: SamplingParams::default(),
+            cache_scope: None,
         }
     }
 
@@ -210,6 +229,7 @@ impl GenerateRequest {
         GenerateRequest {
             prompt: Prompt::Text(text.into()),
             params: SamplingParams::default(),
+            cache_scope: None,
         }
     }
 }
@@ -231,6 +251,9 @@ pub struct Usage {
     pub prompt_tokens: u32,
     /// Tokens generated (an end-of-generation token is not counted).
     pub completion_tokens: u32,
+    /// Prompt tokens whose KV cells were reused from an earlier request of the same cache
+    /// scope rather than computed (OpenAI's `prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: u32,
 }
 
 /// Where a request's time went (for logs and metrics).

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use veil_model::{
-    tiny, ChatMessage, Engine, EngineConfig, EngineError, Event, EventStream, FinishReason,
-    GenerateRequest, Generation, LlamaEngine, SamplingParams,
+    tiny, CacheScope, ChatMessage, Engine, EngineConfig, EngineError, Event, EventStream,
+    FinishReason, GenerateRequest, Generation, LlamaEngine, SamplingParams,
 };
 
 fn engine() -> LlamaEngine {
@@ -337,4 +337,128 @@ fn a_grammar_confines_the_output_and_a_bad_one_is_refused_at_submit() {
         Err(EngineError::InvalidRequest(m)) => assert!(m.contains("grammar"), "{m}"),
         other => panic!("a bad grammar must be refused: {other:?}"),
     }
+}
+
+fn scoped(mut request: GenerateRequest, scope: u8) -> GenerateRequest {
+    request.cache_scope = Some(CacheScope([scope; 32]));
+    request
+}
+
+fn text(prompt: &str, max_tokens: u32) -> GenerateRequest {
+    let mut r = GenerateRequest::text(prompt);
+    r.params = SamplingParams::greedy(max_tokens);
+    r.params.ignore_eos = true;
+    r
+}
+
+const SHARED: &str = "a prompt long enough to be worth keeping: one two three four five six";
+
+#[test]
+fn a_scope_reuses_its_own_prompt_prefix_and_never_another_scopes() {
+    let e = engine();
+    let alone = e.generate_blocking(text(SHARED, 8)).expect("generates");
+    let n = alone.usage.prompt_tokens;
+    assert!(n > 8, "{n}");
+    let first = e
+        .generate_blocking(scoped(text(SHARED, 8), 1))
+        .expect("generates");
+    assert_eq!(first.usage.cached_tokens, 0, "nothing to reuse yet");
+    // No scope, or another one, never reuses scope 1's cells (in this order, so that each
+    // takes the empty sequence rather than evict scope 1's).
+    for request in [text(SHARED, 8), scoped(text(SHARED, 8), 2)] {
+        let g = e.generate_blocking(request).expect("generates");
+        assert_eq!(g.usage.cached_tokens, 0);
+    }
+    // The same prompt in the same scope: every prompt token but the last (which is decoded
+    // again, for its logits) is reused, and the answer is the one computed from scratch.
+    let again = e
+        .generate_blocking(scoped(text(SHARED, 8), 1))
+        .expect("generates");
+    assert_eq!(again.usage.cached_tokens, n - 1);
+    assert_eq!(
+        (again.text.as_str(), again.usage.prompt_tokens),
+        (alone.text.as_str(), n)
+    );
+
+    // A chat's next turn reuses the previous turn's prompt and answer.
+    let mut chat = vec![ChatMessage::user(
+        "the first question, about cached prefixes",
+    )];
+    let turn = |messages: &[ChatMessage], scope: Option<u8>| {
+        let mut r = GenerateRequest::chat(messages.to_vec());
+        r.params = SamplingParams::greedy(6);
+        e.generate_blocking(match scope {
+            Some(s) => scoped(r, s),
+            None => r,
+        })
+        .expect("generates")
+    };
+    let one = turn(&chat, Some(3));
+    chat.push(ChatMessage::assistant(one.text.clone()));
+    chat.push(ChatMessage::user("and a second question"));
+    let from_scratch = turn(&chat, None);
+    let two = turn(&chat, Some(3));
+    assert!(
+        two.usage.cached_tokens >= one.usage.prompt_tokens / 2
+            && two.usage.cached_tokens < two.usage.prompt_tokens,
+        "{:?} after {:?}",
+        two.usage,
+        one.usage
+    );
+    assert_eq!(two.text, from_scratch.text);
+}
+
+#[test]
+fn cached_prefixes_are_bounded_by_the_sequences_and_the_least_recent_is_evicted() {
+    let e = engine(); // 2 sequences: 2 cached prefixes at most
+    let n = e
+        .generate_blocking(text(SHARED, 4))
+        .expect("generates")
+        .usage
+        .prompt_tokens;
+    let cached = |scope: u8| {
+        e.generate_blocking(scoped(text(SHARED, 4), scope))
+            .expect("generates")
+            .usage
+            .cached_tokens
+    };
+    assert_eq!([cached(1), cached(2), cached(3)], [0, 0, 0]);
+    // Scope 3 took the sequence of scope 1, the least recently used.
+    assert_eq!(cached(2), n - 1, "kept");
+    assert_eq!(cached(1), 0, "evicted");
+
+    // Two requests of one scope at once: one reuses the prefix, the other starts afresh on
+    // the other sequence; both answer as alone, and the stream dropped halfway leaves
+    // consistent cells behind.
+    let alone = e.generate_blocking(text(SHARED, 8)).expect("generates");
+    let a = e.submit(scoped(text(SHARED, 8), 1)).expect("queued");
+    let b = e.submit(scoped(text(SHARED, 8), 1)).expect("queued");
+    let (ta, ea) = collect(a);
+    let (tb, eb) = collect(b);
+    let cached_of = |e: &Event| match e {
+        Event::Done { usage, .. } => usage.cached_tokens,
+        other => panic!("{other:?}"),
+    };
+    let mut both = [cached_of(&ea), cached_of(&eb)];
+    both.sort_unstable();
+    assert_eq!(both, [0, n - 1]);
+    assert_eq!(
+        (ta.as_str(), tb.as_str()),
+        (alone.text.as_str(), alone.text.as_str())
+    );
+    // The other sequence is kept busy, so that the next request waits for the cut one.
+    let busy = e.submit(text(SHARED, 128)).expect("queued");
+    let mut cut = e.submit(scoped(text(SHARED, 64), 4)).expect("queued");
+    while let Some(event) = cut.blocking_recv() {
+        if matches!(event, Event::Text(_)) {
+            break;
+        }
+    }
+    drop(cut);
+    let after = e
+        .generate_blocking(scoped(text(SHARED, 8), 4))
+        .expect("generates");
+    assert_eq!(after.usage.cached_tokens, n - 1);
+    assert_eq!(after.text, alone.text);
+    drop(busy);
 }

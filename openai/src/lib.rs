@@ -89,6 +89,8 @@ struct SamplingFields {
     logit_bias: Option<Value>,
     /// llama.cpp's extension: keep generating past end-of-generation tokens.
     ignore_eos: Option<bool>,
+    /// OpenAI's prompt-cache key: which earlier requests' prompts this one may reuse.
+    prompt_cache_key: Option<Value>,
 }
 
 /// Sampling as the request asked for it; `None` leaves the engine's default.
@@ -117,7 +119,14 @@ pub struct Sampling {
     /// A llama.cpp grammar (GBNF, start symbol `root`) the output must follow: from
     /// `response_format` `json_object` or `json_schema`.
     pub grammar: Option<String>,
+    /// `prompt_cache_key` (not sampling, but shared by both kinds of request): requests
+    /// with the same key (and, with API keys, the same caller) may reuse each other's
+    /// prompt prefix. At most [`MAX_PROMPT_CACHE_KEY`] bytes.
+    pub prompt_cache_key: Option<String>,
 }
+
+/// Longest `prompt_cache_key`, in bytes.
+pub const MAX_PROMPT_CACHE_KEY: usize = 1024;
 
 /// Most `logit_bias` entries (OpenAI's limit).
 pub const MAX_LOGIT_BIAS: usize = 300;
@@ -342,6 +351,18 @@ impl SamplingFields {
         }
         s.logit_bias = logit_bias(self.logit_bias.as_ref())?;
         s.ignore_eos = self.ignore_eos.unwrap_or(false);
+        s.prompt_cache_key = match &self.prompt_cache_key {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) if k.len() <= MAX_PROMPT_CACHE_KEY => Some(k.clone()),
+            Some(_) => {
+                return Err(RequestError::invalid(
+                    "prompt_cache_key",
+                    format!(
+                        "prompt_cache_key must be a string of at most {MAX_PROMPT_CACHE_KEY} bytes"
+                    ),
+                ))
+            }
+        };
         Ok(s)
     }
 }
@@ -787,6 +808,36 @@ mod tests {
             ),
             (Some(0.5), Some(3), vec!["x".to_owned()])
         );
+    }
+
+    #[test]
+    fn a_prompt_cache_key_is_a_bounded_string_for_chats_and_completions() {
+        let chat = |key: &str| {
+            let body = format!(
+                r#"{{"messages":[{{"role":"user","content":"Hi"}}],"prompt_cache_key":{key}}}"#
+            );
+            ChatRequest::from_json(body.as_bytes())
+                .expect("parses")
+                .check("tiny", 256)
+        };
+        let key = chat(r#""conv-1""#)
+            .expect("valid")
+            .sampling
+            .prompt_cache_key;
+        assert_eq!(key.as_deref(), Some("conv-1"));
+        assert_eq!(chat("null").expect("valid").sampling.prompt_cache_key, None);
+        for bad in [
+            "3".to_owned(),
+            format!("\"{}\"", "k".repeat(MAX_PROMPT_CACHE_KEY + 1)),
+        ] {
+            let e = chat(&bad).expect_err("refused");
+            assert_eq!(e.param, "prompt_cache_key", "{bad}");
+        }
+        let completion = CompletionRequest::from_json(br#"{"prompt":"Hi","prompt_cache_key":"c"}"#)
+            .expect("parses")
+            .check("tiny", 256)
+            .expect("valid");
+        assert_eq!(completion.sampling.prompt_cache_key.as_deref(), Some("c"));
     }
 
     fn complete(body: &str) -> Result<Completion, RequestError> {

@@ -85,10 +85,18 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 /// With `--api-keys`: a request without a listed key gets 401 before its body is read.
-async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// The caller goes to the handler as an extension (it scopes the prompt cache).
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if let Some(keys) = &state.api_keys {
-        if let Err(refused) = keys.check(req.headers()) {
-            return refused.into_response();
+        match keys.caller(req.headers()) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+            }
+            Err(refused) => return refused.into_response(),
         }
     }
     next.run(req).await

@@ -78,6 +78,14 @@ impl ApiKeys {
     /// # Errors
     /// A 401 `invalid_api_key`.
     pub fn check(&self, headers: &HeaderMap) -> Result<String, Unauthorized> {
+        self.caller(headers).map(|c| c.name)
+    }
+
+    /// Who `headers` authenticate, as [`ApiKeys::check`], with the key's digest.
+    ///
+    /// # Errors
+    /// A 401 `invalid_api_key`.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, Unauthorized> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(Unauthorized(
                 "this server requires an API key: send Authorization: Bearer KEY",
@@ -100,8 +108,28 @@ impl ApiKeys {
             .read()
             .expect("no panics while holding the keys")
             .get(&digest)
-            .cloned()
+            .map(|name| Caller {
+                digest,
+                name: name.clone(),
+            })
             .ok_or(Unauthorized("the API key is not valid for this server"))
+    }
+}
+
+/// The holder of a listed API key, as the model routes see it (a request extension).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// SHA-256 of the key: what scopes the caller's prompt cache.
+    pub digest: [u8; 32],
+    /// The key's name, for the log.
+    pub name: String,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

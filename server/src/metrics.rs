@@ -16,6 +16,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     /// Prompt tokens processed.
     tokens_in: AtomicU64,
+    tokens_cached: AtomicU64,
     /// Tokens generated.
     tokens_out: AtomicU64,
     /// Evidence produced.
@@ -61,9 +62,11 @@ impl Metrics {
     }
 
     /// Adds token counts.
-    pub fn count_tokens(&self, prompt: u32, completion: u32) {
+    pub fn count_tokens(&self, prompt: u32, completion: u32, cached: u32) {
         self.tokens_in
             .fetch_add(u64::from(prompt), Ordering::Relaxed);
+        self.tokens_cached
+            .fetch_add(u64::from(cached), Ordering::Relaxed);
         self.tokens_out
             .fetch_add(u64::from(completion), Ordering::Relaxed);
     }
@@ -125,7 +128,7 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>()
         };
-        let families: [Family; 14] = [
+        let families: [Family; 15] = [
             (
                 "veil_requests_total",
                 "counter",
@@ -149,6 +152,12 @@ impl Metrics {
                 "counter",
                 None,
                 one(load(&self.tokens_in).to_string()),
+            ),
+            (
+                "veil_tokens_cached_total",
+                "counter",
+                Some("Prompt tokens reused from an earlier request of the same cache scope."),
+                one(load(&self.tokens_cached).to_string()),
             ),
             (
                 "veil_tokens_out_total",
@@ -247,7 +256,7 @@ mod tests {
         m.count("/ready", 503);
         m.count("/ready", 503);
         m.count("/health", 200);
-        m.count_tokens(5, 7);
+        m.count_tokens(5, 7, 3);
         m.attestations.store(3, Ordering::Relaxed);
         m.unseal_ms.store(1234, Ordering::Relaxed);
         m.unsealed_bytes.store(99, Ordering::Relaxed);
@@ -275,6 +284,9 @@ mod tests {
              veil_queue_depth 2\n\
              # TYPE veil_tokens_in_total counter\n\
              veil_tokens_in_total 5\n\
+             # HELP veil_tokens_cached_total Prompt tokens reused from an earlier request of the same cache scope.\n\
+             # TYPE veil_tokens_cached_total counter\n\
+             veil_tokens_cached_total 3\n\
              # TYPE veil_tokens_out_total counter\n\
              veil_tokens_out_total 7\n\
              # TYPE veil_attestations_total counter\n\

@@ -10,11 +10,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::stream;
 use serde_json::{json, Value};
-use veil_model::{ChatMessage, Engine, EngineError, Event, GenerateRequest, SamplingParams};
+use veil_model::{
+    CacheScope, ChatMessage, Engine, EngineError, Event, GenerateRequest, SamplingParams,
+};
 use veil_openai::{Chat, ChatRequest, CompletionRequest, ErrorKind, RequestError, Sampling};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Json};
 use crate::state::{AppState, Lifecycle};
 
@@ -95,8 +99,32 @@ fn sampling_params(s: Sampling) -> SamplingParams {
     }
 }
 
+/// Whose cached prompt prefixes a request may reuse (`docs/threat-model.md`, "Prompt
+/// reuse"): with API keys, the caller's own, narrowed by `prompt_cache_key` when given;
+/// without, only those of requests that sent the same `prompt_cache_key`, a secret the
+/// client picks per conversation (`veil chat` does); with neither, none.
+fn cache_scope(caller: Option<&Caller>, prompt_cache_key: Option<&str>) -> Option<CacheScope> {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    d.update(b"veil prompt cache scope v1\0");
+    match (caller, prompt_cache_key) {
+        (None, None) => return None,
+        (Some(caller), _) => {
+            d.update(b"api key\0");
+            d.update(&caller.digest);
+        }
+        (None, Some(_)) => d.update(b"no api key\0"),
+    }
+    if let Some(key) = prompt_cache_key {
+        d.update(b"prompt_cache_key\0");
+        d.update(key.as_bytes());
+    }
+    Some(CacheScope(
+        d.finish().as_ref().try_into().expect("SHA-256 is 32 bytes"),
+    ))
+}
+
 /// A checked chat as the engine takes it.
-fn chat_request(chat: Chat) -> GenerateRequest {
+fn chat_request(chat: Chat, caller: Option<&Caller>) -> GenerateRequest {
     let messages = chat
         .messages
         .into_iter()
@@ -106,6 +134,7 @@ fn chat_request(chat: Chat) -> GenerateRequest {
         })
         .collect();
     let mut request = GenerateRequest::chat(messages);
+    request.cache_scope = cache_scope(caller, chat.sampling.prompt_cache_key.as_deref());
     request.params = sampling_params(chat.sampling);
     request
 }
@@ -191,6 +220,7 @@ fn completion_id(prefix: &str) -> String {
 /// `POST /v1/chat/completions`: a completion, or server-sent events with `stream: true`.
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     Json(req): Json<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
@@ -205,13 +235,15 @@ pub(crate) async fn chat_completions(
         stream,
         include_usage,
     };
-    generate(state, engine, chat_request(chat), answer).await
+    let request = chat_request(chat, caller.as_ref().map(|c| &c.0));
+    generate(state, engine, request, answer).await
 }
 
 /// `POST /v1/completions`: the prompt continued as it is (no chat template), or
 /// server-sent events with `stream: true`.
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
+    caller: Option<Extension<Caller>>,
     Json(req): Json<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let engine = engine(&state)?;
@@ -226,6 +258,10 @@ pub(crate) async fn completions(
         include_usage: completion.include_usage,
     };
     let mut request = GenerateRequest::text(completion.prompt);
+    request.cache_scope = cache_scope(
+        caller.as_ref().map(|c| &c.0),
+        completion.sampling.prompt_cache_key.as_deref(),
+    );
     request.params = sampling_params(completion.sampling);
     generate(state, engine, request, answer).await
 }
@@ -289,16 +325,25 @@ async fn generate(
         Kind::Text => (completion_id("cmpl"), "text_completion", "text_completion"),
     };
     let created = now_secs();
-    let usage_json = |u: &veil_model::Usage| json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens });
+    let usage_json = |u: &veil_model::Usage| {
+        json!({
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
+        })
+    };
     if !stream {
         let mut text = String::new();
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
                 Event::Done { finish, usage, .. } => {
-                    state
-                        .metrics
-                        .count_tokens(usage.prompt_tokens, usage.completion_tokens);
+                    state.metrics.count_tokens(
+                        usage.prompt_tokens,
+                        usage.completion_tokens,
+                        usage.cached_tokens,
+                    );
                     let choice = match kind {
                         Kind::Chat => {
                             json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
@@ -363,9 +408,11 @@ async fn generate(
                             Phase::Streaming,
                         ),
                         Some(Event::Done { finish, usage, .. }) => {
-                            state
-                                .metrics
-                                .count_tokens(usage.prompt_tokens, usage.completion_tokens);
+                            state.metrics.count_tokens(
+                                usage.prompt_tokens,
+                                usage.completion_tokens,
+                                usage.cached_tokens,
+                            );
                             let mut evs =
                                 vec![SseEvent::default()
                                     .data(chunk(None, json!(finish)).to_string())];

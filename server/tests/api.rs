@@ -523,6 +523,88 @@ async fn api_keys_guard_the_models_routes_and_nothing_else() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+#[tokio::test]
+async fn a_prompt_prefix_is_reused_only_by_the_same_key_and_prompt_cache_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("api-keys");
+    let digest = |k: &str| hex::encode(ring::digest::digest(&ring::digest::SHA256, k.as_bytes()));
+    std::fs::write(
+        &path,
+        format!(
+            "sha256:{} alice\nsha256:{} bob\n",
+            digest("sk-alice"),
+            digest("sk-bob")
+        ),
+    )
+    .expect("write");
+    let keys = std::sync::Arc::new(veil_server::auth::ApiKeys::load(&path).expect("keys"));
+    let f = fixture_custom(
+        EngineConfig::small(), // 2 sequences: 2 cached prefixes
+        &veil_model::tiny::gguf(3),
+        veil_sealing::SealOptions::default(),
+        |b| b.api_keys(Some(std::sync::Arc::clone(&keys))),
+    );
+    provision_and_wait(&f).await;
+    // Usage of the same chat sent by `key` with `cache_key`: (prompt, cached) tokens.
+    let usage = |key: &'static str, cache_key: Option<&'static str>| {
+        let f = &f;
+        async move {
+            let mut body = chat(2, false);
+            if let Some(c) = cache_key {
+                body["prompt_cache_key"] = json!(c);
+            }
+            let mut req = post("/v1/chat/completions", body);
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {key}").parse().expect("header"),
+            );
+            let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body: Value = serde_json::from_str(&body_text(resp).await).expect("json");
+            let u = &body["usage"];
+            (
+                u["prompt_tokens"].as_u64().expect("prompt_tokens"),
+                u["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .expect("cached_tokens"),
+            )
+        }
+    };
+    let (n, cached) = usage("sk-alice", Some("c1")).await;
+    assert_eq!(cached, 0);
+    // Bob's requests never reuse Alice's prefix, whatever cache key he sends.
+    assert_eq!(usage("sk-bob", Some("c1")).await, (n, 0));
+    assert_eq!(usage("sk-alice", Some("c1")).await, (n, n - 1));
+    // Without a prompt_cache_key, Alice's requests share her key's own scope.
+    assert_eq!(usage("sk-alice", None).await, (n, 0));
+    assert_eq!(usage("sk-alice", None).await, (n, n - 1));
+}
+
+#[tokio::test]
+async fn without_api_keys_only_a_shared_prompt_cache_key_reuses_a_prefix() {
+    let f = fixture(EngineConfig::small());
+    provision_and_wait(&f).await;
+    let cached = |cache_key: Option<&'static str>| {
+        let f = &f;
+        async move {
+            let mut body =
+                json!({ "prompt": "one two three four five six seven", "max_tokens": 2 });
+            if let Some(c) = cache_key {
+                body["prompt_cache_key"] = json!(c);
+            }
+            let (status, body) = call(f, post("/v1/completions", body)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .expect("cached_tokens")
+        }
+    };
+    assert_eq!([cached(None).await, cached(None).await], [0, 0]);
+    assert_eq!(cached(Some("conversation-1")).await, 0);
+    assert!(cached(Some("conversation-1")).await > 0);
+    assert_eq!(cached(Some("conversation-2")).await, 0);
+}
+
 /// The answer's content for a chat request with `extra` fields.
 async fn content(f: &Fixture, extra: Value) -> String {
     let mut req = json!({ "messages": [{ "role": "user", "content": "hello" }], "max_tokens": 4 });

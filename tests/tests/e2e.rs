@@ -74,12 +74,16 @@ fn seal_start_verify_provision_ask_and_a_refused_provision_sends_nothing() {
 
 /// `veil_tokens_in_total` of a server.
 fn tokens_in(server: &harness::Server) -> u64 {
+    counter(server, "veil_tokens_in_total")
+}
+
+fn counter(server: &harness::Server, name: &str) -> u64 {
     server
         .metrics()
         .lines()
-        .find_map(|l| l.strip_prefix("veil_tokens_in_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|n| n.trim().parse().ok())
-        .expect("veil_tokens_in_total")
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
 }
 
 #[test]
@@ -128,6 +132,10 @@ fn chat_sends_the_whole_conversation_each_turn() {
         "two turns of {single} prompt tokens each would be {}, the chat sent {chat}: no history",
         2 * single
     );
+    // `ask` sends no prompt_cache_key: nothing was reused before the chat. The chat's
+    // second turn reused the first turn's prompt (its conversation key).
+    let cached = counter(&server, "veil_tokens_cached_total");
+    assert!(cached > single / 2 && cached < chat, "{cached} of {chat}");
 }
 
 #[test]
