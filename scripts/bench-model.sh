@@ -22,6 +22,7 @@ target="${CARGO_TARGET_DIR:-target}"
 out="$target/bench-model"
 mkdir -p "$out"
 scripts/setup.sh --bench   # the build's packages, /usr/bin/time and the default model
+. scripts/llama-cpp.sh
 
 echo "== building Veil's bench (release)"
 cargo build --quiet --release -p veil-model --example bench
@@ -29,24 +30,11 @@ veil_bin="$target/release/examples/bench"
 
 llama_bench="${LLAMA_BENCH:-}"
 if [ -z "$llama_bench" ]; then
-  llama_bench="$out/llama-bench-$march/bin/llama-bench"
-  if [ ! -x "$llama_bench" ] || [ ! -x "$(dirname "$llama_bench")/llama-batched-bench" ]; then
-    echo "== building llama.cpp's llama-bench (-march=$march, GGML_NATIVE=OFF)"
-    version="${LLAMA_CPP_PYTHON:-0.3.36}"
-    src="$out/llama_cpp_python-$version/vendor/llama.cpp"
-    if [ ! -d "$src" ]; then
-      python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$out" "llama-cpp-python==$version" >/dev/null 2>&1 \
-        && tar -xzf "$out/llama_cpp_python-$version.tar.gz" -C "$out" || true
-    fi
-    if [ ! -d "$src" ] \
-      || ! cmake -S "$src" -B "$out/llama-bench-$march" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-          -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DCMAKE_C_FLAGS="-march=$march" -DCMAKE_CXX_FLAGS="-march=$march" \
-          -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-          -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF >"$out/llama-bench-$march.log" 2>&1 \
-      || ! cmake --build "$out/llama-bench-$march" --target llama-bench llama-batched-bench -j "$(nproc)" >>"$out/llama-bench-$march.log" 2>&1; then
-      echo "SKIPPED llama-bench: it could not be fetched or built (see $out/llama-bench-$march.log); Veil's figures only"
-      llama_bench=""
-    fi
+  echo "== llama.cpp's llama-bench (-march=$march, GGML_NATIVE=OFF; built once, about 5 minutes on 2 cores)"
+  if bin="$(build_llama_tools "$out" "$march" OFF llama-bench llama-batched-bench)"; then
+    llama_bench="$bin/llama-bench"
+  else
+    echo "SKIPPED llama-bench: it could not be fetched or built (see $out/llama-tools-*.log); Veil's figures only"
   fi
 fi
 

@@ -240,7 +240,7 @@ fn in_process(engine: &LlamaEngine) -> Gen {
                 last = now;
                 chunks += 1;
             }
-            Event::Text(_) => {}
+            Event::Text(_) | Event::Logprob(_) => {}
             Event::Done { .. } => break,
             Event::Error(e) => panic!("generation failed: {e}"),
         }

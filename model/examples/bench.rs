@@ -67,6 +67,7 @@ fn run(engine: &LlamaEngine, request: GenerateRequest) -> Run {
                 }
             }
             Event::Error(e) => panic!("request failed: {e}"),
+            Event::Logprob(_) => {}
         }
     }
     panic!("the stream ended without Done")

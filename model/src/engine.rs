@@ -24,7 +24,8 @@ use crate::template::ChatTemplate;
 use crate::text::{Step, TextStream};
 use crate::{
     CacheScope, Engine, EngineConfig, EngineError, Event, EventStream, FinishReason,
-    GenerateRequest, ModelInfo, Prompt, SamplingParams, Timings, Usage,
+    GenerateRequest, ModelInfo, Prompt, SamplingParams, Timings, TokenLogprob, Usage,
+    MAX_TOP_LOGPROBS,
 };
 
 /// Tokens of history that the repetition penalty looks at.
@@ -344,6 +345,11 @@ impl Engine for LlamaEngine {
                 "logit_bias names token {t}, but the vocabulary has {n_vocab} tokens"
             )));
         }
+        if params.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidRequest(format!(
+                "at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"
+            )));
+        }
         if let Some(g) = &params.grammar {
             // Parsed here, where a bad one is a refusal, not a failed stream.
             grammar_sampler(&self.shared.model, g)?;
@@ -391,6 +397,8 @@ struct Sequence {
     /// (which would sort a candidate array of the whole vocabulary for every token).
     argmax: bool,
     ignore_eos: bool,
+    /// Report log-probabilities with this many alternatives.
+    logprobs: Option<u32>,
     prompt: Vec<LlamaToken>,
     /// Prompt tokens already decoded (reused ones included).
     prompt_done: usize,
@@ -569,6 +577,7 @@ impl<'m> Worker<'m> {
             grammar,
             argmax,
             ignore_eos: job.params.ignore_eos,
+            logprobs: job.params.logprobs,
             prompt: job.prompt,
             prompt_done: reused,
             cached: reused as u32,
@@ -766,7 +775,16 @@ impl<'m> Worker<'m> {
                 continue;
             }
             seq.generated += 1;
-            let step = seq.text.push(&vocab.token_to_piece(token, false, None));
+            let piece = vocab.token_to_piece(token, false, None);
+            if let Some(top) = seq.logprobs {
+                let logits = self.ctx.get_logits_ith(at);
+                let event = Event::Logprob(token_logprob(logits, token, top, &vocab));
+                if seq.events.send(event).is_err() {
+                    ended.push(i); // the consumer went away
+                    continue;
+                }
+            }
+            let step = seq.text.push(&piece);
             let (out, stopped) = match step {
                 Step::Continue(t) => (t, false),
                 Step::Stop(t) => (t, true),
@@ -788,6 +806,47 @@ impl<'m> Worker<'m> {
         for i in ended.into_iter().rev() {
             self.release(i, true);
         }
+    }
+}
+
+/// The log-probability of `token` under the softmax of `logits`, and the `top` likeliest
+/// tokens' (most likely first; ties by lower id).
+fn token_logprob(
+    logits: &[f32],
+    token: LlamaToken,
+    top: u32,
+    vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = f64::from(max) + sum.ln();
+    let logprob = |l: f32| (f64::from(l) - log_z) as f32;
+    let top = top as usize;
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() == top && best.last().is_some_and(|&(_, m)| l <= m) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, m)| m >= l);
+            best.insert(at, (i, l));
+            best.truncate(top);
+        }
+    }
+    let bytes = |id: usize| {
+        let id = i32::try_from(id).unwrap_or(i32::MAX);
+        vocab.token_to_piece(LlamaToken(id), false, None)
+    };
+    TokenLogprob {
+        bytes: vocab.token_to_piece(token, false, None),
+        logprob: usize::try_from(token.0)
+            .ok()
+            .and_then(|t| logits.get(t))
+            .map_or(f32::NEG_INFINITY, |&l| logprob(l)),
+        top: best
+            .into_iter()
+            .map(|(i, l)| (bytes(i), logprob(l)))
+            .collect(),
     }
 }
 

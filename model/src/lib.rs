@@ -156,6 +156,25 @@ pub struct SamplingParams {
     /// A llama.cpp grammar (GBNF, start symbol `root`) that every sampled token must keep
     /// the output within (structured output); the request is refused if it does not parse.
     pub grammar: Option<String>,
+    /// Report each generated token's log-probability ([`Event::Logprob`]) with this many
+    /// likeliest alternatives (at most [`MAX_TOP_LOGPROBS`]); `None`: not reported.
+    pub logprobs: Option<u32>,
+}
+
+/// Most alternatives [`SamplingParams::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// A generated token's log-probability and those of the likeliest tokens at its position,
+/// under the model's own distribution (the softmax of its logits, before temperature,
+/// penalties, biases or a grammar), as llama.cpp's server reports them by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes: a piece of UTF-8 text, not always whole characters.
+    pub bytes: Vec<u8>,
+    /// Natural logarithm of its probability.
+    pub logprob: f32,
+    /// The likeliest tokens (bytes, log-probability), most likely first.
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -172,6 +191,7 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             ignore_eos: false,
             grammar: None,
+            logprobs: None,
         }
     }
 }
@@ -272,6 +292,10 @@ pub struct Timings {
 pub enum Event {
     /// More text: whole UTF-8 characters, never any part of a stop sequence.
     Text(String),
+    /// With [`SamplingParams::logprobs`]: the next generated token's log-probability, sent
+    /// before the text that holds it (that text may be held back, or never sent when it
+    /// belongs to a stop sequence).
+    Logprob(TokenLogprob),
     /// The end: why, and the counts. Nothing follows.
     Done {
         /// Why generation ended.
@@ -296,6 +320,8 @@ pub struct Generation {
     pub usage: Usage,
     /// Where the time went.
     pub timings: Timings,
+    /// With [`SamplingParams::logprobs`]: each generated token's.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// What the server needs to know about the loaded model.
@@ -386,9 +412,11 @@ pub trait Engine: Send + Sync {
     fn generate_blocking(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
         let mut stream = self.submit(request)?;
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         while let Some(event) = stream.blocking_recv() {
             match event {
                 Event::Text(t) => text.push_str(&t),
+                Event::Logprob(l) => logprobs.push(l),
                 Event::Done {
                     finish,
                     usage,
@@ -399,6 +427,7 @@ pub trait Engine: Send + Sync {
                         finish,
                         usage,
                         timings,
+                        logprobs,
                     })
                 }
                 Event::Error(e) => return Err(e),

@@ -65,9 +65,11 @@ fn ask(question: &str, max_tokens: u32) -> GenerateRequest {
 
 fn collect(mut stream: EventStream) -> Generation {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = stream.blocking_recv() {
         match event {
             veil_model::Event::Text(t) => text.push_str(&t),
+            veil_model::Event::Logprob(l) => logprobs.push(l),
             veil_model::Event::Done {
                 finish,
                 usage,
@@ -78,6 +80,7 @@ fn collect(mut stream: EventStream) -> Generation {
                     finish,
                     usage,
                     timings,
+                    logprobs,
                 }
             }
             veil_model::Event::Error(e) => panic!("{e}"),

@@ -462,3 +462,60 @@ fn cached_prefixes_are_bounded_by_the_sequences_and_the_least_recent_is_evicted(
     assert_eq!(after.text, alone.text);
     drop(busy);
 }
+
+#[test]
+fn logprobs_come_with_every_generated_token_and_greedy_picks_the_likeliest() {
+    let e = engine();
+    let mut r = greedy("tell me about the weather", 12);
+    r.params.logprobs = Some(3);
+    let g = e.generate_blocking(r.clone()).expect("generates");
+    assert_eq!(g.logprobs.len(), g.usage.completion_tokens as usize);
+    assert!(!g.logprobs.is_empty());
+    let mut bytes = Vec::new();
+    for l in &g.logprobs {
+        assert_eq!(l.top.len(), 3);
+        assert!(l.top.windows(2).all(|w| w[0].1 >= w[1].1), "{l:?}");
+        assert!(l.logprob <= 0.0 && l.logprob.is_finite(), "{l:?}");
+        let mass: f32 = l.top.iter().map(|(_, lp)| lp.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "{mass}");
+        // Greedy: the chosen token is the likeliest one.
+        assert_eq!((&l.bytes, l.logprob), (&l.top[0].0, l.top[0].1));
+        bytes.extend_from_slice(&l.bytes);
+    }
+    assert_eq!(String::from_utf8_lossy(&bytes), g.text);
+    // Not asked for: none, and the same answer.
+    r.params.logprobs = None;
+    let plain = e.generate_blocking(r.clone()).expect("generates");
+    assert!(plain.logprobs.is_empty());
+    assert_eq!(plain.text, g.text);
+    // Sampled at a high temperature, the chosen token is not always the likeliest, and its
+    // reported log-probability is still the model's.
+    r.params = SamplingParams {
+        temperature: 1.5,
+        top_k: 0,
+        top_p: 1.0,
+        seed: Some(7),
+        max_tokens: 24,
+        ignore_eos: true,
+        logprobs: Some(1),
+        ..SamplingParams::default()
+    };
+    let hot = e.generate_blocking(r.clone()).expect("generates");
+    assert_eq!(hot.logprobs.len(), 24);
+    assert!(hot
+        .logprobs
+        .iter()
+        .all(|l| l.top.len() == 1 && l.logprob <= l.top[0].1));
+    assert!(
+        hot.logprobs.iter().any(|l| l.logprob < l.top[0].1),
+        "a sampled token below the likeliest"
+    );
+    r.params.logprobs = Some(0);
+    let bare = e.generate_blocking(r.clone()).expect("generates");
+    assert!(bare.logprobs.iter().all(|l| l.top.is_empty()));
+    r.params.logprobs = Some(21);
+    assert!(matches!(
+        e.submit(r).map(drop),
+        Err(EngineError::InvalidRequest(_))
+    ));
+}

@@ -49,7 +49,7 @@ pub const MAX_IGNORED_NAMES: usize = 8;
 
 /// The OpenAI chat completion request. The fields Veil honours are parsed and checked;
 /// those whose meaning it cannot honour are refused by name when they ask for it
-/// (`n` > 1, structured output, log-probabilities, a required tool call, audio); any
+/// (`n` > 1, a required tool call, audio); any
 /// other field is accepted and ignored, as OpenAI's API and llama.cpp's server do
 /// ([`ChatRequest::ignored`] names them).
 #[derive(Debug, Clone, Deserialize)]
@@ -123,7 +123,17 @@ pub struct Sampling {
     /// with the same key (and, with API keys, the same caller) may reuse each other's
     /// prompt prefix. At most [`MAX_PROMPT_CACHE_KEY`] bytes.
     pub prompt_cache_key: Option<String>,
+    /// Report each token's log-probability and this many alternatives (chat:
+    /// `logprobs: true` with `top_logprobs`, at most [`MAX_TOP_LOGPROBS`]; completions:
+    /// `logprobs: N`, at most [`MAX_COMPLETION_LOGPROBS`]).
+    pub logprobs: Option<u32>,
 }
+
+/// Most `top_logprobs` of a chat completion (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// Most `logprobs` of a text completion (OpenAI's limit).
+pub const MAX_COMPLETION_LOGPROBS: u32 = 5;
 
 /// Longest `prompt_cache_key`, in bytes.
 pub const MAX_PROMPT_CACHE_KEY: usize = 1024;
@@ -210,6 +220,25 @@ impl ChatRequest {
         }
         self.refuse_what_cannot_be_honoured()?;
         let mut sampling = self.sampling.check()?;
+        sampling.logprobs = match (self.logprobs, self.top_logprobs) {
+            (Some(true), top) => {
+                let top = top.unwrap_or(0);
+                if top > MAX_TOP_LOGPROBS {
+                    return Err(RequestError::invalid(
+                        "top_logprobs",
+                        format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"),
+                    ));
+                }
+                Some(top)
+            }
+            (_, Some(top)) if top > 0 => {
+                return Err(RequestError::invalid(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs: true",
+                ))
+            }
+            _ => None,
+        };
         sampling.grammar = response_format(self.response_format.as_ref())?;
         if sampling.grammar.is_some() && sampling.ignore_eos {
             return Err(RequestError::invalid(
@@ -233,12 +262,6 @@ impl ChatRequest {
 
     /// Fields Veil knows and cannot honour, refused by name when they ask for something.
     fn refuse_what_cannot_be_honoured(&self) -> Result<(), RequestError> {
-        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(RequestError::invalid(
-                "logprobs",
-                "logprobs are not supported by this server",
-            ));
-        }
         // Tools may be offered (an agent always sends them); this model's chat template
         // cannot call one, so a request that requires a call is refused.
         match &self.tool_choice {
@@ -414,7 +437,7 @@ pub const COMPLETION_DEFAULT_MAX_TOKENS: u32 = 16;
 /// OpenAI's text completion request (`POST /v1/completions`): a prompt the model
 /// continues as it is, with no chat template (special tokens in it are read as such, as
 /// llama.cpp's server does). The sampling fields are those of [`ChatRequest`]; `n`,
-/// `best_of` above 1, `echo`, `suffix` and `logprobs` are refused by name; other fields
+/// `best_of` above 1, `echo` and `suffix` are refused by name; other fields
 /// are accepted and ignored.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
@@ -510,17 +533,21 @@ impl CompletionRequest {
                 "suffix (insertion) is not supported",
             ));
         }
-        if self
-            .logprobs
-            .as_ref()
-            .is_some_and(|l| !l.is_null() && l.as_u64() != Some(0))
-        {
-            return Err(RequestError::invalid(
-                "logprobs",
-                "logprobs are not supported by this server",
-            ));
-        }
         let mut sampling = self.sampling.check()?;
+        sampling.logprobs = match &self.logprobs {
+            None | Some(Value::Null) => None,
+            Some(n) => match n.as_u64() {
+                Some(n) if n <= u64::from(MAX_COMPLETION_LOGPROBS) => Some(n as u32),
+                _ => {
+                    return Err(RequestError::invalid(
+                        "logprobs",
+                        format!(
+                            "logprobs must be an integer between 0 and {MAX_COMPLETION_LOGPROBS}"
+                        ),
+                    ))
+                }
+            },
+        };
         sampling.max_tokens = sampling.max_tokens.or(Some(COMPLETION_DEFAULT_MAX_TOKENS));
         Ok(Completion {
             prompt,
@@ -811,6 +838,20 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_ask_for_the_chosen_tokens_and_up_to_20_alternatives() {
+        let user = r#""messages":[{"role":"user","content":"Hi"}]"#;
+        for (extra, want) in [
+            (r#""logprobs":true,"top_logprobs":3"#, Some(3)),
+            (r#""logprobs":true"#, Some(0)),
+            (r#""logprobs":false,"top_logprobs":0"#, None),
+            (r#""logprobs":null"#, None),
+        ] {
+            let chat = check(&format!("{{{user},{extra}}}")).expect(extra);
+            assert_eq!(chat.sampling.logprobs, want, "{extra}");
+        }
+    }
+
+    #[test]
     fn a_prompt_cache_key_is_a_bounded_string_for_chats_and_completions() {
         let chat = |key: &str| {
             let body = format!(
@@ -874,7 +915,8 @@ mod tests {
             (r#"{"prompt":"x","best_of":3}"#, "best_of"),
             (r#"{"prompt":"x","echo":true}"#, "echo"),
             (r#"{"prompt":"x","suffix":"y"}"#, "suffix"),
-            (r#"{"prompt":"x","logprobs":2}"#, "logprobs"),
+            (r#"{"prompt":"x","logprobs":6}"#, "logprobs"),
+            (r#"{"prompt":"x","logprobs":true}"#, "logprobs"),
             (r#"{"prompt":"x","temperature":3}"#, "temperature"),
             (r#"{"prompt":"x","max_tokens":0}"#, "max_tokens"),
         ] {
@@ -885,6 +927,8 @@ mod tests {
             r#"{"prompt":"x","logprobs":null,"echo":false,"suffix":null,"best_of":1}"#
         )
         .is_ok());
+        let c = complete(r#"{"prompt":"x","logprobs":2}"#).expect("valid");
+        assert_eq!(c.sampling.logprobs, Some(2));
         let long = "x".repeat(content_cap(256) + 1);
         let e = complete(&format!(r#"{{"prompt":"{long}"}}"#)).expect_err("too long");
         assert_eq!(e.kind, ErrorKind::ContextLengthExceeded);
@@ -963,8 +1007,12 @@ mod tests {
                 "response_format",
                 "must be",
             ),
-            (r#""logprobs":true"#, "logprobs", "logprobs"),
-            (r#""top_logprobs":3"#, "logprobs", "logprobs"),
+            (r#""top_logprobs":3"#, "top_logprobs", "needs logprobs"),
+            (
+                r#""logprobs":true,"top_logprobs":21"#,
+                "top_logprobs",
+                "between 0 and 20",
+            ),
             (r#""tool_choice":"required""#, "tool_choice", "tool calls"),
             (
                 r#""tool_choice":{"type":"function","function":{"name":"f"}}"#,

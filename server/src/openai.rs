@@ -15,6 +15,7 @@ use futures_util::stream;
 use serde_json::{json, Value};
 use veil_model::{
     CacheScope, ChatMessage, Engine, EngineError, Event, GenerateRequest, SamplingParams,
+    TokenLogprob,
 };
 use veil_openai::{Chat, ChatRequest, CompletionRequest, ErrorKind, RequestError, Sampling};
 
@@ -96,6 +97,7 @@ fn sampling_params(s: Sampling) -> SamplingParams {
         repetition_penalty: s.repetition_penalty.unwrap_or(d.repetition_penalty),
         ignore_eos: s.ignore_eos,
         grammar: s.grammar,
+        logprobs: s.logprobs,
     }
 }
 
@@ -204,6 +206,58 @@ fn engine_error(e: EngineError) -> ApiError {
     }
 }
 
+/// Log-probabilities received and not yet sent, in OpenAI's shapes.
+struct Logprobs {
+    kind: Kind,
+    /// Whether the request asked for them (`null` in every answer otherwise).
+    wanted: bool,
+    pending: Vec<TokenLogprob>,
+    /// Bytes of completion text before the pending tokens (`text_offset`).
+    offset: usize,
+}
+
+impl Logprobs {
+    /// The pending tokens' log-probabilities (chat: `{"content": [...]}`; completions:
+    /// `tokens`, `token_logprobs`, `top_logprobs`, `text_offset`), or `null` when not
+    /// asked for.
+    fn take(&mut self) -> Value {
+        if !self.wanted {
+            return Value::Null;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self.kind {
+            Kind::Chat => {
+                let entry = |b: &[u8], logprob: f32| json!({ "token": text(b), "logprob": logprob, "bytes": b });
+                let content: Vec<Value> = pending
+                    .iter()
+                    .map(|l| {
+                        let mut e = entry(&l.bytes, l.logprob);
+                        e["top_logprobs"] = l.top.iter().map(|(b, lp)| entry(b, *lp)).collect();
+                        e
+                    })
+                    .collect();
+                json!({ "content": content, "refusal": null })
+            }
+            Kind::Text => {
+                let (mut tokens, mut logprobs, mut top, mut offsets) =
+                    (vec![], vec![], vec![], vec![]);
+                for l in &pending {
+                    let t = text(&l.bytes);
+                    offsets.push(self.offset);
+                    self.offset += t.len();
+                    tokens.push(t);
+                    logprobs.push(l.logprob);
+                    let alternatives: serde_json::Map<String, Value> =
+                        l.top.iter().map(|(b, lp)| (text(b), json!(lp))).collect();
+                    top.push(alternatives);
+                }
+                json!({ "tokens": tokens, "token_logprobs": logprobs, "top_logprobs": top, "text_offset": offsets })
+            }
+        }
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -297,6 +351,12 @@ async fn generate(
     // Rendering the template and tokenizing are CPU work: on a blocking thread, a few at
     // a time, never on the async workers that answer health, attestation and provisioning.
     // The engine refuses a prompt whose tokens do not fit the context before queueing it.
+    let mut logprobs = Logprobs {
+        kind,
+        wanted: request.params.logprobs.is_some(),
+        pending: Vec::new(),
+        offset: 0,
+    };
     let permit = Arc::clone(&state.prepare)
         .acquire_owned()
         .await
@@ -338,18 +398,20 @@ async fn generate(
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
+                Event::Logprob(l) => logprobs.pending.push(l),
                 Event::Done { finish, usage, .. } => {
                     state.metrics.count_tokens(
                         usage.prompt_tokens,
                         usage.completion_tokens,
                         usage.cached_tokens,
                     );
+                    let lp = logprobs.take();
                     let choice = match kind {
                         Kind::Chat => {
-                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": null })
+                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": lp })
                         }
                         Kind::Text => {
-                            json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": null })
+                            json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": lp })
                         }
                     };
                     return Ok(Json(json!({
@@ -366,20 +428,20 @@ async fn generate(
     // Streaming: for a chat the role first, then text deltas, then the finish reason (and
     // usage if asked), then [DONE]. Dropping the stream (client gone) drops `rx`:
     // generation stops.
-    let chunk = move |text: Option<&str>, finish: Value| {
+    let chunk = move |text: Option<&str>, finish: Value, logprobs: Value| {
         let choice = match kind {
             Kind::Chat => {
-                json!({ "index": 0, "delta": text.map_or(json!({}), |t| json!({ "content": t })), "finish_reason": finish, "logprobs": null })
+                json!({ "index": 0, "delta": text.map_or(json!({}), |t| json!({ "content": t })), "finish_reason": finish, "logprobs": logprobs })
             }
             Kind::Text => {
-                json!({ "index": 0, "text": text.unwrap_or_default(), "finish_reason": finish, "logprobs": null })
+                json!({ "index": 0, "text": text.unwrap_or_default(), "finish_reason": finish, "logprobs": logprobs })
             }
         };
         json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [choice] })
     };
     let first = match kind {
         Kind::Chat => {
-            let mut c = chunk(Some(""), Value::Null);
+            let mut c = chunk(Some(""), Value::Null, Value::Null);
             c["choices"][0]["delta"] = json!({ "role": "assistant", "content": "" });
             Some(c)
         }
@@ -391,20 +453,26 @@ async fn generate(
         Done,
     }
     let events = stream::unfold(
-        (rx, Phase::Start, state, chunk, first),
-        move |(mut rx, phase, state, chunk, first)| async move {
+        (rx, Phase::Start, state, chunk, first, logprobs),
+        move |(mut rx, phase, state, chunk, first, mut logprobs)| async move {
             match phase {
                 Phase::Start => {
                     let evs = first
                         .iter()
                         .map(|c| SseEvent::default().data(c.to_string()))
                         .collect();
-                    Some((evs, (rx, Phase::Streaming, state, chunk, first)))
+                    Some((evs, (rx, Phase::Streaming, state, chunk, first, logprobs)))
                 }
                 Phase::Streaming => {
                     let out = match rx.recv().await {
+                        // Held until the text that holds the token goes out.
+                        Some(Event::Logprob(l)) => {
+                            logprobs.pending.push(l);
+                            (vec![], Phase::Streaming)
+                        }
                         Some(Event::Text(t)) => (
-                            vec![SseEvent::default().data(chunk(Some(&t), Value::Null).to_string())],
+                            vec![SseEvent::default()
+                                .data(chunk(Some(&t), Value::Null, logprobs.take()).to_string())],
                             Phase::Streaming,
                         ),
                         Some(Event::Done { finish, usage, .. }) => {
@@ -413,11 +481,16 @@ async fn generate(
                                 usage.completion_tokens,
                                 usage.cached_tokens,
                             );
-                            let mut evs =
-                                vec![SseEvent::default()
-                                    .data(chunk(None, json!(finish)).to_string())];
+                            // The tokens of text never sent (a stop sequence's) end here.
+                            let lp = if logprobs.pending.is_empty() {
+                                Value::Null
+                            } else {
+                                logprobs.take()
+                            };
+                            let mut evs = vec![SseEvent::default()
+                                .data(chunk(None, json!(finish), lp).to_string())];
                             if include_usage {
-                                let mut u = chunk(None, Value::Null);
+                                let mut u = chunk(None, Value::Null, Value::Null);
                                 u["choices"] = json!([]);
                                 u["usage"] = usage_json(&usage);
                                 evs.push(SseEvent::default().data(u.to_string()));
@@ -438,7 +511,7 @@ async fn generate(
                         }
                         None => (vec![SseEvent::default().data("[DONE]")], Phase::Done),
                     };
-                    Some((out.0, (rx, out.1, state, chunk, first)))
+                    Some((out.0, (rx, out.1, state, chunk, first, logprobs)))
                 }
                 Phase::Done => None,
             }

@@ -605,6 +605,117 @@ async fn without_api_keys_only_a_shared_prompt_cache_key_reuses_a_prefix() {
     assert_eq!(cached(Some("conversation-2")).await, 0);
 }
 
+/// The `data:` payloads of an SSE body before `[DONE]`, parsed.
+async fn sse_chunks(resp: axum::response::Response) -> Vec<Value> {
+    let sse = body_text(resp).await;
+    let datas: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(datas.last(), Some(&"[DONE]"), "{sse}");
+    datas[..datas.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect()
+}
+
+#[tokio::test]
+async fn logprobs_in_openais_shapes_whole_and_streamed_for_chats_and_completions() {
+    let f = fixture(EngineConfig::small());
+    provision_and_wait(&f).await;
+    let chat_req = json!({
+        "messages": [{ "role": "user", "content": "hello" }],
+        "max_tokens": 6, "temperature": 0, "ignore_eos": true,
+        "logprobs": true, "top_logprobs": 2,
+    });
+    let (status, body) = call(&f, post("/v1/chat/completions", chat_req.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs.content")
+        .clone();
+    assert_eq!(content.len(), 6, "{body}");
+    let mut joined = Vec::new();
+    for entry in &content {
+        let lp = entry["logprob"].as_f64().expect("logprob");
+        let top = entry["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(top.len(), 2, "{entry}");
+        // Greedy: the chosen token is the first alternative.
+        assert_eq!(
+            (&entry["token"], lp),
+            (&top[0]["token"], top[0]["logprob"].as_f64().expect("lp"))
+        );
+        assert!(
+            lp <= 0.0 && top[1]["logprob"].as_f64() <= Some(lp),
+            "{entry}"
+        );
+        let bytes: Vec<u8> = serde_json::from_value(entry["bytes"].clone()).expect("bytes");
+        joined.extend(bytes);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&joined),
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+    );
+    // Streamed: each chunk carries the entries of its tokens; together, the same ones.
+    let mut streamed = chat_req;
+    streamed["stream"] = json!(true);
+    let chunks = sse_chunks(
+        app(f.state.clone())
+            .oneshot(post("/v1/chat/completions", streamed))
+            .await
+            .expect("infallible"),
+    )
+    .await;
+    let from_stream: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(from_stream, content);
+    // Without asking: null.
+    let (_, plain) = call(&f, post("/v1/chat/completions", chat(2, false))).await;
+    assert!(plain["choices"][0]["logprobs"].is_null(), "{plain}");
+
+    // A text completion: the legacy shape.
+    let (status, body) = call(
+        &f,
+        post(
+            "/v1/completions",
+            json!({ "prompt": "hello there", "max_tokens": 5, "temperature": 0, "ignore_eos": true, "logprobs": 1 }),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let lp = &body["choices"][0]["logprobs"];
+    let tokens: Vec<String> = serde_json::from_value(lp["tokens"].clone()).expect("tokens");
+    let offsets: Vec<usize> = serde_json::from_value(lp["text_offset"].clone()).expect("offsets");
+    assert_eq!((tokens.len(), offsets.len()), (5, 5), "{body}");
+    assert_eq!(
+        tokens.concat(),
+        body["choices"][0]["text"].as_str().expect("text")
+    );
+    assert_eq!(offsets[0], 0);
+    assert!(
+        offsets
+            .windows(2)
+            .zip(&tokens)
+            .all(|(w, t)| w[1] == w[0] + t.len()),
+        "{lp}"
+    );
+    let top = lp["top_logprobs"].as_array().expect("top_logprobs");
+    assert!(
+        top.iter()
+            .all(|t| t.as_object().is_some_and(|m| m.len() == 1)),
+        "{lp}"
+    );
+    assert!(lp["token_logprobs"]
+        .as_array()
+        .is_some_and(|l| l.iter().all(|v| v.as_f64().is_some_and(|v| v <= 0.0))));
+}
+
 /// The answer's content for a chat request with `extra` fields.
 async fn content(f: &Fixture, extra: Value) -> String {
     let mut req = json!({ "messages": [{ "role": "user", "content": "hello" }], "max_tokens": 4 });

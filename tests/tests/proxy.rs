@@ -267,7 +267,8 @@ fn on_sighup_the_proxy_reloads_its_policy_and_crls_and_verifies_again() {
 }
 
 /// What the official `openai` Python SDK does through the proxy: list the models, one
-/// completion, one stream. Prints one JSON line.
+/// completion, one stream, log-probabilities, a conversation's prompt reuse. Prints one
+/// JSON line.
 const SDK_SCRIPT: &str = r#"
 import json, sys
 from openai import OpenAI
@@ -278,9 +279,16 @@ r = c.chat.completions.create(model=model, max_tokens=4, temperature=0,
 chunks = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
         model=model, max_tokens=4, temperature=0, stream=True,
         messages=[{"role": "user", "content": "hello"}]) if ch.choices]
+lp = c.chat.completions.create(model=model, max_tokens=3, temperature=0, logprobs=True,
+        top_logprobs=2, messages=[{"role": "user", "content": "hello"}]).choices[0].logprobs
+cached = [c.chat.completions.create(model=model, max_tokens=2, temperature=0,
+        extra_body={"prompt_cache_key": "sdk-conversation"},
+        messages=[{"role": "user", "content": "hello again"}]).usage.prompt_tokens_details.cached_tokens
+    for _ in range(2)]
 print(json.dumps({"model": model, "text": r.choices[0].message.content,
                   "completion_tokens": r.usage.completion_tokens, "streamed": "".join(chunks),
-                  "chunks": len(chunks)}))
+                  "chunks": len(chunks), "logprobs": len(lp.content),
+                  "top_logprobs": [len(t.top_logprobs) for t in lp.content], "cached": cached}))
 "#;
 
 #[test]
@@ -320,6 +328,19 @@ fn the_official_openai_python_sdk_works_through_the_proxy() {
         v["streamed"], v["text"],
         "greedy: the stream and the completion agree: {v}"
     );
+    assert!(
+        v["logprobs"].as_u64().is_some_and(|n| (1..=3).contains(&n)),
+        "{v}"
+    );
+    assert!(
+        v["top_logprobs"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|n| n == 2)),
+        "{v}"
+    );
+    // The first request of the conversation reuses nothing; the second its prompt.
+    assert_eq!(v["cached"][0], 0, "{v}");
+    assert!(v["cached"][1].as_u64().is_some_and(|n| n > 0), "{v}");
 }
 
 #[test]
