@@ -1,5 +1,9 @@
 //! The chat template: the Jinja template from the GGUF metadata
-//! (`tokenizer.chat_template`), rendered with minijinja.
+//! (`tokenizer.chat_template`), rendered with minijinja as llama.cpp's server renders it
+//! (`--jinja`): `trim_blocks` and `lstrip_blocks` on, as Hugging Face's
+//! `apply_chat_template` and llama.cpp's own Jinja engine have them, and a final assistant
+//! message continued rather than closed (prefill). The unit tests compare the text with
+//! prompts recorded from llama-server (`scripts/record-chat-templates.py`).
 
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
@@ -29,6 +33,8 @@ impl ChatTemplate {
         eos: String,
     ) -> Result<Self, EngineError> {
         let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
@@ -39,7 +45,28 @@ impl ChatTemplate {
         Ok(ChatTemplate { env, bos, eos })
     }
 
+    /// The prompt for `messages`, ending with the template's generation prompt; or, when
+    /// the last message is the assistant's, the conversation before it with the
+    /// generation prompt and that message's content, left open for the model to continue
+    /// (as llama.cpp's server does; two assistant messages at the end are refused).
     pub(crate) fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        match messages {
+            [.., a, b] if a.role == "assistant" && b.role == "assistant" => {
+                Err(EngineError::InvalidRequest(
+                    "a conversation cannot end with two assistant messages".into(),
+                ))
+            }
+            [rest @ .., last] if last.role == "assistant" => {
+                Ok(self.render_with_generation_prompt(rest)? + &last.content)
+            }
+            _ => self.render_with_generation_prompt(messages),
+        }
+    }
+
+    fn render_with_generation_prompt(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<String, EngineError> {
         let messages: Vec<Message<'_>> = messages
             .iter()
             .map(|m| Message {
@@ -98,6 +125,61 @@ mod tests {
             t.render(&[ChatMessage::user("a\"b")]).expect("renders"),
             "<s>\"a\\\"b\"</s>"
         );
+    }
+
+    /// Prompts that llama.cpp's server (`--jinja`, its own Jinja engine) rendered for the
+    /// default model's template and two more families (a header style with whitespace
+    /// control and a namespace; a block style that relies on trim_blocks and
+    /// lstrip_blocks), recorded by `scripts/record-chat-templates.py`.
+    #[test]
+    fn renders_exactly_what_llama_server_renders() {
+        #[derive(serde::Deserialize)]
+        struct Fixtures {
+            templates: Vec<Fixture>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            name: String,
+            template: String,
+            bos_token: String,
+            eos_token: String,
+            cases: Vec<Case>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Case {
+            messages: Vec<ChatMessage>,
+            prompt: Option<String>,
+        }
+        let fixtures: Fixtures =
+            serde_json::from_str(include_str!("../tests/fixtures/chat-templates.json"))
+                .expect("fixtures parse");
+        assert_eq!(fixtures.templates.len(), 3);
+        for f in fixtures.templates {
+            let t = ChatTemplate::new(Some(f.template), f.bos_token, f.eos_token)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            for case in f.cases {
+                let got = t.render(&case.messages);
+                match case.prompt {
+                    Some(want) => {
+                        assert_eq!(got.as_deref().ok(), Some(want.as_str()), "{}", f.name)
+                    }
+                    None => assert!(got.is_err(), "{}: {got:?}", f.name),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_conversation_ending_with_two_assistant_messages_is_refused() {
+        let t = ChatTemplate::new(None, String::new(), String::new()).expect("compiles");
+        let err = t
+            .render(&[
+                ChatMessage::user("a"),
+                ChatMessage::assistant("b"),
+                ChatMessage::assistant("c"),
+            ])
+            .expect_err("refused");
+        assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
     }
 
     #[test]
