@@ -307,7 +307,7 @@ impl Proxy {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!(
-                    "veil proxy forwards GET /v1/models[/ID], POST /v1/chat/completions and POST /v1/completions, not {} {path}",
+                    "veil proxy forwards GET /v1/models[/ID], POST /v1/chat/completions, /v1/completions and /v1/embeddings, not {} {path}",
                     parts.method
                 ),
             );
@@ -362,7 +362,10 @@ fn forwarded(method: &Method, path: &str) -> bool {
                     .strip_prefix("/v1/models/")
                     .is_some_and(|id| !id.is_empty() && !id.contains('/'))
         }
-        Method::POST => path == "/v1/chat/completions" || path == "/v1/completions",
+        Method::POST => matches!(
+            path,
+            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings"
+        ),
         _ => false,
     }
 }

@@ -23,10 +23,11 @@ use crate::memfd::ModelFile;
 use crate::template::ChatTemplate;
 use crate::text::{Step, TextStream};
 use crate::{
-    CacheScope, Engine, EngineConfig, EngineError, Event, EventStream, FinishReason,
+    CacheScope, Embeddings, Engine, EngineConfig, EngineError, Event, EventStream, FinishReason,
     GenerateRequest, ModelInfo, Prompt, SamplingParams, Timings, TokenLogprob, Usage,
-    MAX_TOP_LOGPROBS,
+    MAX_EMBEDDING_INPUTS, MAX_TOP_LOGPROBS,
 };
+use llama_cpp_2::context::params::LlamaPoolingType;
 
 /// Tokens of history that the repetition penalty looks at.
 const PENALTY_WINDOW: i32 = 64;
@@ -141,6 +142,9 @@ impl Queue {
 pub struct LlamaEngine {
     shared: Arc<Shared>,
     queue: Arc<Queue>,
+    /// Held while an embedding context exists: one at a time.
+    embedding: Mutex<()>,
+    threads: i32,
     /// The in-memory model file, kept open for the engine's life (llama.cpp maps it): its
     /// seals stay checkable through `/proc/PID/fd`, and it costs no memory of its own.
     _file: ModelFile,
@@ -218,6 +222,7 @@ impl LlamaEngine {
             wake: Condvar::new(),
             capacity: config.queue,
         });
+        let threads = thread_count(config.threads);
         let worker_shared = Arc::clone(&shared);
         let worker_queue = Arc::clone(&queue);
         std::thread::Builder::new()
@@ -248,6 +253,8 @@ impl LlamaEngine {
         Ok(LlamaEngine {
             shared,
             queue,
+            embedding: Mutex::new(()),
+            threads,
             _file: file,
         })
     }
@@ -382,6 +389,88 @@ impl Engine for LlamaEngine {
     fn queue_depth(&self) -> usize {
         self.queue.lock().jobs.len()
     }
+
+    fn embed(&self, inputs: &[String]) -> Result<Embeddings, EngineError> {
+        let invalid = |m: String| Err(EngineError::InvalidRequest(m));
+        if inputs.is_empty() || inputs.len() > MAX_EMBEDDING_INPUTS {
+            return invalid(format!(
+                "between 1 and {MAX_EMBEDDING_INPUTS} inputs can be embedded at once"
+            ));
+        }
+        let s = &self.shared;
+        let context_length = s.info.context_length;
+        let mut tokenized = Vec::with_capacity(inputs.len());
+        for (i, text) in inputs.iter().enumerate() {
+            let tokens = s.model.vocab().tokenize(text.as_bytes(), s.add_bos, false);
+            if text.is_empty() || tokens.is_empty() {
+                return invalid(format!("input {i} is empty"));
+            }
+            if tokens.len() > context_length as usize {
+                return Err(EngineError::PromptTooLong {
+                    prompt_tokens: tokens.len(),
+                    context_length,
+                });
+            }
+            tokenized.push(tokens);
+        }
+        let longest = tokenized.iter().map(Vec::len).max().unwrap_or(1);
+        // A KV cache for the longest input only (llama.cpp wants a whole input in one
+        // micro-batch to pool it), rounded up to llama.cpp's padding.
+        let n_ctx = u32::try_from(longest.next_multiple_of(256)).unwrap_or(context_length);
+        let _one_at_a_time = self
+            .embedding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_ubatch(n_ctx)
+            .with_n_seq_max(1)
+            .with_embeddings(true)
+            .with_pooling_type(LlamaPoolingType::Mean)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads);
+        let mut ctx = s
+            .model
+            .new_context(backend()?, params)
+            .map_err(|e| EngineError::Decode(format!("embedding context: {e}")))?;
+        let mut batch = LlamaBatch::new(n_ctx as usize, 1);
+        let mut vectors = Vec::with_capacity(tokenized.len());
+        for tokens in &tokenized {
+            ctx.clear_kv_cache();
+            batch.clear();
+            for (pos, &t) in tokens.iter().enumerate() {
+                batch
+                    .add(t, pos as i32, &[0], true)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+            ctx.decode(&mut batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            let pooled = ctx
+                .embeddings_seq_ith(0)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            let norm = pooled
+                .iter()
+                .map(|v| f64::from(*v) * f64::from(*v))
+                .sum::<f64>()
+                .sqrt();
+            let scale = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+            vectors.push(pooled.iter().map(|v| v * scale).collect());
+        }
+        Ok(Embeddings {
+            vectors,
+            prompt_tokens: tokenized.iter().map(|t| t.len() as u32).sum(),
+        })
+    }
+}
+
+/// llama.cpp's thread count for `configured` (0: every core).
+fn thread_count(configured: usize) -> i32 {
+    let threads = match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    i32::try_from(threads).unwrap_or(i32::MAX)
 }
 
 /// One active sequence (one request being served).
@@ -487,11 +576,7 @@ impl<'m> Worker<'m> {
         shared: &'m Shared,
         config: &EngineConfig,
     ) -> Result<Self, EngineError> {
-        let threads = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let threads = i32::try_from(threads).unwrap_or(i32::MAX);
+        let threads = thread_count(config.threads);
         let n_ctx = shared.info.context_length.saturating_mul(config.parallel);
         let batch_size = config.batch.max(config.parallel);
         let params = LlamaContextParams::default()

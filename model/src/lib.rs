@@ -324,6 +324,18 @@ pub struct Generation {
     pub logprobs: Vec<TokenLogprob>,
 }
 
+/// Most inputs of one [`Engine::embed`] call.
+pub const MAX_EMBEDDING_INPUTS: usize = 64;
+
+/// What [`Engine::embed`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One unit-length vector per input, in order, each of the model's embedding size.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, all inputs together.
+    pub prompt_tokens: u32,
+}
+
 /// What the server needs to know about the loaded model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelInfo {
@@ -400,6 +412,15 @@ pub trait Engine: Send + Sync {
 
     /// Requests waiting for a free sequence.
     fn queue_depth(&self) -> usize;
+
+    /// Pooled embeddings of `inputs` (at most [`MAX_EMBEDDING_INPUTS`], each at most the
+    /// context length in tokens): the mean of the model's last hidden states over each
+    /// input's tokens, scaled to unit length. One request at a time computes; others wait.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidRequest`] for no input, too many or an empty one;
+    /// [`EngineError::PromptTooLong`]; [`EngineError::Decode`] when llama.cpp fails.
+    fn embed(&self, inputs: &[String]) -> Result<Embeddings, EngineError>;
 
     /// Runs a request to its end and collects the text (tests, CLIs, benchmarks).
     ///

@@ -193,3 +193,20 @@ string ::= "\"" [^"\\\x7F\x00-\x1F]{0,40} "\""
         out.text
     );
 }
+
+#[test]
+fn embeddings_of_the_real_model_place_paraphrases_closer_than_unrelated_text() {
+    let Some(e) = engine() else { return };
+    let inputs: Vec<String> = [
+        "The cat sat on the mat.",
+        "A cat is sitting on a mat.",
+        "Quarterly tax filings are due in April.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let v = e.embed(&inputs).expect("embeds").vectors;
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let (near, far) = (cos(&v[0], &v[1]), cos(&v[0], &v[2]));
+    assert!(near > far, "paraphrase {near} vs unrelated {far}");
+    assert_eq!(v[0].len(), 576, "SmolLM2-135M's hidden size");
+}

@@ -519,3 +519,46 @@ fn logprobs_come_with_every_generated_token_and_greedy_picks_the_likeliest() {
         Err(EngineError::InvalidRequest(_))
     ));
 }
+
+#[test]
+fn embeddings_are_unit_vectors_one_per_input_and_repeatable() {
+    let e = engine();
+    let inputs: Vec<String> = ["the same words", "the same words", "other words entirely"]
+        .map(String::from)
+        .to_vec();
+    let out = e.embed(&inputs).expect("embeds");
+    assert_eq!(out.vectors.len(), 3);
+    let dim = out.vectors[0].len();
+    assert!(dim > 0);
+    for v in &out.vectors {
+        assert_eq!(v.len(), dim);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    assert_eq!(out.vectors[0], out.vectors[1]);
+    assert_ne!(out.vectors[0], out.vectors[2]);
+    let tokens: usize = inputs.iter().map(|t| e.count_tokens(t)).sum();
+    assert!(
+        out.prompt_tokens as usize >= tokens,
+        "{} < {tokens}",
+        out.prompt_tokens
+    );
+    // Alone, an input gets the vector it got among others.
+    let alone = e.embed(&inputs[2..]).expect("embeds");
+    assert_eq!(alone.vectors[0], out.vectors[2]);
+    // Refused: nothing, an empty input, too many, too long.
+    for bad in [
+        vec![],
+        vec![String::new()],
+        vec!["x".to_owned(); veil_model::MAX_EMBEDDING_INPUTS + 1],
+    ] {
+        assert!(matches!(e.embed(&bad), Err(EngineError::InvalidRequest(_))));
+    }
+    let long = vec!["word ".repeat(400)];
+    assert!(matches!(
+        e.embed(&long),
+        Err(EngineError::PromptTooLong { .. })
+    ));
+    // Generation goes on as before.
+    assert!(e.generate_blocking(greedy("hello", 3)).is_ok());
+}

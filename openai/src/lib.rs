@@ -564,6 +564,98 @@ impl CompletionRequest {
     }
 }
 
+/// OpenAI's embeddings request (`POST /v1/embeddings`): `input` is a string or an array of
+/// strings (token-id inputs are refused by name); `encoding_format` `float` (the default)
+/// or `base64`; `dimensions` is refused (the model's vectors have one size); other fields
+/// are accepted and ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingRequest {
+    model: Option<String>,
+    input: Value,
+    encoding_format: Option<String>,
+    dimensions: Option<u32>,
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
+}
+
+/// A checked embeddings request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embedding {
+    /// At least one, within the content cap each.
+    pub inputs: Vec<String>,
+    /// Whether to answer each vector as base64 of little-endian `f32`s.
+    pub base64: bool,
+}
+
+impl EmbeddingRequest {
+    /// Parses a request body.
+    ///
+    /// # Errors
+    /// If it is not JSON of this shape.
+    pub fn from_json(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    /// Checks the request for a server of `model` with a context of `context_length`
+    /// tokens (the engine refuses an input of more tokens, and more than its number of
+    /// inputs).
+    ///
+    /// # Errors
+    /// [`RequestError`], naming the first field at fault.
+    pub fn check(self, model: &str, context_length: u32) -> Result<Embedding, RequestError> {
+        check_model(self.model.as_deref(), model)?;
+        let inputs = match &self.input {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) if !a.is_empty() && a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => {
+                return Err(RequestError::invalid(
+                    "input",
+                    "input must be a string or a non-empty array of strings (token-id inputs are not supported)",
+                ))
+            }
+        };
+        let cap = content_cap(context_length);
+        if let Some((i, _)) = inputs.iter().enumerate().find(|(_, s)| s.len() > cap) {
+            return Err(RequestError {
+                kind: ErrorKind::ContextLengthExceeded,
+                param: "input",
+                message: format!(
+                    "input {i} cannot fit a context of {context_length} tokens (at most {cap} bytes)"
+                ),
+            });
+        }
+        if inputs.iter().any(String::is_empty) {
+            return Err(RequestError::invalid("input", "an input is empty"));
+        }
+        let base64 = match self.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(_) => {
+                return Err(RequestError::invalid(
+                    "encoding_format",
+                    "encoding_format must be float or base64",
+                ))
+            }
+        };
+        if self.dimensions.is_some() {
+            return Err(RequestError::invalid(
+                "dimensions",
+                "dimensions is not supported: the model's vectors have one size",
+            ));
+        }
+        Ok(Embedding { inputs, base64 })
+    }
+
+    /// The names of the fields that were accepted and ignored, as
+    /// [`ChatRequest::ignored`].
+    pub fn ignored(&self) -> Vec<String> {
+        ignored(&self.other)
+    }
+}
+
 /// `stream_options.include_usage`.
 fn include_usage(options: Option<&Value>) -> bool {
     options
@@ -848,6 +940,33 @@ mod tests {
         ] {
             let chat = check(&format!("{{{user},{extra}}}")).expect(extra);
             assert_eq!(chat.sampling.logprobs, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn an_embeddings_request_takes_strings_and_refuses_what_it_cannot_honour() {
+        let check = |body: &str| {
+            EmbeddingRequest::from_json(body.as_bytes())
+                .expect("parses")
+                .check("tiny", 256)
+        };
+        let e = check(r#"{"input":"a","user":"u"}"#).expect("valid");
+        assert_eq!((e.inputs, e.base64), (vec!["a".to_owned()], false));
+        let e = check(r#"{"input":["a","b"],"encoding_format":"base64","model":"tiny"}"#)
+            .expect("valid");
+        assert_eq!((e.inputs.len(), e.base64), (2, true));
+        for (body, param) in [
+            (r#"{"input":[1,2]}"#, "input"),
+            (r#"{"input":[]}"#, "input"),
+            (r#"{"input":""}"#, "input"),
+            (
+                r#"{"input":"a","encoding_format":"int8"}"#,
+                "encoding_format",
+            ),
+            (r#"{"input":"a","dimensions":8}"#, "dimensions"),
+            (r#"{"input":"a","model":"other"}"#, "model"),
+        ] {
+            assert_eq!(check(body).expect_err(body).param, param, "{body}");
         }
     }
 

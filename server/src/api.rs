@@ -24,7 +24,7 @@ use veil_attestation::KeyRelease;
 use veil_sealing::KeyId;
 
 use crate::error::{ApiError, Json};
-use crate::openai::{chat_completions, completions, model, models};
+use crate::openai::{chat_completions, completions, embeddings, model, models};
 use crate::state::{AppState, IssuedOnConnection, Lifecycle, Limited};
 use crate::unlock::{accept_key, Accepted, UnlockError};
 
@@ -60,6 +60,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_api_key,

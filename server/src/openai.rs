@@ -11,13 +11,17 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use base64::Engine as _;
 use futures_util::stream;
 use serde_json::{json, Value};
 use veil_model::{
     CacheScope, ChatMessage, Engine, EngineError, Event, GenerateRequest, SamplingParams,
     TokenLogprob,
 };
-use veil_openai::{Chat, ChatRequest, CompletionRequest, ErrorKind, RequestError, Sampling};
+use veil_openai::{
+    Chat, ChatRequest, CompletionRequest, Embedding, EmbeddingRequest, ErrorKind, RequestError,
+    Sampling,
+};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Json};
@@ -318,6 +322,57 @@ pub(crate) async fn completions(
     );
     request.params = sampling_params(completion.sampling);
     generate(state, engine, request, answer).await
+}
+
+/// `POST /v1/embeddings`: the loaded model's pooled embeddings (mean over each input's
+/// tokens, unit length), as floats or, when asked (the OpenAI SDKs' default), base64 of
+/// little-endian `f32`s. Computed on a blocking thread, one request at a time.
+pub(crate) async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    Json(req): Json<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    let engine = engine(&state)?;
+    let model = state.model_id(engine.as_ref());
+    log_ignored("/v1/embeddings", &req.ignored());
+    let Embedding { inputs, base64 } = req.check(&model, engine.info().context_length)?;
+    let permit = Arc::clone(&state.prepare)
+        .acquire_owned()
+        .await
+        .map_err(|_| engine_error(EngineError::Stopped))?;
+    let out = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        engine.embed(&inputs)
+    })
+    .await
+    .map_err(|_| engine_error(EngineError::Stopped))?
+    .map_err(|e| {
+        let mut err = engine_error(e);
+        if err.param.as_deref() == Some("messages") {
+            err.param = Some("input".into());
+        }
+        err
+    })?;
+    state.metrics.count_tokens(out.prompt_tokens, 0, 0);
+    let data: Vec<Value> = out
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let tokens = out.prompt_tokens;
+    Ok(Json(json!({
+        "object": "list", "data": data, "model": model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response())
 }
 
 /// Which OpenAI answer: a chat completion or a text completion.

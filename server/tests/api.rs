@@ -492,6 +492,7 @@ async fn api_keys_guard_the_models_routes_and_nothing_else() {
                 "/v1/completions",
                 json!({ "prompt": "hi", "max_tokens": 2 }),
             ),
+            post("/v1/embeddings", json!({ "input": "hi" })),
         ] {
             let uri = req.uri().to_string();
             let resp = app(f.state.clone())
@@ -603,6 +604,67 @@ async fn without_api_keys_only_a_shared_prompt_cache_key_reuses_a_prefix() {
     assert_eq!(cached(Some("conversation-1")).await, 0);
     assert!(cached(Some("conversation-1")).await > 0);
     assert_eq!(cached(Some("conversation-2")).await, 0);
+}
+
+#[tokio::test]
+async fn embeddings_as_floats_or_base64_in_openais_shape() {
+    let f = fixture(EngineConfig::small());
+    // Locked: 503 like every model route.
+    let (status, _) = call(&f, post("/v1/embeddings", json!({ "input": "x" }))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    provision_and_wait(&f).await;
+    let input = json!(["the first text", "a second one"]);
+    let (status, body) = call(&f, post("/v1/embeddings", json!({ "input": input }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "list", "{body}");
+    let data = body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2);
+    let floats: Vec<Vec<f32>> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(
+                (&d["object"], &d["index"]),
+                (&json!("embedding"), &json!(i))
+            );
+            serde_json::from_value(d["embedding"].clone()).expect("floats")
+        })
+        .collect();
+    assert!(floats[0].len() > 1 && floats[0].len() == floats[1].len());
+    assert!(
+        body["usage"]["prompt_tokens"]
+            .as_u64()
+            .is_some_and(|n| n >= 4),
+        "{body}"
+    );
+    let (_, b64) = call(
+        &f,
+        post(
+            "/v1/embeddings",
+            json!({ "input": input, "encoding_format": "base64" }),
+        ),
+    )
+    .await;
+    use base64::Engine as _;
+    let decoded: Vec<f32> = base64::engine::general_purpose::STANDARD
+        .decode(b64["data"][0]["embedding"].as_str().expect("base64"))
+        .expect("decodes")
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    assert_eq!(decoded, floats[0]);
+    for (bad, param) in [
+        (json!({ "input": [1, 2] }), "input"),
+        (json!({ "input": "x", "dimensions": 3 }), "dimensions"),
+        (json!({ "input": "word ".repeat(300) }), "input"),
+    ] {
+        let (status, body) = call(&f, post("/v1/embeddings", bad)).await;
+        assert_eq!(
+            (status, &body["error"]["param"]),
+            (StatusCode::BAD_REQUEST, &json!(param)),
+            "{body}"
+        );
+    }
 }
 
 /// The `data:` payloads of an SSE body before `[DONE]`, parsed.

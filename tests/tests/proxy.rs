@@ -285,7 +285,9 @@ cached = [c.chat.completions.create(model=model, max_tokens=2, temperature=0,
         extra_body={"prompt_cache_key": "sdk-conversation"},
         messages=[{"role": "user", "content": "hello again"}]).usage.prompt_tokens_details.cached_tokens
     for _ in range(2)]
+emb = c.embeddings.create(model=model, input=["one text", "another"]).data
 print(json.dumps({"model": model, "text": r.choices[0].message.content,
+                  "embeddings": [len(e.embedding) for e in emb],
                   "completion_tokens": r.usage.completion_tokens, "streamed": "".join(chunks),
                   "chunks": len(chunks), "logprobs": len(lp.content),
                   "top_logprobs": [len(t.top_logprobs) for t in lp.content], "cached": cached}))
@@ -336,6 +338,13 @@ fn the_official_openai_python_sdk_works_through_the_proxy() {
         v["top_logprobs"]
             .as_array()
             .is_some_and(|t| t.iter().all(|n| n == 2)),
+        "{v}"
+    );
+    // The SDK asks for base64 and decodes it.
+    assert!(
+        v["embeddings"]
+            .as_array()
+            .is_some_and(|e| e.len() == 2 && e[0].as_u64().is_some_and(|n| n > 1) && e[0] == e[1]),
         "{v}"
     );
     // The first request of the conversation reuses nothing; the second its prompt.
