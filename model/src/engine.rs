@@ -348,14 +348,20 @@ impl Engine for LlamaEngine {
             .iter()
             .find(|(t, _)| i32::try_from(*t).map_or(true, |t| t >= n_vocab))
         {
-            return Err(EngineError::InvalidRequest(format!(
-                "logit_bias names token {t}, but the vocabulary has {n_vocab} tokens"
-            )));
+            return Err(EngineError::InvalidParam {
+                param: "logit_bias",
+                message: format!(
+                    "logit_bias names token {t}, but the model's vocabulary has {n_vocab} tokens"
+                ),
+            });
         }
         if params.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
-            return Err(EngineError::InvalidRequest(format!(
-                "at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"
-            )));
+            return Err(EngineError::InvalidParam {
+                param: "top_logprobs",
+                message: format!(
+                    "at most {MAX_TOP_LOGPROBS} alternatives per token can be reported"
+                ),
+            });
         }
         if let Some(g) = &params.grammar {
             // Parsed here, where a bad one is a refusal, not a failed stream.

@@ -74,6 +74,15 @@ pub enum EngineError {
     /// The request cannot be served as asked (e.g. `max_tokens` is 0, or the prompt is empty).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A sampling parameter cannot be honoured for this model (a `logit_bias` token id
+    /// outside its vocabulary, too many alternatives asked for).
+    #[error("invalid {param}: {message}")]
+    InvalidParam {
+        /// The parameter, by its OpenAI name.
+        param: &'static str,
+        /// Why.
+        message: String,
+    },
     /// The engine's worker has stopped.
     #[error("the engine has stopped")]
     Stopped,

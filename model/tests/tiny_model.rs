@@ -516,7 +516,10 @@ fn logprobs_come_with_every_generated_token_and_greedy_picks_the_likeliest() {
     r.params.logprobs = Some(21);
     assert!(matches!(
         e.submit(r).map(drop),
-        Err(EngineError::InvalidRequest(_))
+        Err(EngineError::InvalidParam {
+            param: "top_logprobs",
+            ..
+        })
     ));
 }
 

@@ -145,18 +145,6 @@ fn chat_request(chat: Chat, caller: Option<&Caller>) -> GenerateRequest {
     request
 }
 
-/// A `logit_bias` naming a token the model does not have is refused by name.
-fn check_vocabulary(sampling: &Sampling, engine: &dyn Engine) -> Result<(), ApiError> {
-    let vocab = engine.info().vocab_size;
-    match sampling.logit_bias.iter().find(|(t, _)| *t >= vocab) {
-        Some((t, _)) => Err(ApiError::invalid(
-            "logit_bias",
-            format!("logit_bias names token {t}, but the model's vocabulary has {vocab} tokens"),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Names of ignored fields go to the debug log; never a value, which could be a secret
 /// or a prompt.
 fn log_ignored(route: &str, ignored: &[String]) {
@@ -194,6 +182,7 @@ fn engine_error(e: EngineError) -> ApiError {
             ..ApiError::invalid("messages", e.to_string())
         },
         EngineError::InvalidRequest(m) => ApiError::invalid("messages", m),
+        EngineError::InvalidParam { param, message } => ApiError::invalid(param, message),
         EngineError::Stopped => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "stopped",
@@ -285,7 +274,6 @@ pub(crate) async fn chat_completions(
     let model = state.model_id(engine.as_ref());
     log_ignored("/v1/chat/completions", &req.ignored());
     let chat = req.check(&model, engine.info().context_length)?;
-    check_vocabulary(&chat.sampling, engine.as_ref())?;
     let (stream, include_usage) = (chat.stream, chat.include_usage);
     let answer = Answer {
         kind: Kind::Chat,
@@ -308,7 +296,6 @@ pub(crate) async fn completions(
     let model = state.model_id(engine.as_ref());
     log_ignored("/v1/completions", &req.ignored());
     let completion = req.check(&model, engine.info().context_length)?;
-    check_vocabulary(&completion.sampling, engine.as_ref())?;
     let answer = Answer {
         kind: Kind::Text,
         model,
