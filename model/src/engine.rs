@@ -270,12 +270,16 @@ impl LlamaEngine {
     }
 
     /// Renders and tokenizes a prompt.
-    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<LlamaToken>, EngineError> {
+    fn tokenize(
+        &self,
+        prompt: &Prompt,
+        request_tools: Option<&serde_json::Value>,
+    ) -> Result<Vec<LlamaToken>, EngineError> {
         let s = &self.shared;
         let vocab = s.model.vocab();
         Ok(match prompt {
             Prompt::Chat(messages) => {
-                let text = s.template.render(messages)?;
+                let text = s.template.render(messages, request_tools)?;
                 let bos = s.add_bos && (s.bos_text.is_empty() || !text.starts_with(&s.bos_text));
                 vocab.tokenize(text.as_bytes(), bos, true)
             }
@@ -317,6 +321,7 @@ impl Shared {
             size_bytes: model.size(),
             parallel: config.parallel,
             vocab_size: u32::try_from(vocab.n_tokens()).unwrap_or(0),
+            tool_calls: template.tool_calls(),
         };
         Ok(Shared {
             model,
@@ -367,7 +372,7 @@ impl Engine for LlamaEngine {
             // Parsed here, where a bad one is a refusal, not a failed stream.
             grammar_sampler(&self.shared.model, g)?;
         }
-        let prompt = self.tokenize(&request.prompt)?;
+        let prompt = self.tokenize(&request.prompt, request.tools.as_ref())?;
         if prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }

@@ -94,10 +94,17 @@ pub enum EngineError {
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The text.
     pub content: String,
+    /// An assistant's tool calls, in OpenAI's shape (`[{id, type, function: {name,
+    /// arguments}}]`), for the template to render.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message's answer to this call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -106,6 +113,8 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 
@@ -223,6 +232,9 @@ pub struct GenerateRequest {
     pub prompt: Prompt,
     /// How to sample.
     pub params: SamplingParams,
+    /// Tools the chat template is given (`tools`, OpenAI's array of function
+    /// definitions); `None`: none offered.
+    pub tools: Option<serde_json::Value>,
     /// Who may reuse this request's KV cells, and whose cells it may reuse: a request
     /// continues the longest common token prefix left by an earlier request of the same
     /// scope (prompt reuse, as llama.cpp's `cache_prompt`), and never one of another scope,
@@ -249,6 +261,7 @@ impl GenerateRequest {
         GenerateRequest {
             prompt: Prompt::Chat(messages),
             params: SamplingParams::default(),
+            tools: None,
             cache_scope: None,
         }
     }
@@ -258,6 +271,7 @@ impl GenerateRequest {
         GenerateRequest {
             prompt: Prompt::Text(text.into()),
             params: SamplingParams::default(),
+            tools: None,
             cache_scope: None,
         }
     }
@@ -360,6 +374,10 @@ pub struct ModelInfo {
     pub parallel: u32,
     /// Tokens in the vocabulary: token ids are below it.
     pub vocab_size: u32,
+    /// Whether the chat template renders tools and asks for calls as
+    /// `<tool_call>{"name", "arguments"}</tool_call>` (the Hermes convention of Qwen and
+    /// others), so that calls can be parsed from the answer.
+    pub tool_calls: bool,
 }
 
 /// Engine configuration.

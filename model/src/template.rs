@@ -17,6 +17,10 @@ const CHATML: &str = "{% for message in messages %}<|im_start|>{{ message.role }
 struct Message<'a> {
     role: &'a str,
     content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
 }
 
 /// A compiled chat template.
@@ -24,6 +28,7 @@ pub(crate) struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    tool_calls: bool,
 }
 
 impl ChatTemplate {
@@ -40,38 +45,57 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_template_owned("chat", source.unwrap_or_else(|| CHATML.to_owned()))
+        let source = source.unwrap_or_else(|| CHATML.to_owned());
+        let tool_calls = source.contains("tools") && source.contains("<tool_call>");
+        env.add_template_owned("chat", source)
             .map_err(|e| EngineError::Template(e.to_string()))?;
-        Ok(ChatTemplate { env, bos, eos })
+        Ok(ChatTemplate {
+            env,
+            bos,
+            eos,
+            tool_calls,
+        })
+    }
+
+    /// Whether the template renders `tools` and asks for `<tool_call>` answers.
+    pub(crate) fn tool_calls(&self) -> bool {
+        self.tool_calls
     }
 
     /// The prompt for `messages`, ending with the template's generation prompt; or, when
     /// the last message is the assistant's, the conversation before it with the
     /// generation prompt and that message's content, left open for the model to continue
     /// (as llama.cpp's server does; two assistant messages at the end are refused).
-    pub(crate) fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+    pub(crate) fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String, EngineError> {
         match messages {
             [.., a, b] if a.role == "assistant" && b.role == "assistant" => {
                 Err(EngineError::InvalidRequest(
                     "a conversation cannot end with two assistant messages".into(),
                 ))
             }
-            [rest @ .., last] if last.role == "assistant" => {
-                Ok(self.render_with_generation_prompt(rest)? + &last.content)
+            [rest @ .., last] if last.role == "assistant" && last.tool_calls.is_none() => {
+                Ok(self.render_with_generation_prompt(rest, tools)? + &last.content)
             }
-            _ => self.render_with_generation_prompt(messages),
+            _ => self.render_with_generation_prompt(messages, tools),
         }
     }
 
     fn render_with_generation_prompt(
         &self,
         messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
     ) -> Result<String, EngineError> {
         let messages: Vec<Message<'_>> = messages
             .iter()
             .map(|m| Message {
                 role: &m.role,
                 content: &m.content,
+                tool_calls: m.tool_calls.as_ref(),
+                tool_call_id: m.tool_call_id.as_deref(),
             })
             .collect();
         let tmpl = self
@@ -81,6 +105,7 @@ impl ChatTemplate {
         tmpl.render(context! {
             messages => messages,
             add_generation_prompt => true,
+            tools => tools,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         })
@@ -95,7 +120,7 @@ mod tests {
     #[test]
     fn renders_chatml_with_a_generation_prompt() {
         let t = ChatTemplate::new(None, String::new(), String::new()).expect("compiles");
-        let out = t.render(&[ChatMessage::user("Hi")]).expect("renders");
+        let out = t.render(&[ChatMessage::user("Hi")], None).expect("renders");
         assert_eq!(
             out,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -108,10 +133,10 @@ mod tests {
         let src = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
         let t = ChatTemplate::new(Some(src.to_owned()), String::new(), "<|im_end|>".into())
             .expect("compiles");
-        let out = t.render(&[ChatMessage::user("Hi")]).expect("renders");
+        let out = t.render(&[ChatMessage::user("Hi")], None).expect("renders");
         assert_eq!(out, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
         let out = t
-            .render(&[ChatMessage::system("S"), ChatMessage::user("Hi")])
+            .render(&[ChatMessage::system("S"), ChatMessage::user("Hi")], None)
             .expect("renders");
         assert_eq!(out, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     }
@@ -122,7 +147,8 @@ mod tests {
         let t =
             ChatTemplate::new(Some(src.to_owned()), "<s>".into(), "</s>".into()).expect("compiles");
         assert_eq!(
-            t.render(&[ChatMessage::user("a\"b")]).expect("renders"),
+            t.render(&[ChatMessage::user("a\"b")], None)
+                .expect("renders"),
             "<s>\"a\\\"b\"</s>"
         );
     }
@@ -158,7 +184,7 @@ mod tests {
             let t = ChatTemplate::new(Some(f.template), f.bos_token, f.eos_token)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.name));
             for case in f.cases {
-                let got = t.render(&case.messages);
+                let got = t.render(&case.messages, None);
                 match case.prompt {
                     Some(want) => {
                         assert_eq!(got.as_deref().ok(), Some(want.as_str()), "{}", f.name)
@@ -173,11 +199,14 @@ mod tests {
     fn a_conversation_ending_with_two_assistant_messages_is_refused() {
         let t = ChatTemplate::new(None, String::new(), String::new()).expect("compiles");
         let err = t
-            .render(&[
-                ChatMessage::user("a"),
-                ChatMessage::assistant("b"),
-                ChatMessage::assistant("c"),
-            ])
+            .render(
+                &[
+                    ChatMessage::user("a"),
+                    ChatMessage::assistant("b"),
+                    ChatMessage::assistant("c"),
+                ],
+                None,
+            )
             .expect_err("refused");
         assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
     }
@@ -196,15 +225,55 @@ mod tests {
         let t = ChatTemplate::new(Some(src.to_owned()), String::new(), String::new())
             .expect("compiles");
         assert_eq!(
-            t.render(&[ChatMessage::user("  x  ")]).expect("renders"),
+            t.render(&[ChatMessage::user("  x  ")], None)
+                .expect("renders"),
             "x"
         );
         let err = t
-            .render(&[ChatMessage {
-                role: "system".into(),
-                content: "s".into(),
-            }])
+            .render(&[ChatMessage::system("s")], None)
             .expect_err("raises");
         assert!(err.to_string().contains("first must be user"), "{err}");
+    }
+
+    #[test]
+    fn tools_and_tool_messages_reach_a_template_that_renders_them() {
+        let t = ChatTemplate::new(
+            Some(crate::tiny::TOOLS_TEMPLATE.to_owned()),
+            String::new(),
+            String::new(),
+        )
+        .expect("compiles");
+        assert!(t.tool_calls());
+        assert!(!ChatTemplate::new(None, String::new(), String::new())
+            .expect("compiles")
+            .tool_calls());
+        let tools = serde_json::json!([{ "type": "function", "function": { "name": "get_weather", "parameters": { "type": "object" } } }]);
+        let call = serde_json::json!([{ "id": "call_1", "type": "function", "function": { "name": "get_weather", "arguments": "{\"city\":\"Paris\"}" } }]);
+        let messages = [
+            ChatMessage::user("Weather in Paris?"),
+            ChatMessage {
+                tool_calls: Some(call),
+                ..ChatMessage::assistant("")
+            },
+            ChatMessage {
+                tool_call_id: Some("call_1".into()),
+                ..ChatMessage::new("tool", "sunny")
+            },
+        ];
+        let out = t.render(&messages, Some(&tools)).expect("renders");
+        assert!(out.contains(r#""name":"get_weather""#), "{out}");
+        assert!(
+            out.contains(
+                r#"<tool_call>{"name": "get_weather", "arguments": {"city":"Paris"}}</tool_call>"#
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("<tool_response>sunny</tool_response>"),
+            "{out}"
+        );
+        assert!(out.ends_with("<|im_start|>assistant\n"), "{out}");
+        let without = t.render(&messages[..1], None).expect("renders");
+        assert!(!without.contains("<tools>"), "{without}");
     }
 }

@@ -73,6 +73,10 @@ pub fn gguf(seed: u64) -> Vec<u8> {
     gguf_with_template(seed, TEMPLATE)
 }
 
+/// A chat template in the Hermes convention (written for the tests): tools in a system
+/// turn, calls as `<tool_call>` JSON, answers as `<tool_response>`.
+pub const TOOLS_TEMPLATE: &str = include_str!("../tests/fixtures/tools.jinja");
+
 /// The bytes of a tiny GGUF whose weights come from `seed`, with this chat template.
 pub fn gguf_with_template(seed: u64, template: &str) -> Vec<u8> {
     build(seed, template, 512)

@@ -29,10 +29,14 @@ pub const MAX_STOP: usize = 4;
 /// One message of a checked chat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// `system`, `user` or `assistant` (OpenAI's `developer` is `system`).
+    /// `system`, `user`, `assistant` or `tool` (OpenAI's `developer` is `system`).
     pub role: String,
     /// The text (text content parts joined by newlines).
     pub content: String,
+    /// An assistant's tool calls as sent (an array), for the template.
+    pub tool_calls: Option<Value>,
+    /// A `tool` message's call id.
+    pub tool_call_id: Option<String>,
 }
 
 /// A message as a client sends it: `content` a string, an array of content parts, or null
@@ -42,6 +46,10 @@ pub struct RawMessage {
     role: String,
     #[serde(default)]
     content: Value,
+    #[serde(default)]
+    tool_calls: Option<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
 /// Most names of ignored fields kept for the debug log, each cut to 32 characters.
@@ -63,6 +71,7 @@ pub struct ChatRequest {
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
     tool_choice: Option<Value>,
+    tools: Option<Value>,
     modalities: Option<Value>,
     audio: Option<Value>,
     /// Before `other`: serde hands a flattened struct its fields first.
@@ -147,6 +156,11 @@ pub struct Chat {
     /// At least one, at most the context length, within the content cap, each of a known
     /// role.
     pub messages: Vec<Message>,
+    /// The tools offered (OpenAI's array of function definitions, each checked), for the
+    /// chat template; `None` when there are none or `tool_choice` is `none`.
+    pub tools: Option<Value>,
+    /// What `tool_choice` asks for.
+    pub tool_choice: ToolChoice,
     /// Sampling, every value within its bound.
     pub sampling: Sampling,
     /// Whether to answer with server-sent events.
@@ -154,6 +168,23 @@ pub struct Chat {
     /// With `stream`: whether a last chunk carries the usage.
     pub include_usage: bool,
 }
+
+/// What `tool_choice` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides (OpenAI's default when tools are offered).
+    #[default]
+    Auto,
+    /// No call: the tools are not given to the template.
+    None,
+    /// Some call.
+    Required,
+    /// A call of this function.
+    Function(String),
+}
+
+/// Most tools one request may offer.
+pub const MAX_TOOLS: usize = 128;
 
 /// What kind of refusal: the model named is not this one (404), or the request is not
 /// valid (400).
@@ -219,6 +250,7 @@ impl ChatRequest {
             return Err(RequestError::invalid("n", "only n = 1 is supported"));
         }
         self.refuse_what_cannot_be_honoured()?;
+        let (tools, tool_choice) = tools(self.tools.as_ref(), self.tool_choice.as_ref())?;
         let mut sampling = self.sampling.check()?;
         sampling.logprobs = match (self.logprobs, self.top_logprobs) {
             (Some(true), top) => {
@@ -248,6 +280,8 @@ impl ChatRequest {
         }
         Ok(Chat {
             messages,
+            tools,
+            tool_choice,
             sampling,
             stream: self.stream.unwrap_or(false),
             include_usage: include_usage(self.stream_options.as_ref()),
@@ -262,18 +296,6 @@ impl ChatRequest {
 
     /// Fields Veil knows and cannot honour, refused by name when they ask for something.
     fn refuse_what_cannot_be_honoured(&self) -> Result<(), RequestError> {
-        // Tools may be offered (an agent always sends them); this model's chat template
-        // cannot call one, so a request that requires a call is refused.
-        match &self.tool_choice {
-            None | Some(Value::Null) => {}
-            Some(Value::String(c)) if c == "auto" || c == "none" => {}
-            Some(_) => {
-                return Err(RequestError::invalid(
-                    "tool_choice",
-                    "this model's chat template has no tool calls: tool_choice may only be auto or none",
-                ))
-            }
-        }
         let text_only = match &self.modalities {
             None | Some(Value::Null) => true,
             Some(Value::Array(m)) => m.iter().all(|v| v.as_str() == Some("text")),
@@ -656,6 +678,164 @@ impl EmbeddingRequest {
     }
 }
 
+/// The checked `tools` and `tool_choice`: each tool a function with a name of at most 64
+/// letters, digits, `_` or `-` and an object of `parameters`; a named choice among them.
+fn tools(
+    tools: Option<&Value>,
+    choice: Option<&Value>,
+) -> Result<(Option<Value>, ToolChoice), RequestError> {
+    let invalid = |m: String| RequestError::invalid("tools", m);
+    let offered = match tools {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) if a.len() <= MAX_TOOLS => a.clone(),
+        Some(_) => {
+            return Err(invalid(format!(
+                "tools must be an array of at most {MAX_TOOLS} tools"
+            )))
+        }
+    };
+    let mut names = Vec::with_capacity(offered.len());
+    for tool in &offered {
+        let function = tool.get("function");
+        let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
+        let valid = |n: &str| {
+            (1..=64).contains(&n.len())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        match (tool.get("type").and_then(Value::as_str), name) {
+            (Some("function"), Some(n)) if valid(n) => names.push(n.to_owned()),
+            _ => {
+                return Err(invalid(
+                    "each tool must be {\"type\": \"function\", \"function\": {\"name\": NAME}} with a name of at most 64 letters, digits, _ or -".into(),
+                ))
+            }
+        }
+        if function
+            .and_then(|f| f.get("parameters"))
+            .is_some_and(|p| !p.is_object())
+        {
+            return Err(invalid(
+                "a tool's parameters must be a JSON schema object".into(),
+            ));
+        }
+    }
+    let choice = match choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(c)) if c == "auto" => ToolChoice::Auto,
+        Some(Value::String(c)) if c == "none" => ToolChoice::None,
+        Some(Value::String(c)) if c == "required" => ToolChoice::Required,
+        Some(c) => match c.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+            Some(n) if c.get("type").and_then(Value::as_str) == Some("function") => {
+                if !names.iter().any(|t| t == n) {
+                    return Err(RequestError::invalid(
+                        "tool_choice",
+                        "tool_choice names a function that tools does not offer",
+                    ));
+                }
+                ToolChoice::Function(n.to_owned())
+            }
+            _ => {
+                return Err(RequestError::invalid(
+                    "tool_choice",
+                    "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": NAME}}",
+                ))
+            }
+        },
+    };
+    if offered.is_empty() && matches!(choice, ToolChoice::Required | ToolChoice::Function(_)) {
+        return Err(RequestError::invalid(
+            "tool_choice",
+            "tool_choice requires tools",
+        ));
+    }
+    let tools =
+        (!offered.is_empty() && choice != ToolChoice::None).then_some(Value::Array(offered));
+    Ok((tools, choice))
+}
+
+/// The grammar that makes the answer one `<tool_call>{"name": …, "arguments": …}</tool_call>`
+/// of the tools `choice` allows (all for `Required`), each call's arguments under its own
+/// `parameters` schema; `None` for `auto` and `none`.
+///
+/// # Errors
+/// A tool's parameters that the grammar cannot enforce, named.
+pub fn tool_call_grammar(
+    tools: &Value,
+    choice: &ToolChoice,
+) -> Result<Option<String>, RequestError> {
+    let wanted = |name: &str| match choice {
+        ToolChoice::Required => true,
+        ToolChoice::Function(n) => n == name,
+        ToolChoice::Auto | ToolChoice::None => false,
+    };
+    let calls: Vec<Value> = tools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let f = t.get("function")?;
+            let name = f.get("name")?.as_str()?;
+            wanted(name).then(|| {
+                let parameters = f
+                    .get("parameters")
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({ "type": "object" }));
+                serde_json::json!({
+                    "type": "object",
+                    "properties": { "name": { "const": name }, "arguments": parameters },
+                })
+            })
+        })
+        .collect();
+    if calls.is_empty() {
+        return Ok(None);
+    }
+    let schema = serde_json::json!({ "anyOf": calls });
+    let g = grammar::json_schema(&schema)
+        .map_err(|e| RequestError::invalid("tools", format!("a tool's parameters: {e}")))?;
+    let (root, rest) = g.split_once('\n').unwrap_or((g.as_str(), ""));
+    let body = root.strip_prefix("root ::= ").unwrap_or(root);
+    Ok(Some(format!(
+        "root ::= \"<tool_call>\" ({body}) \"</tool_call>\"\n{rest}"
+    )))
+}
+
+/// A tool call parsed from an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments, as a JSON text (OpenAI's `arguments`).
+    pub arguments: String,
+}
+
+/// The calls in an answer written in the Hermes convention (`<tool_call>{"name": …,
+/// "arguments": …}</tool_call>`, as many as there are) and the text before the first; or
+/// `None` when it holds none, or one that is not such JSON (the answer is then text).
+pub fn parse_tool_calls(text: &str) -> Option<(String, Vec<ToolCall>)> {
+    const OPEN: &str = "<tool_call>";
+    const CLOSE: &str = "</tool_call>";
+    let first = text.find(OPEN)?;
+    let mut calls = Vec::new();
+    let mut rest = &text[first..];
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let end = after.find(CLOSE)?;
+        let call: Value = serde_json::from_str(after[..end].trim()).ok()?;
+        let name = call.get("name")?.as_str()?.to_owned();
+        let arguments = match call.get("arguments") {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            None => "{}".to_owned(),
+            Some(_) => return None,
+        };
+        calls.push(ToolCall { name, arguments });
+        rest = &after[end + CLOSE.len()..];
+    }
+    Some((text[..first].trim().to_owned(), calls))
+}
+
 /// `stream_options.include_usage`.
 fn include_usage(options: Option<&Value>) -> bool {
     options
@@ -798,6 +978,7 @@ fn messages(raw: &[RawMessage], context_length: u32) -> Result<Vec<Message>, Req
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => "tool",
             other => {
                 let role: String = other.chars().take(32).collect();
                 return Err(RequestError::invalid(
@@ -806,12 +987,47 @@ fn messages(raw: &[RawMessage], context_length: u32) -> Result<Vec<Message>, Req
                 ));
             }
         };
+        let tool_calls = match &m.tool_calls {
+            None | Some(Value::Null) => None,
+            Some(calls @ Value::Array(a)) if role == "assistant" && a.len() <= MAX_TOOLS => {
+                for call in a {
+                    let function = call.get("function");
+                    let named = function
+                        .and_then(|f| f.get("name"))
+                        .is_some_and(Value::is_string);
+                    let arguments = function
+                        .and_then(|f| f.get("arguments"))
+                        .is_some_and(Value::is_string);
+                    if !named || !arguments {
+                        return Err(RequestError::invalid(
+                            "messages",
+                            "each tool call needs function.name and function.arguments strings",
+                        ));
+                    }
+                }
+                Some(calls.clone())
+            }
+            Some(_) => {
+                return Err(RequestError::invalid(
+                    "messages",
+                    format!("tool_calls must be an assistant's array of at most {MAX_TOOLS} calls"),
+                ))
+            }
+        };
         messages.push(Message {
             role: role.to_owned(),
             content: content_text(&m.content)?,
+            tool_calls,
+            tool_call_id: m
+                .tool_call_id
+                .as_ref()
+                .map(|id| id.chars().take(256).collect()),
         });
     }
-    let content: usize = messages.iter().map(|m| m.content.len()).sum();
+    let content: usize = messages
+        .iter()
+        .map(|m| m.content.len() + m.tool_calls.as_ref().map_or(0, |c| c.to_string().len()))
+        .sum();
     let max_content = content_cap(context_length);
     if content > max_content {
         return Err(too_long(
@@ -893,8 +1109,8 @@ mod tests {
         ))
         .expect_err("too long");
         assert!(e.message.contains("bytes of content"), "{e}");
-        let e = check(r#"{"messages":[{"role":"tool","content":""}]}"#).expect_err("role");
-        assert!(e.message.contains("\"tool\""), "{e}");
+        let e = check(r#"{"messages":[{"role":"function","content":""}]}"#).expect_err("role");
+        assert!(e.message.contains("\"function\""), "{e}");
     }
 
     #[test]
@@ -912,7 +1128,6 @@ mod tests {
                 "parallel_tool_calls",
                 "service_tier",
                 "store",
-                "tools",
                 "user"
             ]
         );
@@ -927,6 +1142,74 @@ mod tests {
             ),
             (Some(0.5), Some(3), vec!["x".to_owned()])
         );
+    }
+
+    #[test]
+    fn tools_reach_the_chat_and_tool_messages_keep_their_calls() {
+        let body = r#"{"messages":[
+            {"role":"user","content":"Weather?"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"sunny"}],
+            "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}],
+            "tool_choice":{"type":"function","function":{"name":"get_weather"}}}"#;
+        let chat = check(body).expect("valid");
+        assert_eq!(chat.tool_choice, ToolChoice::Function("get_weather".into()));
+        assert_eq!(
+            chat.tools.as_ref().and_then(Value::as_array).map(Vec::len),
+            Some(1)
+        );
+        assert!(chat.messages[1].tool_calls.is_some());
+        assert_eq!(chat.messages[2].role, "tool");
+        assert_eq!(chat.messages[2].tool_call_id.as_deref(), Some("c1"));
+        // `none` keeps the tools from the template.
+        let none = check(&body.replace(
+            r#"{"type":"function","function":{"name":"get_weather"}}"#,
+            r#""none""#,
+        ))
+        .expect("valid");
+        assert_eq!((none.tools, none.tool_choice), (None, ToolChoice::None));
+        let g = tool_call_grammar(chat.tools.as_ref().expect("tools"), &chat.tool_choice)
+            .expect("grammar")
+            .expect("a grammar for a named call");
+        assert!(g.starts_with(r#"root ::= "<tool_call>" ("#), "{g}");
+        assert!(g.contains("get_weather"), "{g}");
+        assert_eq!(
+            tool_call_grammar(chat.tools.as_ref().expect("tools"), &ToolChoice::Auto).expect("ok"),
+            None
+        );
+        let strict = serde_json::json!([{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"s":{"type":"string","minLength":3}}}}}]);
+        let e = tool_call_grammar(&strict, &ToolChoice::Required).expect_err("minLength");
+        assert_eq!(e.param, "tools");
+    }
+
+    #[test]
+    fn tool_calls_are_parsed_from_hermes_style_answers_or_left_as_text() {
+        let (text, calls) = parse_tool_calls(
+            "Let me check. <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>\n<tool_call>{\"name\":\"f\",\"arguments\":\"{}\"}</tool_call>",
+        )
+        .expect("two calls");
+        assert_eq!(text, "Let me check.");
+        assert_eq!(
+            calls,
+            [
+                ToolCall {
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into()
+                },
+                ToolCall {
+                    name: "f".into(),
+                    arguments: "{}".into()
+                },
+            ]
+        );
+        for text in [
+            "no call here",
+            "<tool_call>not json</tool_call>",
+            "<tool_call>{\"name\":\"f\"}",
+            "<tool_call>{\"arguments\":{}}</tool_call>",
+        ] {
+            assert_eq!(parse_tool_calls(text), None, "{text}");
+        }
     }
 
     #[test]
@@ -1083,21 +1366,17 @@ mod tests {
                 {"role":"assistant","content":null}]}"#,
         )
         .expect("valid");
+        let roles_and_texts: Vec<(&str, &str)> = chat
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()))
+            .collect();
         assert_eq!(
-            chat.messages,
+            roles_and_texts,
             [
-                Message {
-                    role: "system".into(),
-                    content: "Be brief.".into()
-                },
-                Message {
-                    role: "user".into(),
-                    content: "Hello\nthere".into()
-                },
-                Message {
-                    role: "assistant".into(),
-                    content: String::new()
-                },
+                ("system", "Be brief."),
+                ("user", "Hello\nthere"),
+                ("assistant", "")
             ]
         );
     }
@@ -1132,12 +1411,22 @@ mod tests {
                 "top_logprobs",
                 "between 0 and 20",
             ),
-            (r#""tool_choice":"required""#, "tool_choice", "tool calls"),
+            (
+                r#""tool_choice":"required""#,
+                "tool_choice",
+                "requires tools",
+            ),
             (
                 r#""tool_choice":{"type":"function","function":{"name":"f"}}"#,
                 "tool_choice",
-                "tool calls",
+                "does not offer",
             ),
+            (
+                r#""tools":[{"type":"function","function":{"name":"a b"}}]"#,
+                "tools",
+                "name",
+            ),
+            (r#""tools":{"name":"f"}"#, "tools", "array"),
             (
                 r#""modalities":["text","audio"]"#,
                 "modalities",

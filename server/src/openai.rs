@@ -19,8 +19,8 @@ use veil_model::{
     TokenLogprob,
 };
 use veil_openai::{
-    Chat, ChatRequest, CompletionRequest, Embedding, EmbeddingRequest, ErrorKind, RequestError,
-    Sampling,
+    parse_tool_calls, tool_call_grammar, Chat, ChatRequest, CompletionRequest, Embedding,
+    EmbeddingRequest, ErrorKind, RequestError, Sampling, ToolChoice,
 };
 
 use crate::auth::Caller;
@@ -137,9 +137,12 @@ fn chat_request(chat: Chat, caller: Option<&Caller>) -> GenerateRequest {
         .map(|m| ChatMessage {
             role: m.role,
             content: m.content,
+            tool_calls: m.tool_calls,
+            tool_call_id: m.tool_call_id,
         })
         .collect();
     let mut request = GenerateRequest::chat(messages);
+    request.tools = chat.tools;
     request.cache_scope = cache_scope(caller, chat.sampling.prompt_cache_key.as_deref());
     request.params = sampling_params(chat.sampling);
     request
@@ -273,13 +276,38 @@ pub(crate) async fn chat_completions(
     let engine = engine(&state)?;
     let model = state.model_id(engine.as_ref());
     log_ignored("/v1/chat/completions", &req.ignored());
-    let chat = req.check(&model, engine.info().context_length)?;
+    let mut chat = req.check(&model, engine.info().context_length)?;
+    // Tools go to the template whatever it does with them; calls are asked for and parsed
+    // back only where the template has them (the Hermes convention).
+    let template_calls = engine.info().tool_calls;
+    let required = matches!(
+        chat.tool_choice,
+        ToolChoice::Required | ToolChoice::Function(_)
+    );
+    if required && !template_calls {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "this model's chat template has no tool calls: tool_choice may only be auto or none",
+        ));
+    }
+    if let (Some(tools), true) = (&chat.tools, template_calls) {
+        if let Some(g) = tool_call_grammar(tools, &chat.tool_choice)? {
+            if chat.sampling.grammar.is_some() {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "a JSON response_format cannot be combined with a required tool call",
+                ));
+            }
+            chat.sampling.grammar = Some(g);
+        }
+    }
     let (stream, include_usage) = (chat.stream, chat.include_usage);
     let answer = Answer {
         kind: Kind::Chat,
         model,
         stream,
         include_usage,
+        tool_calls: chat.tools.is_some() && template_calls,
     };
     let request = chat_request(chat, caller.as_ref().map(|c| &c.0));
     generate(state, engine, request, answer).await
@@ -301,6 +329,7 @@ pub(crate) async fn completions(
         model,
         stream: completion.stream,
         include_usage: completion.include_usage,
+        tool_calls: false,
     };
     let mut request = GenerateRequest::text(completion.prompt);
     request.cache_scope = cache_scope(
@@ -375,6 +404,33 @@ struct Answer {
     model: String,
     stream: bool,
     include_usage: bool,
+    /// Tools were offered to a template that calls them: the answer is parsed for calls
+    /// (and, streamed, held until it ends).
+    tool_calls: bool,
+}
+
+/// The answer's text as OpenAI's message: its calls when it holds some (then
+/// `finish_reason` is `tool_calls`), or the text.
+fn with_tool_calls(text: String, finish: Value) -> (Value, Option<Value>, Value) {
+    match parse_tool_calls(&text) {
+        Some((content, calls)) => {
+            let calls: Vec<Value> = calls
+                .into_iter()
+                .enumerate()
+                .map(|(index, c)| {
+                    json!({ "index": index, "id": completion_id("call"), "type": "function",
+                            "function": { "name": c.name, "arguments": c.arguments } })
+                })
+                .collect();
+            let content = if content.is_empty() {
+                Value::Null
+            } else {
+                json!(content)
+            };
+            (content, Some(json!(calls)), json!("tool_calls"))
+        }
+        None => (json!(text), None, finish),
+    }
 }
 
 /// Submits `request` and answers with the whole completion, or with server-sent events.
@@ -389,6 +445,7 @@ async fn generate(
         model,
         stream,
         include_usage,
+        tool_calls,
     } = answer;
     // Rendering the template and tokenizing are CPU work: on a blocking thread, a few at
     // a time, never on the async workers that answer health, attestation and provisioning.
@@ -449,6 +506,14 @@ async fn generate(
                     );
                     let lp = logprobs.take();
                     let choice = match kind {
+                        Kind::Chat if tool_calls => {
+                            let (content, calls, finish) = with_tool_calls(text, json!(finish));
+                            let mut message = json!({ "role": "assistant", "content": content });
+                            if let Some(calls) = calls {
+                                message["tool_calls"] = calls;
+                            }
+                            json!({ "index": 0, "message": message, "finish_reason": finish, "logprobs": lp })
+                        }
                         Kind::Chat => {
                             json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": lp })
                         }
@@ -494,22 +559,31 @@ async fn generate(
         Streaming,
         Done,
     }
+    // With tools, the text is held until the end, where it is parsed for calls.
+    let held = tool_calls.then(String::new);
     let events = stream::unfold(
-        (rx, Phase::Start, state, chunk, first, logprobs),
-        move |(mut rx, phase, state, chunk, first, mut logprobs)| async move {
+        (rx, Phase::Start, state, chunk, first, logprobs, held),
+        move |(mut rx, phase, state, chunk, first, mut logprobs, mut held)| async move {
             match phase {
                 Phase::Start => {
                     let evs = first
                         .iter()
                         .map(|c| SseEvent::default().data(c.to_string()))
                         .collect();
-                    Some((evs, (rx, Phase::Streaming, state, chunk, first, logprobs)))
+                    Some((
+                        evs,
+                        (rx, Phase::Streaming, state, chunk, first, logprobs, held),
+                    ))
                 }
                 Phase::Streaming => {
                     let out = match rx.recv().await {
                         // Held until the text that holds the token goes out.
                         Some(Event::Logprob(l)) => {
                             logprobs.pending.push(l);
+                            (vec![], Phase::Streaming)
+                        }
+                        Some(Event::Text(t)) if held.is_some() => {
+                            held.get_or_insert_with(String::new).push_str(&t);
                             (vec![], Phase::Streaming)
                         }
                         Some(Event::Text(t)) => (
@@ -529,8 +603,22 @@ async fn generate(
                             } else {
                                 logprobs.take()
                             };
-                            let mut evs = vec![SseEvent::default()
-                                .data(chunk(None, json!(finish), lp).to_string())];
+                            let mut evs = vec![];
+                            let mut finish = json!(finish);
+                            if let Some(text) = held.take() {
+                                let (content, calls, f) = with_tool_calls(text, finish);
+                                finish = f;
+                                if let Some(content) = content.as_str().filter(|c| !c.is_empty()) {
+                                    let c = chunk(Some(content), Value::Null, Value::Null);
+                                    evs.push(SseEvent::default().data(c.to_string()));
+                                }
+                                if let Some(calls) = calls {
+                                    let mut c = chunk(None, Value::Null, Value::Null);
+                                    c["choices"][0]["delta"] = json!({ "tool_calls": calls });
+                                    evs.push(SseEvent::default().data(c.to_string()));
+                                }
+                            }
+                            evs.push(SseEvent::default().data(chunk(None, finish, lp).to_string()));
                             if include_usage {
                                 let mut u = chunk(None, Value::Null, Value::Null);
                                 u["choices"] = json!([]);
@@ -553,7 +641,7 @@ async fn generate(
                         }
                         None => (vec![SseEvent::default().data("[DONE]")], Phase::Done),
                     };
-                    Some((out.0, (rx, out.1, state, chunk, first, logprobs)))
+                    Some((out.0, (rx, out.1, state, chunk, first, logprobs, held)))
                 }
                 Phase::Done => None,
             }

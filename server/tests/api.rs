@@ -667,6 +667,95 @@ async fn embeddings_as_floats_or_base64_in_openais_shape() {
     }
 }
 
+#[tokio::test]
+async fn tools_reach_the_template_and_a_required_call_comes_back_as_tool_calls() {
+    let tools = json!([{ "type": "function", "function": {
+        "name": "get_weather",
+        "parameters": { "type": "object", "properties": { "city": { "enum": ["Paris", "Rome"] } }, "required": ["city"] },
+    } }]);
+    let ask = |stream: bool| {
+        json!({
+            "messages": [{ "role": "user", "content": "What is the weather in Paris?" }],
+            "tools": tools, "tool_choice": "required", "temperature": 0, "max_tokens": 200,
+            "stream": stream,
+        })
+    };
+    // A template without tool calls: a required call is refused by name.
+    let plain = fixture(EngineConfig::small());
+    provision_and_wait(&plain).await;
+    let (status, body) = call(&plain, post("/v1/chat/completions", ask(false))).await;
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (StatusCode::BAD_REQUEST, &json!("tool_choice")),
+        "{body}"
+    );
+
+    // The tiny model's vocabulary spells most words letter by letter: the tools' system
+    // turn needs more than the small configuration's 256 tokens.
+    let f = fixture_with_model(
+        EngineConfig {
+            context_per_sequence: 512,
+            ..EngineConfig::small()
+        },
+        &veil_model::tiny::gguf_with_template(3, veil_model::tiny::TOOLS_TEMPLATE),
+    );
+    provision_and_wait(&f).await;
+    let (status, body) = call(&f, post("/v1/chat/completions", ask(false))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{body}");
+    assert!(choice["message"]["content"].is_null(), "{body}");
+    let call0 = &choice["message"]["tool_calls"][0];
+    assert_eq!(call0["type"], "function", "{body}");
+    assert_eq!(call0["function"]["name"], "get_weather", "{body}");
+    let args: Value =
+        serde_json::from_str(call0["function"]["arguments"].as_str().expect("arguments"))
+            .expect("arguments are JSON");
+    assert!(
+        ["Paris", "Rome"].contains(&args["city"].as_str().expect("city")),
+        "{args}"
+    );
+    let id = call0["id"].as_str().expect("id").to_owned();
+    assert!(id.starts_with("call-"), "{id}");
+
+    // Streamed: the same call in a tool_calls delta, then finish_reason tool_calls.
+    let chunks = sse_chunks(
+        app(f.state.clone())
+            .oneshot(post("/v1/chat/completions", ask(true)))
+            .await
+            .expect("infallible"),
+    )
+    .await;
+    let streamed: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), 1, "{chunks:?}");
+    assert_eq!(streamed[0]["function"], call0["function"]);
+    assert_eq!(
+        chunks.last().map(|c| &c["choices"][0]["finish_reason"]),
+        Some(&json!("tool_calls"))
+    );
+
+    // The agent's next turn: the call and its result go back through the template.
+    let next = json!({
+        "messages": [
+            { "role": "user", "content": "What is the weather in Paris?" },
+            { "role": "assistant", "content": null, "tool_calls": [{ "id": id, "type": "function", "function": call0["function"] }] },
+            { "role": "tool", "tool_call_id": id, "content": "sunny, 21 C" },
+        ],
+        "tools": tools, "temperature": 0, "max_tokens": 4,
+    });
+    let (status, body) = call(&f, post("/v1/chat/completions", next)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, first) = call(&f, post("/v1/chat/completions", ask(false))).await;
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64() > first["usage"]["prompt_tokens"].as_u64(),
+        "the call and its result are in the prompt: {body}"
+    );
+}
+
 /// The `data:` payloads of an SSE body before `[DONE]`, parsed.
 async fn sse_chunks(resp: axum::response::Response) -> Vec<Value> {
     let sse = body_text(resp).await;
