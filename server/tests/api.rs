@@ -205,15 +205,9 @@ async fn provisioning_with_the_right_key_unseals_and_serves() {
     let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let text = body_text(resp).await;
-    let datas: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(datas.last(), Some(&"[DONE]"), "{text}");
-    let first: Value = serde_json::from_str(datas[0]).expect("chunk");
-    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    let last: Value = serde_json::from_str(datas[datas.len() - 2]).expect("chunk");
+    let chunks = sse_chunks(resp).await;
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let last = chunks.last().expect("chunks");
     assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
     // Metrics count it.
     let resp = app(f.state.clone())
@@ -332,30 +326,21 @@ async fn a_text_completion_continues_the_prompt_whole_or_streamed() {
         .await
         .expect("infallible");
     assert_eq!(resp.status(), StatusCode::OK);
-    let sse = body_text(resp).await;
-    let datas: Vec<&str> = sse
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(datas.last(), Some(&"[DONE]"), "{sse}");
-    let chunks: Vec<Value> = datas[..datas.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).expect("chunk"))
-        .collect();
+    let chunks = sse_chunks(resp).await;
     assert!(
         chunks.iter().all(|c| c["object"] == "text_completion"),
-        "{sse}"
+        "{chunks:?}"
     );
     let joined: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["text"].as_str())
         .collect();
-    assert_eq!(joined, text, "{sse}");
+    assert_eq!(joined, text, "{chunks:?}");
     let usage_chunk = chunks.last().expect("usage chunk");
-    assert_eq!(&usage_chunk["usage"], usage, "{sse}");
+    assert_eq!(&usage_chunk["usage"], usage, "{chunks:?}");
     assert!(
         chunks[chunks.len() - 2]["choices"][0]["finish_reason"].is_string(),
-        "{sse}"
+        "{chunks:?}"
     );
     // Refused by name.
     let (status, body) = call(&f, post("/v1/completions", json!({ "prompt": ["a", "b"] }))).await;
