@@ -56,6 +56,26 @@ CONVERSATIONS = [
 ]
 
 
+# Conversations with tools, for the templates that render them (tools.jinja).
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
+TOOL_CONVERSATIONS = [
+    [{"role": "user", "content": "Weather in Paris?"}],
+    [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ],
+]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,6 +116,11 @@ def record(server, model, template_file):
                 prompt = None  # the template refuses it; Veil must refuse it too
                 print(f"  refused: {e.read()[:120]!r}", file=sys.stderr)
             cases.append({"messages": messages, "prompt": prompt})
+        if template_file and template_file.name == "tools.jinja":
+            for messages in TOOL_CONVERSATIONS:
+                body = {"messages": messages, "tools": TOOLS}
+                prompt = call(port, "/apply-template", body)["prompt"]
+                cases.append({"messages": messages, "tools": TOOLS, "prompt": prompt})
         return {
             "name": template_file.stem if template_file else "smollm2 (from the GGUF)",
             "template": props["chat_template"],

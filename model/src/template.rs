@@ -45,6 +45,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
+        env.add_filter("tojson", tojson);
         let source = source.unwrap_or_else(|| CHATML.to_owned());
         let tool_calls = source.contains("tools") && source.contains("<tool_call>");
         env.add_template_owned("chat", source)
@@ -113,6 +114,65 @@ impl ChatTemplate {
     }
 }
 
+/// `tojson` as Hugging Face's templates (and llama.cpp's engine) have it, Python's
+/// `json.dumps`: keys in their order, `", "` and `": "` between items (with `indent`,
+/// one item a line), non-ASCII text as it is and no HTML escaping (minijinja's own
+/// `tojson` is compact, and escapes `<`, `>` and `&`: a tool's description would render
+/// differently).
+fn tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = String::new();
+    write_json(&json, indent, 0, &mut out);
+    Ok(minijinja::Value::from_safe_string(out))
+}
+
+fn write_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    use serde_json::Value;
+    let (open, close, items): (char, char, Vec<(Option<&str>, &Value)>) = match v {
+        Value::Array(a) => ('[', ']', a.iter().map(|v| (None, v)).collect()),
+        Value::Object(m) => (
+            '{',
+            '}',
+            m.iter().map(|(k, v)| (Some(k.as_str()), v)).collect(),
+        ),
+        scalar => {
+            out.push_str(&scalar.to_string());
+            return;
+        }
+    };
+    out.push(open);
+    if !items.is_empty() {
+        for (i, (key, item)) in items.iter().enumerate() {
+            match (indent, i) {
+                (None, 0) => {}
+                (None, _) => out.push_str(", "),
+                (Some(n), _) => {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push('\n');
+                    out.push_str(&" ".repeat(n * (depth + 1)));
+                }
+            }
+            if let Some(k) = key {
+                out.push_str(&Value::from(*k).to_string());
+                out.push_str(": ");
+            }
+            write_json(item, indent, depth + 1, out);
+        }
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    }
+    out.push(close);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,18 +233,31 @@ mod tests {
         }
         #[derive(serde::Deserialize)]
         struct Case {
-            messages: Vec<ChatMessage>,
+            /// As a client sends them (an assistant's `content` may be null).
+            messages: Vec<serde_json::Value>,
+            #[serde(default)]
+            tools: Option<serde_json::Value>,
             prompt: Option<String>,
         }
         let fixtures: Fixtures =
             serde_json::from_str(include_str!("../tests/fixtures/chat-templates.json"))
                 .expect("fixtures parse");
-        assert_eq!(fixtures.templates.len(), 3);
+        assert_eq!(fixtures.templates.len(), 4);
         for f in fixtures.templates {
             let t = ChatTemplate::new(Some(f.template), f.bos_token, f.eos_token)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.name));
             for case in f.cases {
-                let got = t.render(&case.messages, None);
+                let messages: Vec<ChatMessage> = case
+                    .messages
+                    .iter()
+                    .map(|m| ChatMessage {
+                        role: m["role"].as_str().unwrap_or_default().to_owned(),
+                        content: m["content"].as_str().unwrap_or_default().to_owned(),
+                        tool_calls: m.get("tool_calls").cloned(),
+                        tool_call_id: m["tool_call_id"].as_str().map(str::to_owned),
+                    })
+                    .collect();
+                let got = t.render(&messages, case.tools.as_ref());
                 match case.prompt {
                     Some(want) => {
                         assert_eq!(got.as_deref().ok(), Some(want.as_str()), "{}", f.name)
@@ -209,6 +282,26 @@ mod tests {
             )
             .expect_err("refused");
         assert!(matches!(err, EngineError::InvalidRequest(_)), "{err}");
+    }
+
+    #[test]
+    fn tojson_writes_what_pythons_json_dumps_writes() {
+        let src =
+            "{{ messages[0].tool_calls | tojson }}|{{ messages[0].tool_calls | tojson(indent=2) }}";
+        let t = ChatTemplate::new(Some(src.to_owned()), String::new(), String::new())
+            .expect("compiles");
+        let value: serde_json::Value =
+            serde_json::from_str(r#"{"b": 1, "a": [1, 2.5, "<x&y>", "é"], "e": [], "o": {}}"#)
+                .expect("json");
+        let message = ChatMessage {
+            tool_calls: Some(value),
+            ..ChatMessage::user("")
+        };
+        // json.dumps(v) and json.dumps(v, indent=2), ensure_ascii=False.
+        assert_eq!(
+            t.render(&[message], None).expect("renders"),
+            "{\"b\": 1, \"a\": [1, 2.5, \"<x&y>\", \"é\"], \"e\": [], \"o\": {}}|{\n  \"b\": 1,\n  \"a\": [\n    1,\n    2.5,\n    \"<x&y>\",\n    \"é\"\n  ],\n  \"e\": [],\n  \"o\": {}\n}"
+        );
     }
 
     #[test]
@@ -261,7 +354,7 @@ mod tests {
             },
         ];
         let out = t.render(&messages, Some(&tools)).expect("renders");
-        assert!(out.contains(r#""name":"get_weather""#), "{out}");
+        assert!(out.contains(r#""name": "get_weather""#), "{out}");
         assert!(
             out.contains(
                 r#"<tool_call>{"name": "get_weather", "arguments": {"city":"Paris"}}</tool_call>"#
