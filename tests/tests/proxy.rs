@@ -267,8 +267,9 @@ fn on_sighup_the_proxy_reloads_its_policy_and_crls_and_verifies_again() {
 }
 
 /// What the official `openai` Python SDK does through the proxy: list the models, one
-/// completion, one stream, log-probabilities, a conversation's prompt reuse. Prints one
-/// JSON line.
+/// completion, one stream, log-probabilities, a conversation's prompt reuse, embeddings,
+/// structured output parsed by the SDK (a developer message and content parts on the way).
+/// Prints one JSON line.
 const SDK_SCRIPT: &str = r#"
 import json, sys
 from openai import OpenAI
@@ -286,8 +287,19 @@ cached = [c.chat.completions.create(model=model, max_tokens=2, temperature=0,
         messages=[{"role": "user", "content": "hello again"}]).usage.prompt_tokens_details.cached_tokens
     for _ in range(2)]
 emb = c.embeddings.create(model=model, input=["one text", "another"]).data
+from typing import Literal
+from pydantic import BaseModel
+class Verdict(BaseModel):
+    city: Literal["Paris", "Rome"]
+    sure: bool
+parsed = c.chat.completions.parse(model=model, max_tokens=180, temperature=0,
+        messages=[{"role": "developer", "content": "Answer in JSON."},
+                  {"role": "user", "content": [{"type": "text", "text": "Capital"},
+                                               {"type": "text", "text": "of France?"}]}],
+        response_format=Verdict).choices[0].message.parsed
 print(json.dumps({"model": model, "text": r.choices[0].message.content,
                   "embeddings": [len(e.embedding) for e in emb],
+                  "parsed": parsed.model_dump(),
                   "completion_tokens": r.usage.completion_tokens, "streamed": "".join(chunks),
                   "chunks": len(chunks), "logprobs": len(lp.content),
                   "top_logprobs": [len(t.top_logprobs) for t in lp.content], "cached": cached}))
@@ -338,6 +350,12 @@ fn the_official_openai_python_sdk_works_through_the_proxy() {
         v["top_logprobs"]
             .as_array()
             .is_some_and(|t| t.iter().all(|n| n == 2)),
+        "{v}"
+    );
+    // The SDK's own parsing of a json_schema answer into its model.
+    assert!(
+        ["Paris", "Rome"].contains(&v["parsed"]["city"].as_str().unwrap_or_default())
+            && v["parsed"]["sure"].is_boolean(),
         "{v}"
     );
     // The SDK asks for base64 and decodes it.
