@@ -509,7 +509,13 @@ async fn generate(
                         Kind::Chat if tool_calls => {
                             let (content, calls, finish) = with_tool_calls(text, json!(finish));
                             let mut message = json!({ "role": "assistant", "content": content });
-                            if let Some(calls) = calls {
+                            if let Some(mut calls) = calls {
+                                // `index` belongs to streamed deltas only.
+                                for c in calls.as_array_mut().into_iter().flatten() {
+                                    if let Some(o) = c.as_object_mut() {
+                                        o.remove("index");
+                                    }
+                                }
                                 message["tool_calls"] = calls;
                             }
                             json!({ "index": 0, "message": message, "finish_reason": finish, "logprobs": lp })

@@ -692,6 +692,10 @@ async fn tools_reach_the_template_and_a_required_call_comes_back_as_tool_calls()
     assert!(choice["message"]["content"].is_null(), "{body}");
     let call0 = &choice["message"]["tool_calls"][0];
     assert_eq!(call0["type"], "function", "{body}");
+    assert!(
+        call0.get("index").is_none(),
+        "index is for streamed deltas: {body}"
+    );
     assert_eq!(call0["function"]["name"], "get_weather", "{body}");
     let args: Value =
         serde_json::from_str(call0["function"]["arguments"].as_str().expect("arguments"))
