@@ -614,7 +614,7 @@ impl<'m> Worker<'m> {
             ctx,
             batch: LlamaBatch::new(batch_size as usize, parallel),
             batch_size: batch_size as usize,
-            free: (0..parallel).rev().collect(),
+            free: (0..parallel).collect(),
             active: Vec::new(),
             slots: (0..parallel).map(|_| Slot::default()).collect(),
             clock: 0,
@@ -664,8 +664,8 @@ impl<'m> Worker<'m> {
         if !argmax {
             sampler.accept_many(&job.prompt);
         }
-        let cells = self.slots[id as usize].tokens[..reused].to_vec();
-        self.slots[id as usize] = Slot::default();
+        let mut cells = std::mem::take(&mut self.slots[id as usize]).tokens;
+        cells.truncate(reused);
         self.active.push(Sequence {
             id,
             events: job.events,
@@ -747,10 +747,9 @@ impl<'m> Worker<'m> {
         self.slots[id as usize] = Slot::default();
     }
 
+    /// `take_sequence` chooses among the free ids by their slots and ids, not by order.
     fn return_free(&mut self, id: i32) {
         self.free.push(id);
-        // Highest first, so that the lowest id is preferred and active ids stay consecutive.
-        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 
     /// Frees the sequence at `i`, its id reused. With `keep` and a cache scope, its KV cells
@@ -874,7 +873,7 @@ impl<'m> Worker<'m> {
             let piece = vocab.token_to_piece(token, false, None);
             if let Some(top) = seq.logprobs {
                 let logits = self.ctx.get_logits_ith(at);
-                let event = Event::Logprob(token_logprob(logits, token, top, &vocab));
+                let event = Event::Logprob(token_logprob(logits, token, &piece, top, &vocab));
                 if seq.events.send(event).is_err() {
                     ended.push(i); // the consumer went away
                     continue;
@@ -905,11 +904,12 @@ impl<'m> Worker<'m> {
     }
 }
 
-/// The log-probability of `token` under the softmax of `logits`, and the `top` likeliest
-/// tokens' (most likely first; ties by lower id).
+/// The log-probability of `token` (whose text is `piece`) under the softmax of `logits`,
+/// and the `top` likeliest tokens' (most likely first; ties by lower id).
 fn token_logprob(
     logits: &[f32],
     token: LlamaToken,
+    piece: &[u8],
     top: u32,
     vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
 ) -> TokenLogprob {
@@ -934,7 +934,7 @@ fn token_logprob(
         vocab.token_to_piece(LlamaToken(id), false, None)
     };
     TokenLogprob {
-        bytes: vocab.token_to_piece(token, false, None),
+        bytes: piece.to_vec(),
         logprob: usize::try_from(token.0)
             .ok()
             .and_then(|t| logits.get(t))

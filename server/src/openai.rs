@@ -351,23 +351,7 @@ pub(crate) async fn embeddings(
     let model = state.model_id(engine.as_ref());
     log_ignored("/v1/embeddings", &req.ignored());
     let Embedding { inputs, base64 } = req.check(&model, engine.info().context_length)?;
-    let permit = Arc::clone(&state.prepare)
-        .acquire_owned()
-        .await
-        .map_err(|_| engine_error(EngineError::Stopped))?;
-    let out = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        engine.embed(&inputs)
-    })
-    .await
-    .map_err(|_| engine_error(EngineError::Stopped))?
-    .map_err(|e| {
-        let mut err = engine_error(e);
-        if err.param.as_deref() == Some("messages") {
-            err.param = Some("input".into());
-        }
-        err
-    })?;
+    let out = prepared(&state, "input", move || engine.embed(&inputs)).await?;
     state.metrics.count_tokens(out.prompt_tokens, 0, 0);
     let data: Vec<Value> = out
         .vectors
@@ -389,6 +373,34 @@ pub(crate) async fn embeddings(
         "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
     }))
     .into_response())
+}
+
+/// Runs `work` (rendering, tokenizing, embedding: CPU work) on a blocking thread under one
+/// of the `prepare` permits, never on the async workers that answer health, attestation
+/// and provisioning. A refusal of the engine's that names `messages` names `input` (the
+/// request's own field) instead.
+async fn prepared<T: Send + 'static>(
+    state: &AppState,
+    input: &'static str,
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = Arc::clone(&state.prepare)
+        .acquire_owned()
+        .await
+        .map_err(|_| engine_error(EngineError::Stopped))?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|_| engine_error(EngineError::Stopped))?
+    .map_err(|e| {
+        let mut err = engine_error(e);
+        if err.param.as_deref() == Some("messages") {
+            err.param = Some(input.into());
+        }
+        err
+    })
 }
 
 /// Which OpenAI answer: a chat completion or a text completion.
@@ -447,33 +459,20 @@ async fn generate(
         include_usage,
         tool_calls,
     } = answer;
-    // Rendering the template and tokenizing are CPU work: on a blocking thread, a few at
-    // a time, never on the async workers that answer health, attestation and provisioning.
-    // The engine refuses a prompt whose tokens do not fit the context before queueing it.
     let mut logprobs = Logprobs {
         kind,
         wanted: request.params.logprobs.is_some(),
         pending: Vec::new(),
         offset: 0,
     };
-    let permit = Arc::clone(&state.prepare)
-        .acquire_owned()
-        .await
-        .map_err(|_| engine_error(EngineError::Stopped))?;
-    let mut rx = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        engine.submit(request)
-    })
-    .await
-    .map_err(|_| engine_error(EngineError::Stopped))?
-    .map_err(|e| {
-        let mut err = engine_error(e);
-        // What the engine refuses is the prompt of a text completion, not messages.
-        if kind == Kind::Text && err.param.as_deref() == Some("messages") {
-            err.param = Some("prompt".into());
-        }
-        err
-    })?;
+    // Rendering and tokenizing, on a blocking thread; the engine refuses a prompt whose
+    // tokens do not fit the context before queueing it (for a text completion, the field
+    // at fault is `prompt`).
+    let input = match kind {
+        Kind::Chat => "messages",
+        Kind::Text => "prompt",
+    };
+    let mut rx = prepared(&state, input, move || engine.submit(request)).await?;
 
     let (id, object, chunk_object) = match kind {
         Kind::Chat => (
