@@ -59,6 +59,7 @@ pub mod policy;
 pub mod release;
 pub mod report;
 pub mod revocation;
+pub mod trustee;
 pub mod tsm;
 mod wire;
 

@@ -33,6 +33,17 @@ pub enum Tee {
     AzSnpVtpm,
 }
 
+impl Tee {
+    /// The evidence kind this TEE produces.
+    pub fn kind(self) -> veil_attestation::TeeKind {
+        match self {
+            Tee::Mock => veil_attestation::TeeKind::Mock,
+            Tee::Snp => veil_attestation::TeeKind::Snp,
+            Tee::AzSnpVtpm => veil_attestation::TeeKind::AzSnpVtpm,
+        }
+    }
+}
+
 /// `veil-server` options. Each may also come from `VEIL_*` environment variables or the
 /// TOML file given with `--config` (keys as the long flag names, with `_`).
 //
@@ -71,8 +82,10 @@ pub struct Config {
     /// own report's HOST_DATA is the configuration's digest.
     #[arg(long, value_name = "FILE")]
     pub launch_config: Option<PathBuf>,
-    /// A key broker to pull the model key from (`veil broker`), `http://HOST:PORT`.
-    /// Without it the server waits for the owner to push the key (`veil provision`).
+    /// A key broker to pull the model key from: `http://HOST:PORT` (`veil broker`),
+    /// `kbs://HOST:PORT/REPO/TYPE/TAG[?tee=sample|snp]` (a Trustee KBS, RCAR 0.4.0) or
+    /// `cdh:///REPO/TYPE/TAG` (a Confidential Containers pod's data hub). Without it the
+    /// server waits for the owner to push the key (`veil provision`).
     #[arg(long, env = "VEIL_KEY_BROKER")]
     pub key_broker: Option<String>,
     /// Address to listen on; port 0 picks one [default: 127.0.0.1:8443].

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod harden;
+pub mod kbs;
 pub mod metrics;
 pub mod openai;
 pub mod pull;

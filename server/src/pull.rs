@@ -1,5 +1,6 @@
 //! The pull flow: started with `--key-broker URL`, the locked server asks a key broker
-//! (`veil broker`) for its model key. It fetches a nonce, attests with report data for
+//! for its model key: `veil broker` (`http://`, here), a Trustee KBS (`kbs://`) or a
+//! Confidential Containers pod's data hub (`cdh://`) ([`crate::kbs`]). From `veil broker` it fetches a nonce, attests with report data for
 //! purpose "broker pull" (that nonce, its wrapping key, the sealed model's digest), sends
 //! the evidence with the sealed model's key id, and opens the answer with its wrapping
 //! key. The wire contract is [`veil_attestation::broker`].
@@ -17,14 +18,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode, Uri};
+use hyper::header::{HeaderName, CONTENT_TYPE, HOST};
+use hyper::{HeaderMap, Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use veil_attestation::broker::{pull_transcript, Challenge, KeyRequest, CHALLENGE_PATH, KEY_PATH};
-use veil_attestation::KeyRelease;
+use veil_attestation::{KeyRelease, TeeKind};
 use veil_sealing::KeyId;
 
+use crate::kbs::{CdhUrl, KbsTee, KbsUrl};
 use crate::state::{AppState, Lifecycle};
 use crate::unlock::{accept_key, Accepted, UnlockError};
 
@@ -39,11 +41,65 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer read from the broker.
 const MAX_ANSWER: usize = 64 << 10;
 
+/// Where a key broker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `HOST[:PORT]` as given (the `Host` header).
+    pub(crate) authority: String,
+    /// `HOST:PORT` to connect to.
+    pub(crate) addr: String,
+}
+
+/// The key broker named by `--key-broker`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyBroker {
+    /// `veil broker`: `http://HOST[:PORT][/PREFIX]`.
+    Veil(BrokerUrl),
+    /// A Trustee KBS: `kbs://HOST[:PORT]/REPO/TYPE/TAG`, in the evidence format chosen at
+    /// start.
+    Kbs(KbsUrl, KbsTee),
+    /// A pod's Confidential Data Hub: `cdh:///REPO/TYPE/TAG`.
+    Cdh(CdhUrl),
+}
+
+impl KeyBroker {
+    /// Parses `--key-broker URL` for a server whose attester is `tee`.
+    ///
+    /// # Errors
+    /// An unknown scheme, a malformed URL, or a KBS evidence format this TEE cannot send.
+    pub fn parse(url: &str, tee: TeeKind) -> anyhow::Result<Self> {
+        if url.starts_with("kbs://") {
+            let kbs = KbsUrl::parse(url)?;
+            let format = kbs.evidence_format(tee)?;
+            Ok(KeyBroker::Kbs(kbs, format))
+        } else if url.starts_with("cdh://") {
+            Ok(KeyBroker::Cdh(CdhUrl::parse(url)?))
+        } else if url.starts_with("http://") {
+            Ok(KeyBroker::Veil(BrokerUrl::parse(url)?))
+        } else {
+            bail!(
+                "--key-broker {url:?}: expected http://HOST:PORT (veil broker), \
+                 kbs://HOST:PORT/REPO/TYPE/TAG (a Trustee KBS) or cdh:///REPO/TYPE/TAG \
+                 (a Confidential Containers pod's data hub)"
+            )
+        }
+    }
+}
+
+impl fmt::Display for KeyBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyBroker::Veil(url) => url.fmt(f),
+            KeyBroker::Kbs(url, _) => url.fmt(f),
+            KeyBroker::Cdh(url) => url.fmt(f),
+        }
+    }
+}
+
 /// A key broker's address: `http://HOST[:PORT][/PREFIX]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
-    authority: String,
-    addr: String,
+    endpoint: Endpoint,
     prefix: String,
 }
 
@@ -72,8 +128,10 @@ impl BrokerUrl {
             authority.port_u16().unwrap_or(80)
         );
         Ok(BrokerUrl {
-            authority: authority.as_str().to_owned(),
-            addr,
+            endpoint: Endpoint {
+                authority: authority.as_str().to_owned(),
+                addr,
+            },
             prefix: uri.path().trim_end_matches('/').to_owned(),
         })
     }
@@ -81,7 +139,7 @@ impl BrokerUrl {
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.prefix)
+        write!(f, "http://{}{}", self.endpoint.authority, self.prefix)
     }
 }
 
@@ -108,14 +166,19 @@ pub enum PullError {
 }
 
 /// Asks the broker until the server is no longer locked (a key arrived, by pull or push).
-pub async fn pull_until_unlocked(state: Arc<AppState>, broker: BrokerUrl) {
+pub async fn pull_until_unlocked(state: Arc<AppState>, broker: KeyBroker) {
     let mut backoff = FIRST_DELAY;
     loop {
         if !matches!(state.state(), Lifecycle::Locked) {
             return;
         }
         set_status(&state, format!("asking {broker}"));
-        let wait = match pull_once(&state, &broker).await {
+        let outcome = match &broker {
+            KeyBroker::Veil(url) => pull_once(&state, url).await,
+            KeyBroker::Kbs(url, tee) => crate::kbs::pull_kbs(&state, url, *tee).await,
+            KeyBroker::Cdh(url) => crate::kbs::pull_cdh(&state, url).await,
+        };
+        let wait = match outcome {
             Ok(Accepted::Unsealing | Accepted::Repeat) => {
                 tracing::info!(%broker, "key broker released the model key");
                 set_status(&state, format!("{broker} released the key"));
@@ -188,42 +251,85 @@ pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Acce
 
 /// POSTs `body` (JSON) to `path` under the broker's prefix; the answer's body if 200.
 async fn post(broker: &BrokerUrl, path: &str, body: Vec<u8>) -> Result<Bytes, PullError> {
+    let answer = exchange(
+        &broker.endpoint,
+        &broker.to_string(),
+        Method::POST,
+        &format!("{}{path}", broker.prefix),
+        &[(CONTENT_TYPE, "application/json".to_owned())],
+        Some(body),
+    )
+    .await?;
+    if answer.status == StatusCode::OK {
+        return Ok(answer.body);
+    }
+    Err(PullError::Refused(describe(
+        path,
+        answer.status,
+        &answer.body,
+    )))
+}
+
+/// An answer from a key broker.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// One request on a new HTTP/1.1 connection, within [`REQUEST_TIMEOUT`]; the answer's
+/// body is read up to [`MAX_ANSWER`]. `url` names the broker in errors.
+pub(crate) async fn exchange(
+    endpoint: &Endpoint,
+    url: &str,
+    method: Method,
+    path: &str,
+    headers: &[(HeaderName, String)],
+    body: Option<Vec<u8>>,
+) -> Result<Answer, PullError> {
     let unreachable = |reason: String| PullError::Unreachable {
-        url: broker.to_string(),
+        url: url.to_owned(),
         reason,
     };
     let exchange = async {
-        let tcp = TcpStream::connect(&broker.addr)
+        let tcp = TcpStream::connect(&endpoint.addr)
             .await
-            .map_err(|e| unreachable(format!("connect {}: {e}", broker.addr)))?;
+            .map_err(|e| unreachable(format!("connect {}: {e}", endpoint.addr)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);
-        let request = Request::post(format!("{}{path}", broker.prefix))
-            .header(HOST, &broker.authority)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &endpoint.authority);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| PullError::Unusable(e.to_string()))?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| unreachable(format!("reading the answer: {e}")))?
             .to_bytes();
-        Ok::<_, PullError>((status, body))
+        Ok::<_, PullError>(Answer {
+            status,
+            headers,
+            body,
+        })
     };
-    let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
-    if status == StatusCode::OK {
-        return Ok(body);
-    }
-    Err(PullError::Refused(describe(path, status, &body)))
+        .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
 }
 
 /// `POST /v1/key: 403 attestation_rejected: evidence rejected: measurement: …`
@@ -250,11 +356,11 @@ mod tests {
     #[test]
     fn broker_urls_are_plain_http_with_a_host() {
         let u = BrokerUrl::parse("http://127.0.0.1:8444").expect("valid");
-        assert_eq!(u.addr, "127.0.0.1:8444");
+        assert_eq!(u.endpoint.addr, "127.0.0.1:8444");
         assert_eq!(u.prefix, "");
         assert_eq!(u.to_string(), "http://127.0.0.1:8444");
         let u = BrokerUrl::parse("http://broker.example/keys/").expect("valid");
-        assert_eq!(u.addr, "broker.example:80");
+        assert_eq!(u.endpoint.addr, "broker.example:80");
         assert_eq!(u.prefix, "/keys");
         for bad in [
             "https://127.0.0.1:8444",

@@ -152,8 +152,11 @@ pub async fn run_with(
     let broker = config
         .key_broker
         .as_deref()
-        .map(crate::pull::BrokerUrl::parse)
+        .map(|url| crate::pull::KeyBroker::parse(url, tee.kind()))
         .transpose()?;
+    if let Some(crate::pull::KeyBroker::Kbs(url, crate::kbs::KbsTee::Sample)) = &broker {
+        tracing::warn!(%url, "MOCK: the key is asked of the KBS with Trustee's `sample` evidence, which carries no signature; for trying the flow only");
+    }
     let limits = config.limits()?;
     let body_timeout = config.body_timeout()?;
     let listen = config.listen();

@@ -508,6 +508,24 @@ impl AppState {
         Ok(evidence)
     }
 
+    /// A raw report over exactly `report_data`, with no binding stated (for a Trustee
+    /// KBS, which names its own report data). Counted in `veil_attestations_total`.
+    ///
+    /// # Errors
+    /// As [`AppState::issue_evidence`].
+    pub async fn issue_report(&self, report_data: [u8; 64]) -> Result<Evidence, EvidenceError> {
+        let attester = Arc::clone(&self.attester);
+        let evidence = tokio::task::spawn_blocking(move || attester.report(report_data))
+            .await
+            .map_err(|_| EvidenceError::Interrupted)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "attestation failed");
+                EvidenceError::Platform
+            })?;
+        self.metrics.attestations.fetch_add(1, Ordering::Relaxed);
+        Ok(evidence)
+    }
+
     /// The counters, shared with the listener.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)

@@ -49,7 +49,15 @@ pub fn accept_key(
     key_id: KeyId,
     secret: Box<Zeroizing<[u8; 32]>>,
 ) -> Result<Accepted, UnlockError> {
-    let key = ModelKey::from_parts(key_id, secret);
+    accept_model_key(state, ModelKey::from_parts(key_id, secret))
+}
+
+/// [`accept_key`] for a key read whole (a key file released by a KBS).
+///
+/// # Errors
+/// As [`accept_key`].
+pub fn accept_model_key(state: &Arc<AppState>, key: ModelKey) -> Result<Accepted, UnlockError> {
+    let key_id = key.key_id();
     if state.header.check_key(&key).is_err() {
         tracing::warn!(key_id = %key_id, "key refused: it does not open the sealed header");
         return Err(UnlockError::WrongKey { key_id });
