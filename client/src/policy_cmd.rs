@@ -1,5 +1,6 @@
 //! `veil policy snp`: write an appraisal policy for real SEV-SNP launches, the sibling of
-//! `veil mock-platform policy` (see `docs/measure.md`).
+//! `veil mock-platform policy` (see `docs/measure.md`); `veil policy rego`: translate one
+//! into a Trustee KBS resource policy (`docs/trustee.md`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +19,27 @@ pub enum PolicyCommand {
     /// Write a policy for SEV-SNP evidence under AMD's roots: the accepted launch
     /// measurements, optionally HOST_DATA, models and a minimum TCB; debug never allowed.
     Snp(SnpPolicyArgs),
+    /// Translate a Veil policy into a Trustee KBS resource policy (Rego) that releases the
+    /// model key only to SNP evidence whose claims satisfy it; the checks Trustee's claims
+    /// cannot express are listed (on stderr, and as comments in the Rego).
+    Rego(RegoArgs),
+}
+
+/// What `veil policy rego` reads and writes.
+#[derive(Args)]
+pub struct RegoArgs {
+    /// The Veil policy (TOML).
+    pub policy: PathBuf,
+    /// The KBS resource that holds the model key, REPO/TYPE/TAG (as in
+    /// `--key-broker kbs://HOST:PORT/REPO/TYPE/TAG`).
+    #[arg(long, default_value = "default/veil/model-key")]
+    pub resource: String,
+    /// Write the Rego here instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What `veil policy snp` writes into the policy.
@@ -195,6 +217,21 @@ pub fn snp_policy(args: &SnpPolicyArgs) -> anyhow::Result<Policy> {
 /// cannot be written.
 pub fn run(cmd: PolicyCommand) -> CmdResult {
     match cmd {
+        PolicyCommand::Rego(args) => {
+            let policy = crate::files::load_policy(&args.policy)?;
+            let rego = veil_attestation::trustee::resource_policy(&policy, &args.resource)
+                .with_context(|| format!("policy {}", args.policy.display()))?;
+            match &args.output {
+                Some(path) => {
+                    write_new(path, rego.rego.as_bytes(), false, args.force)?;
+                    eprintln!("resource policy {} for {}", path.display(), args.resource);
+                }
+                None => print!("{}", rego.rego),
+            }
+            for n in &rego.not_translated {
+                eprintln!("not translated: {n}");
+            }
+        }
         PolicyCommand::Snp(args) => {
             let policy = snp_policy(&args)?;
             let text = policy.to_toml();
