@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use veil_attestation::attester::AttestError;
 use veil_attestation::binding::Transcript;
 use veil_attestation::{Attester, Evidence, WrappingKey};
 use veil_model::{Engine, EngineConfig};
@@ -495,17 +496,9 @@ impl AppState {
     /// # Errors
     /// [`EvidenceError`]; a platform failure is logged here with its cause.
     pub async fn issue_evidence(&self, transcript: &Transcript) -> Result<Evidence, EvidenceError> {
-        let attester = Arc::clone(&self.attester);
         let transcript = *transcript;
-        let evidence = tokio::task::spawn_blocking(move || attester.attest(&transcript))
+        self.issue(move |attester| attester.attest(&transcript))
             .await
-            .map_err(|_| EvidenceError::Interrupted)?
-            .map_err(|e| {
-                tracing::error!(error = %e, "attestation failed");
-                EvidenceError::Platform
-            })?;
-        self.metrics.attestations.fetch_add(1, Ordering::Relaxed);
-        Ok(evidence)
     }
 
     /// A raw report over exactly `report_data`, with no binding stated (for a Trustee
@@ -514,8 +507,18 @@ impl AppState {
     /// # Errors
     /// As [`AppState::issue_evidence`].
     pub async fn issue_report(&self, report_data: [u8; 64]) -> Result<Evidence, EvidenceError> {
+        self.issue(move |attester| attester.report(report_data))
+            .await
+    }
+
+    /// Runs `attest` on a blocking thread, logs a platform failure with its cause, and
+    /// counts the evidence.
+    async fn issue(
+        &self,
+        attest: impl FnOnce(&dyn Attester) -> Result<Evidence, AttestError> + Send + 'static,
+    ) -> Result<Evidence, EvidenceError> {
         let attester = Arc::clone(&self.attester);
-        let evidence = tokio::task::spawn_blocking(move || attester.report(report_data))
+        let evidence = tokio::task::spawn_blocking(move || attest(attester.as_ref()))
             .await
             .map_err(|_| EvidenceError::Interrupted)?
             .map_err(|e| {

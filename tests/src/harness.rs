@@ -304,6 +304,31 @@ impl Server {
         serde_json::from_slice(&body).expect("/ready answers JSON")
     }
 
+    /// Polls `/ready` every 100 ms until `done` holds for its body, and returns it.
+    ///
+    /// # Panics
+    /// If it does not within `timeout` (`what` and the server's log are in the message).
+    pub fn wait_ready(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = self.ready();
+            if done(&ready) {
+                return ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: /ready is still {ready} after {timeout:?}; server log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Asserts that no provisioning request reached this server and that it is still
     /// locked: the model key never arrived.
     ///

@@ -116,19 +116,7 @@ fn wait_ready(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + PULL_TIMEOUT;
-    loop {
-        let ready = server.ready();
-        if done(&ready) {
-            return ready;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: /ready is still {ready} after {PULL_TIMEOUT:?}; server log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_ready(PULL_TIMEOUT, what, done)
 }
 
 /// Polls `/ready` until its `key_broker` status names `code`; returns the body.

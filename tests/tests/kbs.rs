@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -419,19 +419,7 @@ fn random<const N: usize>() -> [u8; N] {
 
 /// Polls `/ready` until `done` holds for its body, or fails after [`PULL_TIMEOUT`].
 fn wait_ready(server: &Server, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PULL_TIMEOUT;
-    loop {
-        let ready = server.ready();
-        if done(&ready) {
-            return ready;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: /ready is still {ready} after {PULL_TIMEOUT:?}; server log:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait_ready(PULL_TIMEOUT, what, done)
 }
 
 /// Waits for `/ready`'s `key_broker` to contain `text`, and checks the server is locked.
