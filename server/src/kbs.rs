@@ -379,13 +379,9 @@ pub(crate) fn describe(what: &str, status: StatusCode, body: &[u8]) -> String {
     match info {
         Some(info) => {
             let kind = info.error_type.rsplit('/').next().unwrap_or_default();
-            let mut detail: String = info
-                .detail
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_DETAIL)
-                .collect();
-            if detail.len() < info.detail.len() && info.detail.chars().count() > MAX_DETAIL {
+            let printable = info.detail.chars().filter(|c| !c.is_control());
+            let mut detail: String = printable.clone().take(MAX_DETAIL).collect();
+            if printable.count() > MAX_DETAIL {
                 detail.push('…');
             }
             format!("{what}: {} {kind}: {detail}", status.as_u16())

@@ -270,8 +270,7 @@ async fn post(broker: &BrokerUrl, path: &str, body: Vec<u8>) -> Result<Bytes, Pu
     )))
 }
 
-/// An answer from a key broker.
-#[derive(Debug)]
+/// An answer from a key broker. No `Debug`: a data hub's body is the key file itself.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
