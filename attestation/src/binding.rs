@@ -3,7 +3,7 @@
 //! (documented in `docs/protocol.md`).
 //!
 //! ```text
-//! T = "VEIL-REPORT-DATA-v1\0"        20 bytes
+//! T = "VEIL-REPORT-DATA-v2\0"        20 bytes
 //!   ‖ flags                           1  (bit 0: an exporter value is bound)
 //!   ‖ purpose                         1  (1 session, 2 broker pull, 3 offline)
 //!   ‖ len(nonce) ‖ nonce              1 + 16..=64
@@ -11,14 +11,19 @@
 //!   ‖ TLS exporter (RFC 9266)         32 (zeros when flag bit 0 is clear)
 //!   ‖ X25519 wrapping public key      32 (zeros once no key is accepted)
 //!   ‖ sealed model SHA-256            32 (zeros while unknown)
+//!   ‖ Ed25519 receipt public key      32 (zeros when the server signs no receipts)
 //! REPORT_DATA = SHA-512(T)
 //! ```
+//!
+//! Version 2 added the receipt key (`docs/receipts.md`). A version-1 client refuses a
+//! version-2 server's evidence, naming the field it does not know (`receipt_pk`); a
+//! version-2 client refuses a version-1 server's, naming the field it lacks.
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
 
 /// Domain separation string, NUL-terminated.
-pub const DOMAIN: &[u8; 20] = b"VEIL-REPORT-DATA-v1\0";
+pub const DOMAIN: &[u8; 20] = b"VEIL-REPORT-DATA-v2\0";
 /// Flag bit 0: the TLS exporter of the connection is bound.
 pub const FLAG_EXPORTER: u8 = 0x01;
 /// Shortest nonce accepted.
@@ -162,6 +167,9 @@ pub struct Binding {
     /// SHA-256 of the sealed model's plaintext (from its authenticated header), hex.
     #[serde(with = "crate::wire::hex_bytes")]
     pub model_sha256: [u8; 32],
+    /// The Ed25519 public key that signs this server's receipts, hex (zeros: none).
+    #[serde(with = "crate::wire::hex_bytes")]
+    pub receipt_pk: [u8; 32],
 }
 
 /// Everything REPORT_DATA binds.
@@ -179,6 +187,8 @@ pub struct Transcript {
     pub wrap_pk: [u8; 32],
     /// The sealed model's plaintext SHA-256.
     pub model_sha256: [u8; 32],
+    /// The server's Ed25519 receipt-signing public key (zeros: it signs none).
+    pub receipt_pk: [u8; 32],
 }
 
 impl Transcript {
@@ -198,13 +208,14 @@ impl Transcript {
             purpose: self.purpose,
             wrap_pk: self.wrap_pk,
             model_sha256: self.model_sha256,
+            receipt_pk: self.receipt_pk,
         }
     }
 
     /// The transcript bytes `T` (never sent; hashed).
     pub fn to_bytes(&self) -> Vec<u8> {
         let nonce = self.nonce.as_bytes();
-        let mut t = Vec::with_capacity(20 + 3 + nonce.len() + 4 * 32);
+        let mut t = Vec::with_capacity(20 + 3 + nonce.len() + 5 * 32);
         t.extend_from_slice(DOMAIN);
         t.push(self.flags());
         t.push(self.purpose.byte());
@@ -214,6 +225,7 @@ impl Transcript {
         t.extend_from_slice(&self.exporter.unwrap_or([0; 32]));
         t.extend_from_slice(&self.wrap_pk);
         t.extend_from_slice(&self.model_sha256);
+        t.extend_from_slice(&self.receipt_pk);
         t
     }
 
@@ -245,6 +257,7 @@ mod tests {
             exporter: Some([2; 32]),
             wrap_pk: [3; 32],
             model_sha256: [4; 32],
+            receipt_pk: [5; 32],
         }
     }
 
@@ -252,14 +265,15 @@ mod tests {
     fn transcript_layout_is_as_documented() {
         let nonce = [9u8; 32];
         let t = sample(&nonce).to_bytes();
-        assert_eq!(t.len(), 20 + 1 + 1 + 1 + 32 + 4 * 32);
+        assert_eq!(t.len(), 20 + 1 + 1 + 1 + 32 + 5 * 32);
         assert_eq!(&t[..20], DOMAIN);
         assert_eq!(t[20], FLAG_EXPORTER);
         assert_eq!(t[21], 1);
         assert_eq!(t[22], 32);
         assert_eq!(&t[23..55], &nonce);
         assert_eq!(&t[55..87], &[1; 32]);
-        assert_eq!(&t[t.len() - 32..], &[4; 32]);
+        assert_eq!(&t[t.len() - 64..t.len() - 32], &[4; 32]);
+        assert_eq!(&t[t.len() - 32..], &[5; 32]);
     }
 
     #[test]
@@ -293,6 +307,10 @@ mod tests {
             },
             Transcript {
                 model_sha256: [0; 32],
+                ..sample(&nonce)
+            },
+            Transcript {
+                receipt_pk: [0; 32],
                 ..sample(&nonce)
             },
         ];

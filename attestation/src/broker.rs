@@ -74,6 +74,8 @@ pub fn pull_transcript(nonce: Nonce, wrap_pk: [u8; 32], model_sha256: [u8; 32]) 
         exporter: None,
         wrap_pk,
         model_sha256,
+        // A pull's evidence goes to the broker, which asks for no receipts.
+        receipt_pk: [0; 32],
     }
 }
 
@@ -177,6 +179,7 @@ mod tests {
             exporter: Some([4; 32]),
             wrap_pk: s.wrapping.public(),
             model_sha256: [7; 32],
+            receipt_pk: [0; 32],
         };
         let evidence = pull_evidence(&s, &session);
         let rejection = appraise_pull(&s.policy, &evidence, nonce, s.now).unwrap_err();

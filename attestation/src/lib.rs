@@ -27,6 +27,7 @@
 //!     exporter: Some([2; 32]),
 //!     wrap_pk: [3; 32],
 //!     model_sha256: [4; 32],
+//!     receipt_pk: [5; 32],
 //! };
 //! let evidence = attester.attest(&transcript)?;
 //! let appraisal = policy.appraise(&evidence, &Expected::new(&transcript, now))?;
@@ -56,6 +57,7 @@ pub mod launch_config;
 pub mod measure;
 pub mod mock;
 pub mod policy;
+pub mod receipt;
 pub mod release;
 pub mod report;
 pub mod revocation;
@@ -77,6 +79,7 @@ pub use kds::{KdsError, VcekRequest};
 pub use launch_config::{LaunchConfig, LaunchConfigError};
 pub use mock::{MockLaunch, MockPlatform};
 pub use policy::{Policy, PolicyError};
+pub use receipt::{Receipt, ReceiptError, ReceiptSigner, SignedReceipt};
 pub use release::{KeyRelease, ReleaseError, WrappingKey};
 pub use report::{Product, Report, ReportError, SigningKey, Tcb};
 pub use revocation::{Crl, CrlError};

@@ -693,6 +693,7 @@ mod tests {
             exporter: Some([3; 32]),
             wrap_pk: [4; 32],
             model_sha256: [0xAB; 32],
+            receipt_pk: [5; 32],
         };
         let rd = transcript.report_data();
         let mut evidence = f.platform.issue(&f.launch, &transcript);

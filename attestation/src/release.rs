@@ -235,6 +235,7 @@ mod tests {
             exporter: Some([2; 32]),
             wrap_pk,
             model_sha256: [3; 32],
+            receipt_pk: [5; 32],
         };
         let evidence = MockAttester::new(platform, launch)
             .attest(&transcript)

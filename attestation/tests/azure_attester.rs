@@ -261,6 +261,7 @@ fn a_quote_by_the_ak_over_sha256_of_the_transcript_passes_quote_nonce() {
         exporter: Some([2; 32]),
         wrap_pk: [3; 32],
         model_sha256: [4; 32],
+        receipt_pk: [5; 32],
     };
     let mut evidence = AzureAttester::new(&tpm)
         .attest(&transcript)

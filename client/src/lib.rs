@@ -19,6 +19,8 @@ pub mod output;
 pub mod pin;
 pub mod policy_cmd;
 pub mod proxy;
+pub mod receipt;
+pub mod receipt_cmd;
 pub mod remote;
 pub mod remote_cmd;
 pub mod report_cmd;

@@ -55,6 +55,9 @@ enum Command {
     ApiKey(veil_client::api_key::ApiKeyCommand),
     /// The owner's key broker: releases model keys to servers whose evidence passes a policy (pull flow).
     Broker(broker::BrokerArgs),
+    /// Receipts of answers: verify one offline, against its evidence and a policy.
+    #[command(subcommand)]
+    Receipt(veil_client::receipt_cmd::ReceiptCommand),
     /// Seal a model: encrypt it under a model key (`--inspect` shows a sealed header).
     Seal(seal::SealArgs),
     /// Run the mock TEE end to end on this machine: platform, attestation, verification.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(args),
         Command::Broker(args) => broker::run(args),
         Command::ApiKey(cmd) => veil_client::api_key::run(cmd),
+        Command::Receipt(cmd) => veil_client::receipt_cmd::run(cmd),
         Command::Seal(args) => seal::run(args).map_err(Failure::from),
         Command::Demo(args) => demo::run(args),
     };

@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Either, Full, StreamBody};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use veil_attestation::Policy;
@@ -73,6 +73,11 @@ pub struct ProxyArgs {
     /// Print every check of each appraisal (on stderr), not just the verdict's line.
     #[arg(long)]
     pub verbose: bool,
+    /// Keep every completion's receipt in DIR, one bundle per answer (named by its id) with
+    /// the evidence it was verified under and the exact request and response; each is
+    /// verified as it is written (`veil receipt verify` checks one again, offline).
+    #[arg(long, value_name = "DIR")]
+    pub receipts: Option<PathBuf>,
 }
 
 /// An error inside a proxied body.
@@ -93,6 +98,8 @@ pub struct Proxy {
     /// With `--api-key-file`: the `Authorization` sent upstream instead of the client's.
     authorization: Option<hyper::header::HeaderValue>,
     verbose: bool,
+    /// With `--receipts`: where each answer's bundle goes.
+    receipts: Option<Arc<PathBuf>>,
 }
 
 impl Proxy {
@@ -110,6 +117,7 @@ impl Proxy {
             stream_idle: Duration::from_secs(60),
             authorization: None,
             verbose: false,
+            receipts: None,
         })
     }
 
@@ -141,6 +149,15 @@ impl Proxy {
     pub fn authorization(self, authorization: Option<hyper::header::HeaderValue>) -> Self {
         Proxy {
             authorization,
+            ..self
+        }
+    }
+
+    /// The same, keeping each completion's receipt bundle in `dir`.
+    #[must_use]
+    pub fn receipts(self, dir: Option<PathBuf>) -> Self {
+        Proxy {
+            receipts: dir.map(Arc::new),
             ..self
         }
     }
@@ -331,6 +348,20 @@ impl Proxy {
             headers.insert(hyper::header::AUTHORIZATION, auth.clone());
         }
         let body = (parts.method == Method::POST).then(|| body.to_vec());
+        let spki = session.session().spki_sha256;
+        let recorder = self.receipts.as_ref().and_then(|dir| {
+            let completion = matches!(path.as_str(), "/v1/chat/completions" | "/v1/completions");
+            completion.then(|| Recorder {
+                dir: Arc::clone(dir),
+                url: self.url.clone(),
+                route: path.clone(),
+                request: body.clone().unwrap_or_default(),
+                attested: self.upstream.attested(&spki),
+                policy: self.upstream.policy(),
+                headers: hyper::HeaderMap::new(),
+                body: Vec::new(),
+            })
+        });
         let resp = match session
             .session()
             .send_with(parts.method.as_str(), &path, &headers, body)
@@ -349,7 +380,16 @@ impl Proxy {
         for hop in ["connection", "keep-alive", "transfer-encoding"] {
             head.headers.remove(hop);
         }
-        Response::from_parts(head, Either::Left(idle_bounded(body, self.stream_idle)))
+        let recorder = recorder
+            .filter(|_| head.status.is_success())
+            .map(|r| Recorder {
+                headers: head.headers.clone(),
+                ..r
+            });
+        Response::from_parts(
+            head,
+            Either::Left(idle_bounded(body, self.stream_idle, recorder)),
+        )
     }
 }
 
@@ -370,15 +410,98 @@ fn forwarded(method: &Method, path: &str) -> bool {
     }
 }
 
+/// What `--receipts` keeps of one answer while it passes through.
+struct Recorder {
+    dir: Arc<PathBuf>,
+    url: String,
+    route: String,
+    request: Vec<u8>,
+    /// What the connection's key was verified under (none: a policy reload raced it).
+    attested: Option<Arc<crate::receipt::Attested>>,
+    policy: Arc<Policy>,
+    headers: hyper::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Recorder {
+    fn record(&mut self, data: &Bytes) {
+        if self.body.len() + data.len() <= crate::remote_cmd::MAX_RECORDED {
+            self.body.extend_from_slice(data);
+        } else {
+            self.body.clear();
+            self.body.shrink_to_fit();
+            self.route.clear();
+        }
+    }
+
+    /// The answer is complete: verify its receipt and write its bundle.
+    fn finish(self) {
+        let what = || format!("veil proxy: the answer to {}", self.route);
+        if self.route.is_empty() {
+            eprintln!("veil proxy: an answer too long to keep for its receipt was not kept");
+            return;
+        }
+        let Some(receipt) = crate::receipt::receipt_of(&self.headers, &self.body) else {
+            eprintln!("{} came without a receipt (the server signs none?)", what());
+            return;
+        };
+        let Some(attested) = &self.attested else {
+            eprintln!(
+                "{}: its connection's evidence is no longer known; receipt not kept",
+                what()
+            );
+            return;
+        };
+        let bundle = crate::receipt::Bundle::new(
+            &receipt,
+            &self.url,
+            &self.route,
+            attested,
+            &self.request,
+            &self.body,
+        );
+        let verdict = crate::receipt::verify(&bundle, &self.request, &self.body, &self.policy);
+        let mut name = crate::receipt::file_name(&receipt);
+        if !verdict.verified() {
+            eprintln!("{}: its receipt did not verify:\n{verdict}", what());
+            name = format!("rejected-{name}");
+        }
+        let path = self.dir.join(name);
+        if let Err(e) = crate::files::write_new(&path, bundle.to_json().as_bytes(), true, false) {
+            eprintln!("{}: receipt not kept: {e:#}", what());
+        }
+    }
+}
+
 /// `body`, ended with an error (which aborts the client's response) when no frame comes
-/// within `idle`: a stalled server does not hold the client's request open for ever.
-fn idle_bounded(body: Incoming, idle: Duration) -> BoxBody<Bytes, BoxError> {
-    let frames = futures_util::stream::unfold(Some(body), move |body| async move {
-        let mut body = body?;
+/// within `idle`: a stalled server does not hold the client's request open for ever. With
+/// a `recorder`, the answer is kept as it passes, and its receipt written when it ends.
+fn idle_bounded(
+    body: Incoming,
+    idle: Duration,
+    recorder: Option<Recorder>,
+) -> BoxBody<Bytes, BoxError> {
+    let state = Some((body, recorder));
+    let frames = futures_util::stream::unfold(state, move |state| async move {
+        let (mut body, mut recorder) = state?;
         match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),
+            Ok(Some(Ok(frame))) => {
+                if let (Some(r), Some(data)) = (recorder.as_mut(), frame.data_ref()) {
+                    r.record(data);
+                }
+                // A body of known length ends with its last byte: the client's side is
+                // not polled again for the end, so the receipt is kept now, before the
+                // last frame goes out.
+                if body.is_end_stream() {
+                    finish(recorder.take()).await;
+                }
+                Some((Ok(frame), Some((body, recorder))))
+            }
             Ok(Some(Err(e))) => Some((Err(BoxError::from(e)), None)),
-            Ok(None) => None,
+            Ok(None) => {
+                finish(recorder).await;
+                None
+            }
             Err(_) => {
                 let message = format!(
                     "the server sent nothing for {} s (--stream-idle-timeout): the answer is cut off",
@@ -390,6 +513,13 @@ fn idle_bounded(body: Incoming, idle: Duration) -> BoxBody<Bytes, BoxError> {
         }
     });
     StreamBody::new(frames).boxed()
+}
+
+/// Verifies and writes a finished answer's receipt, off the async threads.
+async fn finish(recorder: Option<Recorder>) {
+    if let Some(r) = recorder {
+        let _ = tokio::task::spawn_blocking(move || r.finish()).await;
+    }
 }
 
 fn local_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
@@ -443,6 +573,10 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if let Some(dir) = &args.receipts {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--receipts {}: cannot create it", dir.display()))?;
+    }
     runtime.block_on(async {
         let listener = bind_loopback(&args.listen).await?;
         let authorization = args
@@ -455,7 +589,8 @@ pub fn run(args: ProxyArgs) -> CmdResult {
                 .serving(listener.local_addr()?, &args.allow_origins)
                 .stream_idle_timeout(Duration::from_secs(args.stream_idle_timeout))
                 .authorization(authorization)
-                .verbose(args.verbose),
+                .verbose(args.verbose)
+                .receipts(args.receipts.clone()),
         );
         let (reloaded, path) = (Arc::clone(&proxy), args.policy.clone());
         reload_on_sighup(format!("policy {}", path.display()), move || {

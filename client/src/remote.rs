@@ -414,6 +414,7 @@ pub struct Verified {
     session: Trusted,
     evidence: Evidence,
     appraisal: Appraisal,
+    nonce: Nonce,
 }
 
 impl Verified {
@@ -440,6 +441,16 @@ impl Verified {
     /// SHA-256 of the verified TLS key.
     pub fn spki_sha256(&self) -> [u8; 32] {
         self.session.0.spki_sha256
+    }
+    /// What this connection was verified under, for the receipts of answers on it (and
+    /// on later connections pinned to its key).
+    pub fn attested(&self) -> crate::receipt::Attested {
+        crate::receipt::Attested {
+            evidence: self.evidence.clone(),
+            nonce: self.nonce,
+            spki_sha256: self.session.0.spki_sha256,
+            exporter: self.session.0.exporter,
+        }
     }
 }
 
@@ -506,10 +517,12 @@ pub async fn attest(
         .await?;
     // The server says which wrapping key and model it binds; everything else comes from
     // this client: its nonce, the certificate it saw, its own exporter, the purpose.
-    let (wrap_pk, model_sha256) = evidence
+    let (wrap_pk, model_sha256, receipt_pk) = evidence
         .binding
         .as_ref()
-        .map_or(([0; 32], [0; 32]), |b| (b.wrap_pk, b.model_sha256));
+        .map_or(([0; 32], [0; 32], [0; 32]), |b| {
+            (b.wrap_pk, b.model_sha256, b.receipt_pk)
+        });
     let transcript = Transcript {
         purpose: Purpose::ClientSession,
         nonce,
@@ -517,6 +530,7 @@ pub async fn attest(
         exporter: Some(session.exporter),
         wrap_pk,
         model_sha256,
+        receipt_pk,
     };
     Ok(
         match policy.appraise(&evidence, &Expected::new(&transcript, SystemTime::now())) {
@@ -524,6 +538,7 @@ pub async fn attest(
                 session: Trusted(session),
                 evidence,
                 appraisal,
+                nonce: transcript.nonce,
             }),
             Err(rejection) => Err(Rejected {
                 rejection,
@@ -652,6 +667,9 @@ pub struct Upstream {
     collateral: Collateral,
     /// The policy, and the key verified under exactly that policy.
     state: Mutex<(Arc<Policy>, Option<Pin>)>,
+    /// What the last key to pass was verified under (kept across a policy reload: the
+    /// evidence of a connection already pinned does not change).
+    attested: Mutex<Option<Arc<crate::receipt::Attested>>>,
 }
 
 impl Upstream {
@@ -661,11 +679,28 @@ impl Upstream {
             target,
             collateral,
             state: Mutex::new((Arc::new(policy), None)),
+            attested: Mutex::new(None),
         }
+    }
+
+    /// What the connection whose TLS key is `spki_sha256` was verified under, if it is the
+    /// last key verified.
+    pub fn attested(&self, spki_sha256: &[u8; 32]) -> Option<Arc<crate::receipt::Attested>> {
+        self.attested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|a| a.spki_sha256 == *spki_sha256)
+            .cloned()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, (Arc<Policy>, Option<Pin>)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy connections are verified under.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.state().0)
     }
 
     /// The pinned key, if one has been verified.
@@ -709,6 +744,9 @@ impl Upstream {
                 if Arc::ptr_eq(&state.0, &policy) {
                     state.1 = Some(verified.pin());
                 }
+                drop(state);
+                *self.attested.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::new(verified.attested()));
                 Ok(Connection::Verified(Box::new(verified)))
             }
             Err(r) => Err(UpstreamError::Rejected {

@@ -150,6 +150,11 @@ pub struct AskArgs {
     prompt: String,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Verify the answer's receipt against the evidence, the request and the answer as
+    /// received, and write it to FILE with all of them (`veil receipt verify FILE`
+    /// checks it again, offline).
+    #[arg(long, value_name = "FILE")]
+    receipt: Option<PathBuf>,
 }
 
 /// `veil chat`
@@ -371,11 +376,74 @@ pub fn ask(args: AskArgs) -> CmdResult {
         let request = args
             .sampling
             .request(&[json!({ "role": "user", "content": args.prompt })]);
+        let request = serde_json::to_vec(&request)?;
+        let attested = verified.attested();
         let mut session = verified.into_trusted();
-        stream_chat(&mut session, &headers, &request, &mut std::io::stdout()).await?;
+        let answer = stream_chat_recorded(
+            &mut session,
+            &headers,
+            request.clone(),
+            &mut std::io::stdout(),
+        )
+        .await?;
         println!();
+        if let Some(path) = &args.receipt {
+            let policy = load_policy(&args.remote.policy)?;
+            keep_receipt(
+                path,
+                &args.remote.url,
+                &attested,
+                &request,
+                &answer,
+                &policy,
+            )?;
+        }
         Ok(())
     })
+}
+
+/// Verifies a streamed answer's receipt at once and writes its bundle to `path` (mode
+/// 0600: it holds the prompt and the answer).
+fn keep_receipt(
+    path: &std::path::Path,
+    url: &str,
+    attested: &crate::receipt::Attested,
+    request: &[u8],
+    answer: &StreamedAnswer,
+    policy: &veil_attestation::Policy,
+) -> CmdResult {
+    let Some(receipt) = &answer.receipt else {
+        return Err(anyhow!(
+            "the server sent no receipt with its answer (started with --no-receipts?); nothing written to {}",
+            path.display()
+        )
+        .into());
+    };
+    if answer.body.is_empty() {
+        return Err(anyhow!("the answer was too long to keep for its receipt").into());
+    }
+    let bundle = crate::receipt::Bundle::new(
+        receipt,
+        url,
+        "/v1/chat/completions",
+        attested,
+        request,
+        &answer.body,
+    );
+    let verdict = crate::receipt::verify(&bundle, request, &answer.body, policy);
+    if !verdict.verified() {
+        eprintln!("{verdict}");
+        return Err(Failure::Rejected);
+    }
+    crate::files::write_new(path, bundle.to_json().as_bytes(), true, true)?;
+    let r = verdict.receipt.as_ref().expect("verified");
+    eprintln!(
+        "veil: receipt {} #{} verified and written to {}",
+        r.id,
+        r.seq,
+        path.display()
+    );
+    Ok(())
 }
 
 /// Runs `veil chat`: verify, then a conversation read line by line from stdin, each turn
@@ -484,16 +552,46 @@ pub async fn stream_chat(
     request: &Value,
     out: &mut dyn Write,
 ) -> anyhow::Result<String> {
+    let body = serde_json::to_vec(request)?;
+    Ok(stream_chat_recorded(session, headers, body, out)
+        .await?
+        .text)
+}
+
+/// A streamed answer as it came: its text, the exact body bytes (for its receipt's
+/// bundle), and the receipt its last chunk carried.
+#[derive(Debug)]
+pub struct StreamedAnswer {
+    /// The concatenated text deltas.
+    pub text: String,
+    /// The response body, SSE framing and all (empty if it outgrew
+    /// [`MAX_RECORDED`]).
+    pub body: Vec<u8>,
+    /// The compact receipt of the answer, if the server signed one.
+    pub receipt: Option<String>,
+}
+
+/// Longest streamed body [`stream_chat_recorded`] keeps.
+pub const MAX_RECORDED: usize = 32 << 20;
+
+/// [`stream_chat`] with the request's exact bytes, returning what a receipt is verified
+/// against.
+///
+/// # Errors
+/// As [`stream_chat`].
+pub async fn stream_chat_recorded(
+    session: &mut Trusted,
+    headers: &hyper::HeaderMap,
+    request: Vec<u8>,
+    out: &mut dyn Write,
+) -> anyhow::Result<StreamedAnswer> {
     let deadlines = session.session().deadlines();
     let resp = within(
         deadlines.response,
         || "POST /v1/chat/completions: no answer".to_owned(),
-        session.session().send_with(
-            "POST",
-            "/v1/chat/completions",
-            headers,
-            Some(serde_json::to_vec(request)?),
-        ),
+        session
+            .session()
+            .send_with("POST", "/v1/chat/completions", headers, Some(request)),
     )
     .await?;
     if !resp.status().is_success() {
@@ -514,7 +612,12 @@ pub async fn stream_chat(
     }
     let mut body = resp.into_body();
     let mut pending = Vec::new();
-    let mut answer = String::new();
+    let mut answer = StreamedAnswer {
+        text: String::new(),
+        body: Vec::new(),
+        receipt: None,
+    };
+    let mut recording = true;
     // The stream may last as long as generation does, but never stalls for longer than
     // the idle deadline.
     while let Some(frame) = within(
@@ -528,6 +631,12 @@ pub async fn stream_chat(
         let Some(data) = frame.data_ref() else {
             continue;
         };
+        if recording && answer.body.len() + data.len() <= MAX_RECORDED {
+            answer.body.extend_from_slice(data);
+        } else if recording {
+            recording = false;
+            answer.body = Vec::new();
+        }
         pending.extend_from_slice(data);
         // Events are split on the blank line; a UTF-8 sequence never spans one.
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
@@ -543,10 +652,14 @@ pub async fn stream_chat(
                 if let Some(err) = v.get("error") {
                     bail!("generation failed: {}", err["message"]);
                 }
+                if let Some(r) = v.get(veil_attestation::receipt::CHUNK_FIELD) {
+                    answer.receipt = r.as_str().map(str::to_owned);
+                    continue;
+                }
                 if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
                     write!(out, "{t}")?;
                     out.flush()?;
-                    answer.push_str(t);
+                    answer.text.push_str(t);
                 }
             }
         }

@@ -515,6 +515,8 @@ struct Sequence {
     /// Index in the current batch of the logits to sample from, if any.
     logits_at: Option<i32>,
     generated: u32,
+    /// The generated tokens' ids, in order (the ones `generated` counts).
+    output: Vec<LlamaToken>,
     max_tokens: u32,
     text: TextStream,
     submitted: Instant,
@@ -553,6 +555,10 @@ impl Sequence {
             finish,
             usage: self.usage(),
             timings: self.timings(),
+            tokens: std::mem::take(&mut self.output)
+                .into_iter()
+                .map(|t| t.0.unsigned_abs())
+                .collect(),
         });
     }
 }
@@ -683,6 +689,7 @@ impl<'m> Worker<'m> {
             next: None,
             logits_at: None,
             generated: 0,
+            output: Vec::new(),
             max_tokens: job.max_tokens,
             text: TextStream::new(job.params.stop),
             submitted: job.submitted,
@@ -870,6 +877,7 @@ impl<'m> Worker<'m> {
                 continue;
             }
             seq.generated += 1;
+            seq.output.push(token);
             let piece = vocab.token_to_piece(token, false, None);
             if let Some(top) = seq.logprobs {
                 let logits = self.ctx.get_logits_ith(at);

@@ -327,6 +327,9 @@ pub enum Event {
         usage: Usage,
         /// Where the time went.
         timings: Timings,
+        /// The generated tokens' ids, in order (`usage.completion_tokens` of them; an
+        /// end-of-generation token is not among them). A receipt hashes them.
+        tokens: Vec<u32>,
     },
     /// The request failed. Nothing follows.
     Error(EngineError),
@@ -469,6 +472,7 @@ pub trait Engine: Send + Sync {
                     finish,
                     usage,
                     timings,
+                    ..
                 } => {
                     return Ok(Generation {
                         text,

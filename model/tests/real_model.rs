@@ -74,14 +74,17 @@ fn collect(mut stream: EventStream) -> Generation {
                 finish,
                 usage,
                 timings,
+                tokens,
             } => {
+                // The ids a receipt digests: one per generated token.
+                assert_eq!(tokens.len(), usage.completion_tokens as usize, "{tokens:?}");
                 return Generation {
                     text,
                     finish,
                     usage,
                     timings,
                     logprobs,
-                }
+                };
             }
             veil_model::Event::Error(e) => panic!("{e}"),
         }

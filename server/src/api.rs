@@ -299,6 +299,7 @@ async fn attestation(
         exporter: Some(binding.exporter),
         wrap_pk: state.wrap_pk(),
         model_sha256: state.header.model_sha256,
+        receipt_pk: state.receipt_pk(),
     };
     let evidence = state.issue_evidence(&transcript).await.map_err(|e| {
         ApiError::new(

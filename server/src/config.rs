@@ -134,6 +134,11 @@ pub struct Config {
     /// [default: none, anyone who reaches the server may use it].
     #[arg(long, env = "VEIL_API_KEYS", value_name = "FILE")]
     pub api_keys: Option<PathBuf>,
+    /// Signs no receipts (`docs/receipts.md`): answers carry none, and evidence binds no
+    /// receipt key [default: every completion carries a signed receipt].
+    #[arg(long)]
+    #[serde(default)]
+    pub no_receipts: bool,
 }
 
 impl Config {
@@ -173,6 +178,7 @@ impl Config {
             api_keys
         );
         self.mock_debug |= file.mock_debug;
+        self.no_receipts |= file.no_receipts;
         Ok(self)
     }
 

@@ -114,3 +114,47 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+/// A JSON body, parsed as [`Json`] does, with the SHA-256 of its bytes exactly as they
+/// arrived (what a receipt states).
+#[derive(Debug)]
+pub struct HashedJson<T> {
+    /// The parsed body.
+    pub value: T,
+    /// SHA-256 of the body's bytes.
+    pub sha256: [u8; 32],
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S>
+    for HashedJson<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .is_some_and(|m| {
+                m.eq_ignore_ascii_case("application/json")
+                    || (m.len() > 5 && m[m.len() - 5..].eq_ignore_ascii_case("+json"))
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_content_type",
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::from(JsonRejection::from(e)))?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(HashedJson {
+            value,
+            sha256: veil_attestation::receipt::sha256(&bytes),
+        })
+    }
+}

@@ -21,6 +21,8 @@ pub struct Metrics {
     tokens_out: AtomicU64,
     /// Evidence produced.
     pub(crate) attestations: AtomicU64,
+    /// Receipts signed.
+    pub(crate) receipts: AtomicU64,
     /// Unseal + load time, milliseconds.
     pub(crate) unseal_ms: AtomicU64,
     /// Plaintext bytes opened so far.
@@ -128,7 +130,7 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>()
         };
-        let families: [Family; 15] = [
+        let families: [Family; 16] = [
             (
                 "veil_requests_total",
                 "counter",
@@ -170,6 +172,12 @@ impl Metrics {
                 "counter",
                 None,
                 one(load(&self.attestations).to_string()),
+            ),
+            (
+                "veil_receipts_total",
+                "counter",
+                Some("Receipts signed (one per completion answered)."),
+                one(load(&self.receipts).to_string()),
             ),
             (
                 "veil_unseal_seconds",
@@ -258,6 +266,7 @@ mod tests {
         m.count("/health", 200);
         m.count_tokens(5, 7, 3);
         m.attestations.store(3, Ordering::Relaxed);
+        m.receipts.store(8, Ordering::Relaxed);
         m.unseal_ms.store(1234, Ordering::Relaxed);
         m.unsealed_bytes.store(99, Ordering::Relaxed);
         m.connections.open.store(4, Ordering::Relaxed);
@@ -291,6 +300,9 @@ mod tests {
              veil_tokens_out_total 7\n\
              # TYPE veil_attestations_total counter\n\
              veil_attestations_total 3\n\
+             # HELP veil_receipts_total Receipts signed (one per completion answered).\n\
+             # TYPE veil_receipts_total counter\n\
+             veil_receipts_total 8\n\
              # TYPE veil_unseal_seconds gauge\n\
              veil_unseal_seconds 1.234\n\
              # TYPE veil_unsealed_bytes gauge\n\

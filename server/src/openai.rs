@@ -23,8 +23,10 @@ use veil_openai::{
     EmbeddingRequest, ErrorKind, RequestError, Sampling, ToolChoice,
 };
 
+use veil_attestation::receipt::{self, Receipt, ReceiptSampling};
+
 use crate::auth::Caller;
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, HashedJson, Json};
 use crate::state::{AppState, Lifecycle};
 
 /// The engine, or the 503 that says why there is none.
@@ -271,8 +273,9 @@ fn completion_id(prefix: &str) -> String {
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
     caller: Option<Extension<Caller>>,
-    Json(req): Json<ChatRequest>,
+    body: HashedJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
+    let HashedJson { value: req, sha256 } = body;
     let engine = engine(&state)?;
     let model = state.model_id(engine.as_ref());
     log_ignored("/v1/chat/completions", &req.ignored());
@@ -308,6 +311,8 @@ pub(crate) async fn chat_completions(
         stream,
         include_usage,
         tool_calls: chat.tools.is_some() && template_calls,
+        route: "/v1/chat/completions",
+        request_sha256: sha256,
     };
     let request = chat_request(chat, caller.as_ref().map(|c| &c.0));
     generate(state, engine, request, answer).await
@@ -318,8 +323,9 @@ pub(crate) async fn chat_completions(
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     caller: Option<Extension<Caller>>,
-    Json(req): Json<CompletionRequest>,
+    body: HashedJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let HashedJson { value: req, sha256 } = body;
     let engine = engine(&state)?;
     let model = state.model_id(engine.as_ref());
     log_ignored("/v1/completions", &req.ignored());
@@ -330,6 +336,8 @@ pub(crate) async fn completions(
         stream: completion.stream,
         include_usage: completion.include_usage,
         tool_calls: false,
+        route: "/v1/completions",
+        request_sha256: sha256,
     };
     let mut request = GenerateRequest::text(completion.prompt);
     request.cache_scope = cache_scope(
@@ -419,6 +427,108 @@ struct Answer {
     /// Tools were offered to a template that calls them: the answer is parsed for calls
     /// (and, streamed, held until it ends).
     tool_calls: bool,
+    /// The route, as the receipt names it.
+    route: &'static str,
+    /// SHA-256 of the request body as received.
+    request_sha256: [u8; 32],
+}
+
+/// What a receipt states of a finished answer.
+struct Finished<'a> {
+    id: &'a str,
+    /// The text as generated (with tools, before the calls were parsed out).
+    text: &'a str,
+    tokens: &'a [u32],
+    usage: &'a veil_model::Usage,
+    finish: veil_model::FinishReason,
+}
+
+/// What a receipt states that is known before generation starts.
+struct ReceiptPlan {
+    route: &'static str,
+    request_sha256: [u8; 32],
+    measurement: [u8; 48],
+    sampling: ReceiptSampling,
+}
+
+impl ReceiptPlan {
+    /// The plan for `request`, or `None` when the server signs no receipts. Fails closed:
+    /// with receipts on, an answer that cannot carry one is not given.
+    async fn new(
+        state: &AppState,
+        answer: &Answer,
+        request: &GenerateRequest,
+    ) -> Result<Option<Self>, ApiError> {
+        if state.receipts.is_none() {
+            return Ok(None);
+        }
+        let measurement = state.measurement().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "attestation_failed",
+                format!("no receipt can be signed: {e}"),
+            )
+        })?;
+        let p = &request.params;
+        Ok(Some(ReceiptPlan {
+            route: answer.route,
+            request_sha256: answer.request_sha256,
+            measurement,
+            sampling: ReceiptSampling {
+                temperature: p.temperature,
+                top_p: p.top_p,
+                top_k: p.top_k,
+                min_p: p.min_p,
+                repetition_penalty: p.repetition_penalty,
+                seed: p.seed,
+                max_tokens: p.max_tokens,
+                stop: p.stop.clone(),
+                ignore_eos: p.ignore_eos,
+                logit_bias: p.logit_bias.clone(),
+                grammar_sha256: p.grammar.as_deref().map(|g| receipt::sha256(g.as_bytes())),
+            },
+        }))
+    }
+
+    /// The signed receipt of a finished answer, whose response bytes have `response_sha256`.
+    fn sign(
+        &self,
+        state: &AppState,
+        response_sha256: [u8; 32],
+        done: Finished<'_>,
+    ) -> Option<String> {
+        let Finished {
+            id,
+            text,
+            tokens,
+            usage,
+            finish,
+        } = done;
+        let signer = state.receipts.as_ref()?;
+        let receipt = Receipt {
+            version: receipt::VERSION,
+            id: id.to_owned(),
+            route: self.route.to_owned(),
+            seq: signer.next_seq(),
+            issued_at: now_secs(),
+            request_sha256: self.request_sha256,
+            response_sha256,
+            text_sha256: receipt::sha256(text.as_bytes()),
+            tokens_sha256: receipt::tokens_sha256(tokens),
+            completion_tokens: usage.completion_tokens,
+            prompt_tokens: usage.prompt_tokens,
+            finish_reason: json!(finish).as_str().unwrap_or_default().to_owned(),
+            model_sha256: state.header.model_sha256,
+            key_id: state.header.key_id.0,
+            measurement: self.measurement,
+            sampling: self.sampling.clone(),
+        };
+        state
+            .metrics
+            .receipts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(signer.sign(&receipt))
+    }
 }
 
 /// The answer's text as OpenAI's message: its calls when it holds some (then
@@ -452,12 +562,14 @@ async fn generate(
     request: GenerateRequest,
     answer: Answer,
 ) -> Result<Response, ApiError> {
+    let plan = ReceiptPlan::new(&state, &answer, &request).await?;
     let Answer {
         kind,
         model,
         stream,
         include_usage,
         tool_calls,
+        ..
     } = answer;
     let mut logprobs = Logprobs {
         kind,
@@ -483,30 +595,29 @@ async fn generate(
         Kind::Text => (completion_id("cmpl"), "text_completion", "text_completion"),
     };
     let created = now_secs();
-    let usage_json = |u: &veil_model::Usage| {
-        json!({
-            "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens,
-            "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
-        })
-    };
     if !stream {
         let mut text = String::new();
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
                 Event::Logprob(l) => logprobs.pending.push(l),
-                Event::Done { finish, usage, .. } => {
+                Event::Done {
+                    finish,
+                    usage,
+                    tokens,
+                    ..
+                } => {
                     state.metrics.count_tokens(
                         usage.prompt_tokens,
                         usage.completion_tokens,
                         usage.cached_tokens,
                     );
+                    let generated = std::mem::take(&mut text);
                     let lp = logprobs.take();
                     let choice = match kind {
                         Kind::Chat if tool_calls => {
-                            let (content, calls, finish) = with_tool_calls(text, json!(finish));
+                            let (content, calls, finish) =
+                                with_tool_calls(generated.clone(), json!(finish));
                             let mut message = json!({ "role": "assistant", "content": content });
                             if let Some(mut calls) = calls {
                                 // `index` belongs to streamed deltas only.
@@ -520,17 +631,41 @@ async fn generate(
                             json!({ "index": 0, "message": message, "finish_reason": finish, "logprobs": lp })
                         }
                         Kind::Chat => {
-                            json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": finish, "logprobs": lp })
+                            json!({ "index": 0, "message": { "role": "assistant", "content": generated }, "finish_reason": finish, "logprobs": lp })
                         }
                         Kind::Text => {
-                            json!({ "index": 0, "text": text, "finish_reason": finish, "logprobs": lp })
+                            json!({ "index": 0, "text": generated, "finish_reason": finish, "logprobs": lp })
                         }
                     };
-                    return Ok(Json(json!({
+                    let body = json!({
                         "id": id, "object": object, "created": created, "model": model,
                         "choices": [choice], "usage": usage_json(&usage)
-                    }))
-                    .into_response());
+                    })
+                    .to_string();
+                    let signed = plan.as_ref().and_then(|p| {
+                        let digest = receipt::sha256(body.as_bytes());
+                        let done = Finished {
+                            id: &id,
+                            text: &generated,
+                            tokens: &tokens,
+                            usage: &usage,
+                            finish,
+                        };
+                        p.sign(&state, digest, done)
+                    });
+                    let mut response = (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            axum::http::HeaderValue::from_static("application/json"),
+                        )],
+                        body,
+                    )
+                        .into_response();
+                    if let Some(v) = signed.and_then(|s| axum::http::HeaderValue::from_str(&s).ok())
+                    {
+                        response.headers_mut().insert(receipt::HEADER, v);
+                    }
+                    return Ok(response);
                 }
                 Event::Error(e) => return Err(engine_error(e)),
             }
@@ -538,8 +673,9 @@ async fn generate(
         return Err(engine_error(EngineError::Stopped));
     }
     // Streaming: for a chat the role first, then text deltas, then the finish reason (and
-    // usage if asked), then [DONE]. Dropping the stream (client gone) drops `rx`:
-    // generation stops.
+    // usage if asked), then the receipt, then [DONE]. Dropping the stream (client gone)
+    // drops `rx`: generation stops.
+    let receipt_id = id.clone();
     let chunk = move |text: Option<&str>, finish: Value, logprobs: Value| {
         let choice = match kind {
             Kind::Chat => {
@@ -559,103 +695,209 @@ async fn generate(
         }
         Kind::Text => None,
     };
-    enum Phase {
-        Start,
-        Streaming,
-        Done,
-    }
     // With tools, the text is held until the end, where it is parsed for calls.
     let held = tool_calls.then(String::new);
-    let events = stream::unfold(
-        (rx, Phase::Start, state, chunk, first, logprobs, held),
-        move |(mut rx, phase, state, chunk, first, mut logprobs, mut held)| async move {
-            match phase {
-                Phase::Start => {
-                    let evs = first
-                        .iter()
-                        .map(|c| SseEvent::default().data(c.to_string()))
-                        .collect();
-                    Some((
-                        evs,
-                        (rx, Phase::Streaming, state, chunk, first, logprobs, held),
-                    ))
-                }
-                Phase::Streaming => {
-                    let out = match rx.recv().await {
-                        // Held until the text that holds the token goes out.
-                        Some(Event::Logprob(l)) => {
-                            logprobs.pending.push(l);
-                            (vec![], Phase::Streaming)
-                        }
-                        Some(Event::Text(t)) if held.is_some() => {
-                            held.get_or_insert_with(String::new).push_str(&t);
-                            (vec![], Phase::Streaming)
-                        }
-                        Some(Event::Text(t)) => (
-                            vec![SseEvent::default()
-                                .data(chunk(Some(&t), Value::Null, logprobs.take()).to_string())],
-                            Phase::Streaming,
-                        ),
-                        Some(Event::Done { finish, usage, .. }) => {
-                            state.metrics.count_tokens(
-                                usage.prompt_tokens,
-                                usage.completion_tokens,
-                                usage.cached_tokens,
-                            );
-                            // The tokens of text never sent (a stop sequence's) end here.
-                            let lp = if logprobs.pending.is_empty() {
-                                Value::Null
-                            } else {
-                                logprobs.take()
-                            };
-                            let mut evs = vec![];
-                            let mut finish = json!(finish);
-                            if let Some(text) = held.take() {
-                                let (content, calls, f) = with_tool_calls(text, finish);
-                                finish = f;
-                                if let Some(content) = content.as_str().filter(|c| !c.is_empty()) {
-                                    let c = chunk(Some(content), Value::Null, Value::Null);
-                                    evs.push(SseEvent::default().data(c.to_string()));
-                                }
-                                if let Some(calls) = calls {
-                                    let mut c = chunk(None, Value::Null, Value::Null);
-                                    c["choices"][0]["delta"] = json!({ "tool_calls": calls });
-                                    evs.push(SseEvent::default().data(c.to_string()));
-                                }
-                            }
-                            evs.push(SseEvent::default().data(chunk(None, finish, lp).to_string()));
-                            if include_usage {
-                                let mut u = chunk(None, Value::Null, Value::Null);
-                                u["choices"] = json!([]);
-                                u["usage"] = usage_json(&usage);
-                                evs.push(SseEvent::default().data(u.to_string()));
-                            }
-                            evs.push(SseEvent::default().data("[DONE]"));
-                            (evs, Phase::Done)
-                        }
-                        Some(Event::Error(e)) => {
-                            let err = engine_error(e);
-                            let body = json!({ "error": { "message": err.message, "type": "server_error", "code": err.code } });
-                            (
-                                vec![
-                                    SseEvent::default().data(body.to_string()),
-                                    SseEvent::default().data("[DONE]"),
-                                ],
-                                Phase::Done,
-                            )
-                        }
-                        None => (vec![SseEvent::default().data("[DONE]")], Phase::Done),
-                    };
-                    Some((out.0, (rx, out.1, state, chunk, first, logprobs, held)))
-                }
-                Phase::Done => None,
-            }
-        },
-    );
-    let flat = futures_util::StreamExt::flat_map(events, |evs| {
-        stream::iter(evs.into_iter().map(Ok::<_, Infallible>))
+    let streamed = Streamed {
+        rx,
+        phase: Phase::Start,
+        state,
+        chunk,
+        first,
+        logprobs,
+        held,
+        signing: plan.map(|plan| Signing {
+            plan,
+            text: String::new(),
+            id: receipt_id,
+            sent: ring::digest::Context::new(&ring::digest::SHA256),
+        }),
+        include_usage,
+    };
+    let events = stream::unfold(streamed, |mut s| async move {
+        let payloads = s.next().await?;
+        Some((payloads, s))
+    });
+    let flat = futures_util::StreamExt::flat_map(events, |payloads| {
+        stream::iter(
+            payloads
+                .into_iter()
+                .map(|p| Ok::<_, Infallible>(SseEvent::default().data(p))),
+        )
     });
     Ok(Sse::new(flat)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+enum Phase {
+    Start,
+    Streaming,
+    Done,
+}
+
+/// A receipt in the making, for a streamed answer.
+struct Signing {
+    plan: ReceiptPlan,
+    /// The text generated so far (with tools, `held` has it instead).
+    text: String,
+    id: String,
+    /// SHA-256 over the `data:` payloads sent so far, each followed by `\n`.
+    sent: ring::digest::Context,
+}
+
+/// A streamed answer: what is left to send.
+struct Streamed<C> {
+    rx: veil_model::EventStream,
+    phase: Phase,
+    state: Arc<AppState>,
+    chunk: C,
+    first: Option<Value>,
+    logprobs: Logprobs,
+    held: Option<String>,
+    signing: Option<Signing>,
+    include_usage: bool,
+}
+
+impl<C: Fn(Option<&str>, Value, Value) -> Value> Streamed<C> {
+    /// The next events' payloads, or `None` after `[DONE]`.
+    async fn next(&mut self) -> Option<Vec<String>> {
+        let payloads = match self.phase {
+            Phase::Start => {
+                self.phase = Phase::Streaming;
+                self.first
+                    .take()
+                    .map(|c| c.to_string())
+                    .into_iter()
+                    .collect()
+            }
+            Phase::Streaming => match self.rx.recv().await {
+                // Held until the text that holds the token goes out.
+                Some(Event::Logprob(l)) => {
+                    self.logprobs.pending.push(l);
+                    vec![]
+                }
+                Some(Event::Text(t)) if self.held.is_some() => {
+                    self.held.get_or_insert_with(String::new).push_str(&t);
+                    vec![]
+                }
+                Some(Event::Text(t)) => {
+                    if let Some(s) = self.signing.as_mut() {
+                        s.text.push_str(&t);
+                    }
+                    vec![(self.chunk)(Some(&t), Value::Null, self.logprobs.take()).to_string()]
+                }
+                Some(Event::Done {
+                    finish,
+                    usage,
+                    tokens,
+                    ..
+                }) => {
+                    self.phase = Phase::Done;
+                    return Some(self.finish(finish, &usage, &tokens));
+                }
+                Some(Event::Error(e)) => {
+                    self.phase = Phase::Done;
+                    let err = engine_error(e);
+                    let body = json!({ "error": { "message": err.message, "type": "server_error", "code": err.code } });
+                    return Some(vec![body.to_string(), "[DONE]".to_owned()]);
+                }
+                None => {
+                    self.phase = Phase::Done;
+                    return Some(vec!["[DONE]".to_owned()]);
+                }
+            },
+            Phase::Done => return None,
+        };
+        if let Some(s) = self.signing.as_mut() {
+            for p in &payloads {
+                s.sent.update(p.as_bytes());
+                s.sent.update(b"\n");
+            }
+        }
+        Some(payloads)
+    }
+
+    /// The last events: held text or tool calls, the finish reason, usage if asked, the
+    /// receipt, `[DONE]`.
+    fn finish(
+        &mut self,
+        finish: veil_model::FinishReason,
+        usage: &veil_model::Usage,
+        tokens: &[u32],
+    ) -> Vec<String> {
+        self.state.metrics.count_tokens(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+        );
+        // The tokens of text never sent (a stop sequence's) end here.
+        let lp = if self.logprobs.pending.is_empty() {
+            Value::Null
+        } else {
+            self.logprobs.take()
+        };
+        let chunk = &self.chunk;
+        let mut payloads = vec![];
+        let engine_finish = finish;
+        let mut finish = json!(finish);
+        let held = self.held.take();
+        if let Some(text) = held.clone() {
+            let (content, calls, f) = with_tool_calls(text, finish);
+            finish = f;
+            if let Some(content) = content.as_str().filter(|c| !c.is_empty()) {
+                payloads.push(chunk(Some(content), Value::Null, Value::Null).to_string());
+            }
+            if let Some(calls) = calls {
+                let mut c = chunk(None, Value::Null, Value::Null);
+                c["choices"][0]["delta"] = json!({ "tool_calls": calls });
+                payloads.push(c.to_string());
+            }
+        }
+        payloads.push(chunk(None, finish, lp).to_string());
+        if self.include_usage {
+            let mut u = chunk(None, Value::Null, Value::Null);
+            u["choices"] = json!([]);
+            u["usage"] = usage_json(usage);
+            payloads.push(u.to_string());
+        }
+        if let Some(mut s) = self.signing.take() {
+            for p in &payloads {
+                s.sent.update(p.as_bytes());
+                s.sent.update(b"\n");
+            }
+            let digest: [u8; 32] = s
+                .sent
+                .finish()
+                .as_ref()
+                .try_into()
+                .expect("SHA-256 is 32 bytes");
+            let text = held.as_deref().unwrap_or(&s.text);
+            let done = Finished {
+                id: &s.id,
+                text,
+                tokens,
+                usage,
+                finish: engine_finish,
+            };
+            let signed = s.plan.sign(&self.state, digest, done);
+            if let Some(signed) = signed {
+                // An empty chunk, as every OpenAI stream has, that SDKs read past; the
+                // receipt is a field they keep as an extra.
+                let mut c = chunk(None, Value::Null, Value::Null);
+                c[receipt::CHUNK_FIELD] = json!(signed);
+                payloads.push(c.to_string());
+            }
+        }
+        payloads.push("[DONE]".to_owned());
+        payloads
+    }
+}
+
+fn usage_json(u: &veil_model::Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
+    })
 }

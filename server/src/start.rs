@@ -211,6 +211,7 @@ pub async fn run_with(
             .body_timeout(body_timeout)
             .alias(config.alias()?)
             .api_keys(api_keys)
+            .receipts(!config.no_receipts)
             .build(),
     );
     hardening.record(&state.metrics());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use veil_attestation::attester::AttestError;
 use veil_attestation::binding::Transcript;
-use veil_attestation::{Attester, Evidence, WrappingKey};
+use veil_attestation::{Attester, Evidence, ReceiptSigner, WrappingKey};
 use veil_model::{Engine, EngineConfig};
 use veil_sealing::SealedHeader;
 
@@ -271,6 +271,11 @@ pub struct AppState {
     pub(crate) api_keys: Option<Arc<ApiKeys>>,
     /// When the engine became ready, in Unix seconds (0 before): the model's `created`.
     ready_at: AtomicU64,
+    /// Signs a receipt for every completion (in memory only; its public half is bound in
+    /// every transcript); `None` with `--no-receipts`.
+    pub(crate) receipts: Option<ReceiptSigner>,
+    /// The launch measurement, as the first report issued showed it (receipts state it).
+    measurement: std::sync::OnceLock<[u8; 48]>,
 }
 
 /// The sealed model: the file opened at start, and its path for messages.
@@ -306,9 +311,16 @@ pub struct AppStateBuilder {
     body_timeout: Duration,
     alias: Option<String>,
     api_keys: Option<Arc<ApiKeys>>,
+    receipts: bool,
 }
 
 impl AppStateBuilder {
+    /// Whether completions carry signed receipts (default: yes).
+    pub fn receipts(mut self, on: bool) -> Self {
+        self.receipts = on;
+        self
+    }
+
     /// The model id clients use, instead of one made from the seal's name.
     pub fn alias(mut self, alias: Option<String>) -> Self {
         self.alias = alias;
@@ -378,6 +390,8 @@ impl AppStateBuilder {
             model_id,
             api_keys: self.api_keys,
             ready_at: AtomicU64::new(0),
+            receipts: self.receipts.then(ReceiptSigner::generate),
+            measurement: std::sync::OnceLock::new(),
         }
     }
 }
@@ -413,6 +427,7 @@ impl AppState {
             body_timeout: Self::DEFAULT_BODY_TIMEOUT,
             alias: None,
             api_keys: None,
+            receipts: true,
         }
     }
 
@@ -427,6 +442,31 @@ impl AppState {
     /// SHA-256 of the TLS certificate's SubjectPublicKeyInfo, which evidence binds.
     pub fn spki_sha256(&self) -> [u8; 32] {
         self.spki_sha256
+    }
+
+    /// The public half of the receipt-signing key, which evidence binds (zeros with
+    /// `--no-receipts`).
+    pub fn receipt_pk(&self) -> [u8; 32] {
+        self.receipts
+            .as_ref()
+            .map_or([0; 32], ReceiptSigner::public)
+    }
+
+    /// The launch measurement of this server's reports: as the first report issued
+    /// showed it, or from a report over zeros asked for now.
+    ///
+    /// # Errors
+    /// As [`AppState::issue_evidence`], or [`EvidenceError::Platform`] when the report
+    /// does not parse.
+    pub async fn measurement(&self) -> Result<[u8; 48], EvidenceError> {
+        if let Some(m) = self.measurement.get() {
+            return Ok(*m);
+        }
+        self.issue_report([0; 64]).await?;
+        self.measurement
+            .get()
+            .copied()
+            .ok_or(EvidenceError::Platform)
     }
 
     /// The public half of the wrapping key, which evidence binds.
@@ -526,6 +566,11 @@ impl AppState {
                 EvidenceError::Platform
             })?;
         self.metrics.attestations.fetch_add(1, Ordering::Relaxed);
+        if self.measurement.get().is_none() {
+            if let Ok(report) = evidence.parsed_report() {
+                let _ = self.measurement.set(report.measurement());
+            }
+        }
         Ok(evidence)
     }
 

@@ -89,6 +89,7 @@ async fn attest(f: &Fixture) -> veil_attestation::Appraisal {
         exporter: Some(EXPORTER),
         wrap_pk: b.wrap_pk,
         model_sha256: b.model_sha256,
+        receipt_pk: f.state.receipt_pk(),
     };
     f.policy
         .appraise(&evidence, &Expected::new(&expected, SystemTime::now()))
@@ -746,17 +747,132 @@ async fn tools_reach_the_template_and_a_required_call_comes_back_as_tool_calls()
 }
 
 /// The `data:` payloads of an SSE body before `[DONE]`, parsed.
+/// The chunks of a stream before its receipt's chunk (which must come last, just before
+/// `[DONE]`).
 async fn sse_chunks(resp: axum::response::Response) -> Vec<Value> {
+    sse_chunks_and_receipt(resp).await.0
+}
+
+/// The chunks of a stream before its receipt; the receipt; and the SHA-256 the receipt
+/// states of them (every `data:` payload before the receipt's, each followed by `\n`).
+async fn sse_chunks_and_receipt(resp: axum::response::Response) -> (Vec<Value>, String, [u8; 32]) {
     let sse = body_text(resp).await;
     let datas: Vec<&str> = sse
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .collect();
     assert_eq!(datas.last(), Some(&"[DONE]"), "{sse}");
-    datas[..datas.len() - 1]
+    let mut chunks: Vec<Value> = datas[..datas.len() - 1]
         .iter()
         .map(|d| serde_json::from_str(d).expect("chunk"))
-        .collect()
+        .collect();
+    let last = chunks.pop().expect("a receipt chunk");
+    let receipt = last["veil_receipt"]
+        .as_str()
+        .expect("the receipt comes last")
+        .to_owned();
+    let choice = &last["choices"][0];
+    assert!(
+        choice["finish_reason"].is_null()
+            && (choice["delta"] == json!({}) || choice["text"] == json!("")),
+        "an empty chunk: {last}"
+    );
+    assert!(
+        chunks.iter().all(|c| c.get("veil_receipt").is_none()),
+        "one receipt"
+    );
+    let mut sent = Vec::new();
+    for d in &datas[..datas.len() - 2] {
+        sent.extend_from_slice(d.as_bytes());
+        sent.push(b'\n');
+    }
+    (chunks, receipt, veil_attestation::receipt::sha256(&sent))
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_receipt_signed_by_the_key_its_evidence_binds() {
+    use veil_attestation::receipt::{sha256, tokens_sha256, SignedReceipt, HEADER};
+    let f = fixture(EngineConfig::small());
+    provision_and_wait(&f).await;
+    let appraisal = attest(&f).await;
+    let pk = appraisal.binding().receipt_pk;
+    assert_eq!(
+        pk,
+        f.state.receipt_pk(),
+        "the evidence binds the receipt key"
+    );
+    assert_ne!(pk, [0; 32]);
+
+    // Non-streamed: the header, over the exact request and response bytes.
+    let body = br#"{ "messages": [{"role":"user","content":"hello"}], "max_tokens": 4, "temperature": 0, "seed": 9 }"#;
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(&body[..]))
+        .expect("request");
+    let resp = app(f.state.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let compact = resp.headers()[HEADER].to_str().expect("ascii").to_owned();
+    let answer = resp.into_body().collect().await.expect("body").to_bytes();
+    let r = SignedReceipt::parse(&compact).expect("parses");
+    let r = r.verify(&pk).expect("signed by the bound key").clone();
+    let v: Value = serde_json::from_slice(&answer).expect("json");
+    assert_eq!(r.request_sha256, sha256(body));
+    assert_eq!(r.response_sha256, sha256(&answer));
+    assert_eq!(r.id, v["id"].as_str().expect("id"));
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text");
+    assert_eq!(r.text_sha256, sha256(text.as_bytes()));
+    assert_eq!(
+        u64::from(r.completion_tokens),
+        v["usage"]["completion_tokens"]
+    );
+    assert_eq!(r.model_sha256, appraisal.binding().model_sha256);
+    assert_eq!(r.measurement, appraisal.measurement());
+    assert_eq!((r.sampling.max_tokens, r.sampling.seed), (4, Some(9)));
+    assert_eq!(
+        r.finish_reason,
+        v["choices"][0]["finish_reason"].as_str().expect("finish")
+    );
+
+    // Streamed: the last chunk before [DONE], over the payloads sent before it.
+    let resp = app(f.state.clone())
+        .oneshot(post("/v1/chat/completions", chat(4, true)))
+        .await
+        .expect("infallible");
+    let (chunks, compact2, sent) = sse_chunks_and_receipt(resp).await;
+    let r2 = SignedReceipt::parse(&compact2).expect("parses");
+    let r2 = r2.verify(&pk).expect("signed").clone();
+    assert_eq!(r2.response_sha256, sent);
+    assert_eq!(
+        r2.request_sha256,
+        sha256(chat(4, true).to_string().as_bytes())
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(r2.text_sha256, sha256(text.as_bytes()));
+    assert_eq!(r2.route, "/v1/chat/completions");
+    assert_eq!(r2.seq, r.seq + 1, "numbered in order");
+    assert_eq!(r2.finish_reason, "length");
+    assert_ne!(
+        r2.tokens_sha256,
+        tokens_sha256(&[]),
+        "four tokens, not none"
+    );
+    // Each receipt is counted.
+    let m = body_text(
+        app(f.state.clone())
+            .oneshot(get("/metrics"))
+            .await
+            .expect("infallible"),
+    )
+    .await;
+    assert!(
+        m.contains(&format!("veil_receipts_total {}", r2.seq)),
+        "{m}"
+    );
 }
 
 #[tokio::test]

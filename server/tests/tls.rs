@@ -94,6 +94,7 @@ async fn evidence_over_tls_binds_this_connection_and_no_other() {
         exporter: Some(exporter),
         wrap_pk: b.wrap_pk,
         model_sha256: b.model_sha256,
+        receipt_pk: b.receipt_pk,
     };
     let now = SystemTime::now();
     f.policy

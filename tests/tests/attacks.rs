@@ -338,6 +338,7 @@ fn evidence_for_another_nonce_on_the_same_connection_fails_report_data_only() {
             exporter: Some(session.exporter),
             wrap_pk: binding.wrap_pk,
             model_sha256: binding.model_sha256,
+            receipt_pk: binding.receipt_pk,
         };
         Expected::new(&transcript, SystemTime::now())
     };

@@ -275,11 +275,15 @@ import json, sys
 from openai import OpenAI
 c = OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=60)
 model = c.models.list().data[0].id
-r = c.chat.completions.create(model=model, max_tokens=4, temperature=0,
+raw = c.chat.completions.with_raw_response.create(model=model, max_tokens=4, temperature=0,
         messages=[{"role": "user", "content": "hello"}])
-chunks = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+r = raw.parse()
+stream = list(c.chat.completions.create(
         model=model, max_tokens=4, temperature=0, stream=True,
-        messages=[{"role": "user", "content": "hello"}]) if ch.choices]
+        messages=[{"role": "user", "content": "hello"}]))
+chunks = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
+receipts = {"header": raw.headers.get("veil-receipt") is not None,
+            "stream": sum(1 for ch in stream if (ch.model_extra or {}).get("veil_receipt"))}
 lp = c.chat.completions.create(model=model, max_tokens=3, temperature=0, logprobs=True,
         top_logprobs=2, messages=[{"role": "user", "content": "hello"}]).choices[0].logprobs
 cached = [c.chat.completions.create(model=model, max_tokens=2, temperature=0,
@@ -302,7 +306,8 @@ print(json.dumps({"model": model, "text": r.choices[0].message.content,
                   "parsed": parsed.model_dump(),
                   "completion_tokens": r.usage.completion_tokens, "streamed": "".join(chunks),
                   "chunks": len(chunks), "logprobs": len(lp.content),
-                  "top_logprobs": [len(t.top_logprobs) for t in lp.content], "cached": cached}))
+                  "top_logprobs": [len(t.top_logprobs) for t in lp.content], "cached": cached,
+                  "receipts": receipts}))
 "#;
 
 #[test]
@@ -368,6 +373,82 @@ fn the_official_openai_python_sdk_works_through_the_proxy() {
     // The first request of the conversation reuses nothing; the second its prompt.
     assert_eq!(v["cached"][0], 0, "{v}");
     assert!(v["cached"][1].as_u64().is_some_and(|n| n > 0), "{v}");
+    // Receipts reach the SDK without disturbing it: a header, and one extra field of the
+    // stream's last chunk.
+    assert_eq!(v["receipts"]["header"], true, "{v}");
+    assert_eq!(v["receipts"]["stream"], 1, "{v}");
+}
+
+#[test]
+fn the_proxy_keeps_one_verified_receipt_bundle_per_answer() {
+    let f = Fixture::new();
+    let (server, policy) = provisioned(&f);
+    let dir = f.path("receipts");
+    let (_proxy, addr, lines) = start_proxy_in(
+        Command::new(binary("veil")),
+        server.url(),
+        &policy,
+        &["--receipts", &dir.display().to_string()],
+    );
+    let plain = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;
+    let (status, raw) = http(addr, "POST", "/v1/chat/completions", plain);
+    assert_eq!(status, 200, "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("\r\nveil-receipt: "),
+        "{raw}"
+    );
+    let streamed = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true,"stream_options":{"include_usage":true}}"#;
+    let (status, raw) = http(addr, "POST", "/v1/chat/completions", streamed);
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains("\"veil_receipt\":"), "{raw}");
+    let completion = r#"{"prompt":"Once upon","max_tokens":3}"#;
+    let (status, raw) = http(addr, "POST", "/v1/completions", completion);
+    assert_eq!(status, 200, "{raw}");
+    // Not an answer: no receipt, no file.
+    let (status, _) = http(addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200);
+
+    // Each bundle is written when its answer has been forwarded: wait for three.
+    let deadline = std::time::Instant::now() + harness::START_TIMEOUT;
+    let bundles = loop {
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("the receipts directory")
+            .map(|e| e.expect("an entry").path())
+            .collect();
+        names.sort();
+        if names.len() >= 3 || std::time::Instant::now() > deadline {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said: Vec<String> = lines.try_iter().collect();
+    assert_eq!(bundles.len(), 3, "{bundles:?}\nthe proxy said: {said:#?}");
+    let mut routes = vec![];
+    for b in &bundles {
+        let name = b.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert!(!name.starts_with("rejected-"), "{name}");
+        let o = veil(&[
+            "receipt",
+            "verify",
+            &b.display().to_string(),
+            "--policy",
+            &policy,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b).expect("bundle")).expect("JSON");
+        routes.push(v["route"].as_str().unwrap_or_default().to_owned());
+    }
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/completions"
+        ],
+        "{bundles:?}"
+    );
 }
 
 #[test]

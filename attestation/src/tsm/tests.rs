@@ -41,6 +41,7 @@ fn produces_evidence_that_appraises_under_the_mock_root() {
         exporter: Some([2; 32]),
         wrap_pk: [3; 32],
         model_sha256: [4; 32],
+        receipt_pk: [5; 32],
     };
     let attester = TsmAttester::new(&fake, 0).expect("vmpl 0");
     let evidence = attester.attest(&transcript).expect("evidence");
