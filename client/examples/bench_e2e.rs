@@ -12,9 +12,8 @@
 //! `bench_e2e MODEL.gguf [THREADS] [ROUNDS]` (the `veil` and `veil-server` release binaries
 //! are taken from the directory above this example).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use veil_client::kds::Collateral;
@@ -23,8 +22,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use veil_attestation::mock::MockLaunch;
-use veil_attestation::{Certificate, Policy};
 use veil_client::http::serve;
 use veil_client::proxy::Proxy;
 use veil_client::remote::{attest, Target};
@@ -32,16 +29,12 @@ use veil_client::remote_cmd::release_key;
 use veil_model::{ChatMessage, Engine, EngineConfig, Event, GenerateRequest, LlamaEngine};
 use veil_sealing::ModelKey;
 
+#[path = "bench_common/mod.rs"]
+mod bench_common;
+use bench_common::{bin, median, Bench};
+
 const PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
 const GEN_TOKENS: u32 = 128;
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One generation as the consumer saw it.
 struct Gen {
@@ -57,55 +50,6 @@ impl Gen {
     fn decode_rate(&self) -> f64 {
         f64::from(self.tokens.saturating_sub(1)) / self.decode.as_secs_f64()
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(p.is_file(), "{} is missing: build it first", p.display());
-    p
-}
-
-fn veil(args: &[&str]) {
-    let o = Command::new(bin("veil")).args(args).output().expect("veil");
-    assert!(
-        o.status.success(),
-        "veil {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn start_server(sealed: &Path, platform: &Path, listen: &str, threads: usize) -> (Server, String) {
-    let mut child = Command::new(bin("veil-server"))
-        .arg("--model")
-        .arg(sealed)
-        .args(["--tee", "mock", "--mock-platform"])
-        .arg(platform)
-        .args(["--listen", listen, "--threads", &threads.to_string()])
-        .env("VEIL_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("veil-server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("banner");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("https://"))
-        .expect("url")
-        .to_owned();
-    (Server(child), url)
 }
 
 fn request_json() -> Value {
@@ -266,32 +210,10 @@ fn main() {
         ..EngineConfig::default()
     };
 
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let p = |n: &str| tmp.path().join(n);
+    let bench = Bench::new(&model);
+    let (header, policy) = (&bench.header, &bench.policy);
+    let p = |n: &str| bench.path(n);
     let s = |n: &str| p(n).display().to_string();
-    veil(&["mock-platform", "init", &s("platform")]);
-    veil(&[
-        "seal",
-        &model.display().to_string(),
-        "-o",
-        &s("m.veil"),
-        "--key-out",
-        &s("m.key"),
-    ]);
-    let header = veil_sealing::read_header(&std::fs::File::open(p("m.veil")).expect("sealed"))
-        .expect("header");
-    let exe = std::fs::read(bin("veil-server")).expect("server exe");
-    // One address for every server of the run, so that the proxy's upstream stays put
-    // while servers are replaced.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let launch = MockLaunch::server(&exe, &listen, &header.model_sha256);
-    let root =
-        Certificate::from_pem(&std::fs::read(p("platform/ark.pem")).expect("root")).expect("pem");
-    let policy = Policy::mock(&root, &[launch.measurement()]);
     std::fs::write(p("policy.toml"), policy.to_toml()).expect("policy");
     println!(
         "model {} ({} bytes), {threads} thread(s), {rounds} rounds, {GEN_TOKENS} tokens per generation",
@@ -307,11 +229,11 @@ fn main() {
 
     // A fresh server, provisioned; returns it and the time from provisioning to Ready.
     let fresh_server = || {
-        let (srv, url) = start_server(&p("m.veil"), &p("platform"), &listen, threads);
+        let (srv, url) = bench.start_server(threads, &[]);
         let took = rt.block_on(async {
             let mut a = attest(
                 &Target::parse(&url).expect("url"),
-                &policy,
+                policy,
                 &Collateral::none(),
             )
             .await
@@ -359,7 +281,7 @@ fn main() {
         let a = rt
             .block_on(attest(
                 &Target::parse(&url).expect("url"),
-                &policy,
+                policy,
                 &Collateral::none(),
             ))
             .expect("attest");
