@@ -83,6 +83,8 @@ struct QueueState {
     jobs: VecDeque<Job>,
     /// The engine was dropped: the worker ends once it is idle.
     closed: bool,
+    /// The engine was stopped ([`Engine::stop`]): the worker ends every request at once.
+    aborted: bool,
 }
 
 impl Queue {
@@ -121,7 +123,7 @@ impl Queue {
             if let Some(job) = state.jobs.pop_front() {
                 return Some(job);
             }
-            if !wait || state.closed {
+            if !wait || state.closed || state.aborted {
                 return None;
             }
             state = self
@@ -134,6 +136,23 @@ impl Queue {
     fn close(&self) {
         self.lock().closed = true;
         self.wake.notify_all();
+    }
+
+    /// Closes the queue and ends every waiting request with [`EngineError::Stopped`]; the
+    /// worker ends those it runs.
+    fn abort(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.aborted = true;
+        for job in state.jobs.drain(..) {
+            let _ = job.events.send(Event::Error(EngineError::Stopped));
+        }
+        drop(state);
+        self.wake.notify_all();
+    }
+
+    fn aborted(&self) -> bool {
+        self.lock().aborted
     }
 }
 
@@ -148,6 +167,8 @@ pub struct LlamaEngine {
     /// The in-memory model file, kept open for the engine's life (llama.cpp maps it): its
     /// seals stay checkable through `/proc/PID/fd`, and it costs no memory of its own.
     _file: ModelFile,
+    /// The worker thread, joined by [`Engine::stop`].
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for LlamaEngine {
@@ -218,6 +239,7 @@ impl LlamaEngine {
             state: Mutex::new(QueueState {
                 jobs: VecDeque::new(),
                 closed: false,
+                aborted: false,
             }),
             wake: Condvar::new(),
             capacity: config.queue,
@@ -225,7 +247,7 @@ impl LlamaEngine {
         let threads = thread_count(config.threads);
         let worker_shared = Arc::clone(&shared);
         let worker_queue = Arc::clone(&queue);
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name("veil-engine".into())
             .spawn(move || {
                 // However the worker ends (even by a panic), later submits get `Stopped`.
@@ -256,6 +278,7 @@ impl LlamaEngine {
             embedding: Mutex::new(()),
             threads,
             _file: file,
+            worker: Mutex::new(Some(worker)),
         })
     }
 
@@ -337,6 +360,25 @@ impl Shared {
 impl Engine for LlamaEngine {
     fn info(&self) -> &ModelInfo {
         &self.shared.info
+    }
+
+    fn stop(&self) {
+        self.queue.abort();
+        // An embedding that is computing finishes; later ones see the abort.
+        drop(
+            self.embedding
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(worker) = worker {
+            // It ends within one decode step; a panic in it was already reported.
+            let _ = worker.join();
+        }
     }
 
     fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
@@ -432,6 +474,9 @@ impl Engine for LlamaEngine {
             .embedding
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.queue.aborted() {
+            return Err(EngineError::Stopped);
+        }
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_ctx)
@@ -630,6 +675,12 @@ impl<'m> Worker<'m> {
     /// Serves jobs until the engine is dropped and every active sequence has ended.
     fn run(&mut self, queue: &Queue) {
         loop {
+            if queue.aborted() {
+                for seq in self.active.drain(..) {
+                    let _ = seq.events.send(Event::Error(EngineError::Stopped));
+                }
+                return;
+            }
             // Admit waiting requests while sequences are free; block only when idle.
             while !self.free.is_empty() {
                 match queue.pop(self.active.is_empty()) {

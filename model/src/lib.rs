@@ -24,8 +24,9 @@
 //! # Ok::<(), veil_model::EngineError>(())
 //! ```
 
-// Only veil-sealing's memory module needs `unsafe` (STYLE.md, Unsafe).
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere but in `memfd`, whose one mapping wipes withdrawn weights
+// (STYLE.md, Unsafe: each use justified beside it).
+#![deny(unsafe_code)]
 
 mod engine;
 mod memfd;
@@ -38,7 +39,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use engine::LlamaEngine;
-pub use memfd::ModelFile;
+pub use memfd::{ModelFile, ModelWipe, Wiped};
 
 /// The receiving end of one request: [`Event::Text`] pieces, then one [`Event::Done`] or
 /// [`Event::Error`]. Dropping it cancels the request.
@@ -442,6 +443,13 @@ pub trait Engine: Send + Sync {
 
     /// Requests waiting for a free sequence.
     fn queue_depth(&self) -> usize;
+
+    /// Stops for good: every request in flight or waiting ends with
+    /// [`EngineError::Stopped`], later ones are refused the same way, and on return nothing
+    /// computes with the weights any more (the worker has ended). Dropping the engine
+    /// afterwards frees the model. Used when the key is withdrawn, before the weights are
+    /// wiped. The default does nothing (engines that hold no weights).
+    fn stop(&self) {}
 
     /// Pooled embeddings of `inputs` (at most [`MAX_EMBEDDING_INPUTS`], each at most the
     /// context length in tokens): the mean of the model's last hidden states over each

@@ -565,3 +565,39 @@ fn embeddings_are_unit_vectors_one_per_input_and_repeatable() {
     // Generation goes on as before.
     assert!(e.generate_blocking(greedy("hello", 3)).is_ok());
 }
+
+#[test]
+fn a_stopped_engine_ends_every_request_and_its_weights_can_then_be_wiped() {
+    let gguf = tiny::gguf(1);
+    let file = veil_model::ModelFile::with_bytes(&gguf).expect("memfd");
+    let mut wipe = file.wipe_handle().expect("mapped before sealing");
+    file.seal().expect("sealed");
+    let config = EngineConfig {
+        parallel: 1,
+        queue: 2,
+        ..EngineConfig::small()
+    };
+    let e = LlamaEngine::load_file(file, config).expect("loads from the sealed memfd");
+    let running = e.submit(long("one", 200)).expect("first");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while e.queue_depth() > 0 {
+        assert!(std::time::Instant::now() < deadline, "never admitted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let waiting = e.submit(long("two", 200)).expect("queued");
+    e.stop();
+    // Both end with Stopped, however far they got; a new one is refused.
+    for stream in [running, waiting] {
+        let (_, end) = collect(stream);
+        assert!(matches!(end, Event::Error(EngineError::Stopped)), "{end:?}");
+    }
+    assert!(matches!(
+        e.submit(long("three", 3)),
+        Err(EngineError::Stopped)
+    ));
+    assert!(matches!(e.embed(&["x".into()]), Err(EngineError::Stopped)));
+    drop(e);
+    let wiped = wipe.wipe();
+    assert_eq!(wiped.bytes, gguf.len() as u64);
+    assert_eq!(wiped.nonzero_after, 0);
+}
