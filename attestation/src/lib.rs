@@ -80,7 +80,7 @@ pub use launch_config::{LaunchConfig, LaunchConfigError};
 pub use mock::{MockLaunch, MockPlatform};
 pub use policy::{Policy, PolicyError};
 pub use receipt::{Receipt, ReceiptError, ReceiptSigner, SignedReceipt};
-pub use release::{KeyRelease, ReleaseError, WrappingKey};
+pub use release::{KeyRelease, Lease, ReleaseError, WrappingKey};
 pub use report::{Product, Report, ReportError, SigningKey, Tcb};
 pub use revocation::{Crl, CrlError};
 pub use tsm::{ConfigFsTsm, TsmAttester, TsmError, TsmFs};

@@ -5,8 +5,13 @@
 //! ```text
 //! info = "veil/v1/key-release"
 //! aad  = REPORT_DATA (64) ‖ len(key_id) (1) ‖ key_id   (key_id as its 32 hex digits)
+//!        [‖ "veil/v1/lease" ‖ ttl_s (u64 BE) ‖ grace_s (u64 BE)]   (with a lease only)
 //! (enc, ct) = HPKE.SealBase(wrap_pk, info, aad, model_key[32])
 //! ```
+//!
+//! A release may carry a [`Lease`]: its terms are part of the associated data, so the
+//! server learns them from the answer that only a holder of the model key could make
+//! (nobody on the path can lengthen or drop a lease without the key failing to open).
 //!
 //! [`KeyRelease::seal`] takes an [`Appraisal`] and nothing else to say where the key goes:
 //! the wrapping key is the one the appraised evidence was verified to bind. An
@@ -88,7 +93,10 @@ impl WrappingKey {
         }
         let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&msg.enc)
             .map_err(|_| ReleaseError::Malformed("enc"))?;
-        let aad = aad(report_data, &msg.key_id);
+        if let Some(lease) = &msg.lease {
+            lease.check()?;
+        }
+        let aad = aad(report_data, &msg.key_id, msg.lease.as_ref());
         let mut ctx = hpke::setup_receiver::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
             &OpModeR::Base,
             &self.secret,
@@ -109,13 +117,72 @@ impl WrappingKey {
     }
 }
 
-fn aad(report_data: &[u8; 64], key_id: &[u8; KEY_ID_LEN]) -> Vec<u8> {
+fn aad(report_data: &[u8; 64], key_id: &[u8; KEY_ID_LEN], lease: Option<&Lease>) -> Vec<u8> {
     let id = hex::encode(key_id);
-    let mut aad = Vec::with_capacity(65 + id.len());
+    let mut aad = Vec::with_capacity(65 + id.len() + LEASE_LABEL.len() + 16);
     aad.extend_from_slice(report_data);
     aad.push(id.len() as u8);
     aad.extend_from_slice(id.as_bytes());
+    if let Some(lease) = lease {
+        aad.extend_from_slice(LEASE_LABEL);
+        aad.extend_from_slice(&lease.ttl_s.to_be_bytes());
+        aad.extend_from_slice(&lease.grace_s.to_be_bytes());
+    }
     aad
+}
+
+const LEASE_LABEL: &[u8] = b"veil/v1/lease";
+
+/// The terms on which a key is released for a time: the server may serve with it for
+/// `ttl_s` seconds from when it asked, renewing before then with fresh evidence; when the
+/// sender cannot be reached it may go on for `grace_s` more; then it must lock, drop the
+/// engine and wipe the weights. Relative seconds, so that no clocks need agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    /// Seconds the key may be used, from the request that brought it.
+    pub ttl_s: u64,
+    /// Seconds more, after `ttl_s`, while the sender cannot be reached.
+    pub grace_s: u64,
+}
+
+impl Lease {
+    /// The longest lease a server accepts: 30 days.
+    pub const MAX_TTL_S: u64 = 30 * 24 * 3600;
+
+    /// A lease of `ttl_s` seconds with `grace_s` seconds of grace.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Malformed`] unless 1 ≤ `ttl_s` ≤ [`Lease::MAX_TTL_S`] and
+    /// `grace_s` ≤ `ttl_s`.
+    pub fn new(ttl_s: u64, grace_s: u64) -> Result<Self, ReleaseError> {
+        let lease = Lease { ttl_s, grace_s };
+        lease.check()?;
+        Ok(lease)
+    }
+
+    /// Whether the terms are ones a server accepts (as [`Lease::new`]).
+    ///
+    /// # Errors
+    /// [`ReleaseError::Malformed`] naming the lease.
+    pub fn check(&self) -> Result<(), ReleaseError> {
+        if self.ttl_s == 0 || self.ttl_s > Self::MAX_TTL_S || self.grace_s > self.ttl_s {
+            return Err(ReleaseError::Malformed(
+                "lease: ttl_s must be 1 s to 30 days, and grace_s at most ttl_s",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long the key may be used.
+    pub fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ttl_s)
+    }
+
+    /// How long past the ttl while the sender cannot be reached.
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace_s)
+    }
 }
 
 /// The wire form of a released key (JSON). Every field but the suite has its fixed size,
@@ -138,6 +205,11 @@ pub struct KeyRelease {
     /// The REPORT_DATA of the evidence the sender appraised, base64.
     #[serde(with = "crate::wire::b64_bytes")]
     pub report_data: [u8; 64],
+    /// With a lease, its terms (authenticated with the key: part of the associated data).
+    /// Absent, the key is released for good (a server that predates leases refuses a
+    /// release that has one, naming the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
 }
 
 impl KeyRelease {
@@ -152,11 +224,26 @@ impl KeyRelease {
         key_id: &[u8; KEY_ID_LEN],
         model_key: &[u8; 32],
     ) -> Result<Self, ReleaseError> {
+        Self::seal_leased(appraisal, key_id, model_key, None)
+    }
+
+    /// [`KeyRelease::seal`], for the time `lease` says (or for good, with `None`).
+    ///
+    /// # Errors
+    /// As [`KeyRelease::seal`], or [`ReleaseError::Malformed`] for a lease no server
+    /// accepts.
+    pub fn seal_leased(
+        appraisal: &Appraisal,
+        key_id: &[u8; KEY_ID_LEN],
+        model_key: &[u8; 32],
+        lease: Option<Lease>,
+    ) -> Result<Self, ReleaseError> {
         seal_to(
             &appraisal.binding().wrap_pk,
             appraisal.report_data(),
             key_id,
             model_key,
+            lease,
         )
     }
 }
@@ -166,7 +253,11 @@ fn seal_to(
     report_data: [u8; 64],
     key_id: &[u8; KEY_ID_LEN],
     model_key: &[u8; 32],
+    lease: Option<Lease>,
 ) -> Result<KeyRelease, ReleaseError> {
+    if let Some(lease) = &lease {
+        lease.check()?;
+    }
     let pk = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(wrap_pk)
         .map_err(|_| ReleaseError::BadWrappingKey)?;
     let (enc, ct) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
@@ -174,7 +265,7 @@ fn seal_to(
         &pk,
         INFO,
         model_key,
-        &aad(&report_data, key_id),
+        &aad(&report_data, key_id, lease.as_ref()),
     )
     .map_err(|_| ReleaseError::BadWrappingKey)?;
     Ok(KeyRelease {
@@ -190,6 +281,7 @@ fn seal_to(
             .try_into()
             .map_err(|_| ReleaseError::BadWrappingKey)?,
         report_data,
+        lease,
     })
 }
 
@@ -208,7 +300,7 @@ pub mod danger {
         key_id: &[u8; KEY_ID_LEN],
         model_key: &[u8; 32],
     ) -> Result<KeyRelease, ReleaseError> {
-        super::seal_to(wrap_pk, report_data, key_id, model_key)
+        super::seal_to(wrap_pk, report_data, key_id, model_key, None)
     }
 }
 
@@ -304,6 +396,66 @@ mod tests {
             serde_json::from_value::<KeyRelease>(json).expect("decodes"),
             msg
         );
+    }
+
+    #[test]
+    fn a_leases_terms_are_authenticated_with_the_key() {
+        let wk = WrappingKey::generate();
+        let (a, rd) = appraisal(wk.public(), 5);
+        let lease = Lease::new(60, 10).expect("lease");
+        let msg = KeyRelease::seal_leased(&a, &[1; 16], &[9; 32], Some(lease)).expect("seal");
+        assert_eq!(**wk.open(&msg, &rd).expect("opens"), [9; 32]);
+        let json = serde_json::to_value(&msg).expect("json");
+        assert_eq!(
+            json["lease"],
+            serde_json::json!({ "ttl_s": 60, "grace_s": 10 })
+        );
+        // Someone on the path lengthens the lease, shortens the grace, or drops it.
+        for changed in [
+            Some(Lease::new(3600, 10).expect("lease")),
+            Some(Lease::new(60, 0).expect("lease")),
+            None,
+        ] {
+            let forged = KeyRelease {
+                lease: changed,
+                ..msg.clone()
+            };
+            assert_eq!(wk.open(&forged, &rd), Err(ReleaseError::OpenFailed));
+        }
+        // A lease cannot be added to a release made for good either.
+        let forever = KeyRelease::seal(&a, &[1; 16], &[9; 32]).expect("seal");
+        assert!(serde_json::to_value(&forever)
+            .expect("json")
+            .get("lease")
+            .is_none());
+        let leased = KeyRelease {
+            lease: Some(lease),
+            ..forever
+        };
+        assert_eq!(wk.open(&leased, &rd), Err(ReleaseError::OpenFailed));
+    }
+
+    #[test]
+    fn a_lease_no_server_accepts_is_neither_sealed_nor_opened() {
+        assert!(Lease::new(0, 0).is_err());
+        assert!(Lease::new(10, 11).is_err());
+        assert!(Lease::new(Lease::MAX_TTL_S + 1, 0).is_err());
+        let wk = WrappingKey::generate();
+        let (a, rd) = appraisal(wk.public(), 5);
+        let bad = Lease {
+            ttl_s: 0,
+            grace_s: 0,
+        };
+        assert!(KeyRelease::seal_leased(&a, &[1; 16], &[9; 32], Some(bad)).is_err());
+        let msg = KeyRelease::seal(&a, &[1; 16], &[9; 32]).expect("seal");
+        let with_bad = KeyRelease {
+            lease: Some(bad),
+            ..msg
+        };
+        assert!(matches!(
+            wk.open(&with_bad, &rd),
+            Err(ReleaseError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -241,7 +241,7 @@ fn main() {
             .map_err(|_| "the server's evidence was rejected")
             .expect("verified");
             let key = ModelKey::read_key_file(&p("m.key")).expect("key");
-            release_key(&mut a, key, Duration::from_secs(600))
+            release_key(&mut a, key, None, Duration::from_secs(600))
                 .await
                 .map_err(|_| "provisioning failed")
                 .expect("ready")

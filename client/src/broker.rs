@@ -7,6 +7,12 @@
 //! Each nonce is accepted once, within [`NONCE_TTL`]. Keys are read from `*.key` files
 //! (`veil seal --key-out`) at start and served by their key id. Every decision is logged
 //! on stderr with the key id and the measurement, never a key.
+//!
+//! With `--lease DURATION` every key is released for that long only ([`Lease`]): the
+//! server must come back with fresh evidence before then, and is refused once its key id
+//! is listed in the key directory's [`REVOKED_FILE`] (`veil broker revoke KEY_ID`, read on
+//! every request, so it holds from the next renewal on), or once the policy or the keys
+//! changed so that it no longer passes (then SIGHUP).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -27,7 +33,7 @@ use tokio::net::TcpListener;
 use veil_attestation::broker::{
     appraise_pull, Challenge, KeyRequest, CHALLENGE_PATH, KEY_PATH, NONCE_LEN,
 };
-use veil_attestation::{KeyRelease, Nonce, Policy, Rejection};
+use veil_attestation::{KeyRelease, Lease, Nonce, Policy, Rejection};
 use veil_sealing::{KeyId, ModelKey};
 
 use crate::files::load_policy;
@@ -47,16 +53,29 @@ const MAX_PER_CLIENT: usize = 16;
 /// Largest request body (evidence is a few KiB).
 const MAX_BODY: usize = 256 << 10;
 
+/// The file in the key directory that lists revoked key ids, one per line.
+pub const REVOKED_FILE: &str = "revoked";
+
 /// `veil broker`
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BrokerArgs {
     /// Appraisal policy (TOML) that a server's evidence must pass before it gets a key.
-    #[arg(long)]
-    pub policy: PathBuf,
+    #[arg(long, required = true)]
+    pub policy: Option<PathBuf>,
     /// Directory of key files (`veil seal --key-out`); every `*.key` in it is served by
-    /// its key id.
-    #[arg(long)]
-    pub keys: PathBuf,
+    /// its key id, unless its key id is listed in the directory's `revoked` file.
+    #[arg(long, required = true)]
+    pub keys: Option<PathBuf>,
+    /// Release keys for this long only (`90s`, `10m`, `2h`, `1d`): a server renews with
+    /// fresh evidence before then, and stops serving (weights wiped) when it cannot.
+    /// Without it, a key is released for good.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lease: Option<u64>,
+    /// How long past a lease's end a server may go on while it cannot reach the broker
+    /// (default: a quarter of the lease; at most the lease).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "lease")]
+    pub lease_grace: Option<u64>,
     /// Where to listen. Plain HTTP: what the broker sends is sealed to the attested
     /// server's wrapping key.
     #[arg(long, default_value = "127.0.0.1:8444")]
@@ -67,6 +86,134 @@ pub struct BrokerArgs {
     /// Connection caps and timeouts.
     #[command(flatten)]
     pub limits: ListenLimits,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub action: Option<BrokerAction>,
+}
+
+/// `veil broker revoke`
+#[derive(clap::Subcommand)]
+pub enum BrokerAction {
+    /// Refuse every further release (and so every lease renewal) of a key, at once: the
+    /// key id is added to the key directory's `revoked` file, which a running broker reads
+    /// on every request. `--undo` takes it off again.
+    Revoke(RevokeArgs),
+}
+
+/// `veil broker revoke KEY_ID`
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// The key id (32 hex digits, as `veil seal` and the broker's log show it).
+    pub key_id: String,
+    /// The broker's key directory.
+    #[arg(long)]
+    pub keys: PathBuf,
+    /// Take the key id off the list: the broker releases it again.
+    #[arg(long)]
+    pub undo: bool,
+}
+
+/// Parses `90`, `90s`, `10m`, `2h` or `1d` into seconds.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if scale > 0 && n > 0 => n
+            .checked_mul(scale)
+            .ok_or_else(|| format!("{text:?} is too long")),
+        _ => Err(format!(
+            "{text:?} is not a duration: a whole number above 0 with s, m, h or d (90s, 10m, 2h, 1d)"
+        )),
+    }
+}
+
+/// The lease of `--lease` and `--lease-grace` (the grace defaulting to a quarter).
+///
+/// # Errors
+/// A lease no server accepts (more than 30 days, or a grace longer than the lease).
+pub fn lease_terms(ttl_s: Option<u64>, grace_s: Option<u64>) -> anyhow::Result<Option<Lease>> {
+    let Some(ttl_s) = ttl_s else {
+        return Ok(None);
+    };
+    let grace_s = grace_s.unwrap_or(ttl_s / 4);
+    Lease::new(ttl_s, grace_s)
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("--lease {ttl_s}s with --lease-grace {grace_s}s: the lease must be 1 s to 30 days and the grace no longer than the lease"))
+}
+
+/// The revoked key ids in `dir`'s [`REVOKED_FILE`] (none if there is no such file).
+///
+/// # Errors
+/// If the file exists but cannot be read, or a line is not a key id (named).
+pub fn read_revoked(dir: &Path) -> anyhow::Result<std::collections::HashSet<KeyId>> {
+    let path = dir.join(REVOKED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .map(|(n, l)| (n, l.split('#').next().unwrap_or("").trim()))
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(n, l)| parse_key_id(l).with_context(|| format!("{} line {}", path.display(), n + 1)))
+        .collect()
+}
+
+fn parse_key_id(text: &str) -> anyhow::Result<KeyId> {
+    KeyId::from_hex(text).map_err(|_| anyhow::anyhow!("{text:?} is not a key id (32 hex digits)"))
+}
+
+/// Runs `veil broker revoke`: rewrites the list (atomically: a running broker reads either
+/// the old list or the new one).
+///
+/// # Errors
+/// A malformed key id, or the list cannot be read or written.
+pub fn revoke(args: &RevokeArgs) -> CmdResult {
+    let key_id = parse_key_id(&args.key_id)?;
+    if !args.keys.is_dir() {
+        return Err(anyhow::anyhow!("--keys {}: not a directory", args.keys.display()).into());
+    }
+    let mut revoked: Vec<KeyId> = read_revoked(&args.keys)?.into_iter().collect();
+    let listed = revoked.contains(&key_id);
+    match (args.undo, listed) {
+        (false, true) | (true, false) => {
+            println!(
+                "key {key_id} was already {}",
+                if args.undo { "released" } else { "revoked" }
+            );
+            return Ok(());
+        }
+        (false, false) => revoked.push(key_id),
+        (true, true) => revoked.retain(|k| *k != key_id),
+    }
+    revoked.sort_by_key(|k| k.0);
+    let mut text = String::from("# key ids veil broker refuses to release (veil broker revoke)\n");
+    for k in &revoked {
+        text.push_str(&format!("{k}\n"));
+    }
+    let path = args.keys.join(REVOKED_FILE);
+    let tmp = args.keys.join(format!(".{REVOKED_FILE}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if args.undo {
+        println!("key {key_id} may be released again");
+    } else {
+        println!("key {key_id} revoked: its leases are not renewed from now on");
+    }
+    Ok(())
 }
 
 /// Why a key request was refused.
@@ -84,6 +231,13 @@ pub enum BrokerError {
     /// No key with that id.
     #[error("this broker holds no key with id {0}")]
     UnknownKey(String),
+    /// The owner revoked the key (`veil broker revoke`).
+    #[error("key {0} is revoked: the owner releases it no more")]
+    Revoked(String),
+    /// The revocation list cannot be read: nothing is released (fail closed). The cause
+    /// (a path, a bad line) goes to the broker's log, not to the caller.
+    #[error("the broker cannot read its revocation list, so it releases nothing")]
+    RevocationsUnreadable,
 }
 
 impl BrokerError {
@@ -93,6 +247,10 @@ impl BrokerError {
             BrokerError::UnknownNonce => (StatusCode::FORBIDDEN, "unknown_nonce"),
             BrokerError::Rejected(_) => (StatusCode::FORBIDDEN, "attestation_rejected"),
             BrokerError::UnknownKey(_) => (StatusCode::NOT_FOUND, "unknown_key"),
+            BrokerError::Revoked(_) => (StatusCode::FORBIDDEN, "key_revoked"),
+            BrokerError::RevocationsUnreadable => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "revocations_unreadable")
+            }
         }
     }
 }
@@ -172,6 +330,10 @@ pub struct Broker {
     released: AtomicU64,
     refused: AtomicU64,
     collateral: Collateral,
+    /// With `--lease`: the terms of every release.
+    lease: Option<Lease>,
+    /// The directory whose [`REVOKED_FILE`] is read on every request.
+    revocations: Option<PathBuf>,
 }
 
 impl Broker {
@@ -185,6 +347,24 @@ impl Broker {
             released: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             collateral: Collateral::none(),
+            lease: None,
+            revocations: None,
+        }
+    }
+
+    /// The same, releasing every key for `lease` only (for good with `None`).
+    #[must_use]
+    pub fn with_lease(self, lease: Option<Lease>) -> Self {
+        Broker { lease, ..self }
+    }
+
+    /// The same, refusing the key ids listed in `dir`'s [`REVOKED_FILE`] as it reads it
+    /// on each request.
+    #[must_use]
+    pub fn with_revocations(self, dir: PathBuf) -> Self {
+        Broker {
+            revocations: Some(dir),
+            ..self
         }
     }
 
@@ -254,6 +434,15 @@ impl Broker {
             return Err(BrokerError::UnknownNonce);
         }
         let key_id = KeyId(req.key_id);
+        if let Some(dir) = &self.revocations {
+            let revoked = read_revoked(dir).map_err(|e| {
+                eprintln!("veil broker: {e:#}: releasing nothing until it reads");
+                BrokerError::RevocationsUnreadable
+            })?;
+            if revoked.contains(&key_id) {
+                return Err(BrokerError::Revoked(key_id.to_string()));
+            }
+        }
         let policy = Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()));
         let appraisal =
             appraise_pull(&policy, &req.evidence, req.nonce, now).map_err(BrokerError::Rejected)?;
@@ -262,7 +451,7 @@ impl Broker {
             .get(&key_id)
             .ok_or_else(|| BrokerError::UnknownKey(key_id.to_string()))?;
         // Sealed to the wrapping key the appraisal verified, and to no other.
-        KeyRelease::seal(&appraisal, &key_id.0, key.expose_secret())
+        KeyRelease::seal_leased(&appraisal, &key_id.0, key.expose_secret(), self.lease)
             .map_err(|e| BrokerError::BadRequest(e.to_string()))
     }
 
@@ -330,8 +519,12 @@ impl Broker {
         match self.release(req, now) {
             Ok(release) => {
                 self.released.fetch_add(1, Ordering::Relaxed);
+                let term = match release.lease {
+                    Some(l) => format!(" for {} s (grace {} s)", l.ttl_s, l.grace_s),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "veil broker: released key {key_id} to a {} launch with measurement {measurement}",
+                    "veil broker: released key {key_id}{term} to a {} launch with measurement {measurement}",
                     if req.evidence.tee == veil_attestation::TeeKind::Mock {
                         "MOCK"
                     } else {
@@ -416,10 +609,23 @@ pub fn load_keys(dir: &Path) -> anyhow::Result<Vec<ModelKey>> {
 /// # Errors
 /// If the policy or a key file cannot be read, or the address cannot be bound.
 pub fn run(args: BrokerArgs) -> CmdResult {
-    let policy = load_policy(&args.policy)?;
-    let keys = load_keys(&args.keys)?;
+    if let Some(BrokerAction::Revoke(revoke_args)) = &args.action {
+        return revoke(revoke_args);
+    }
+    let (Some(policy_path), Some(keys_dir)) = (args.policy.clone(), args.keys.clone()) else {
+        return Err(anyhow::anyhow!("veil broker needs --policy FILE and --keys DIR").into());
+    };
+    let lease = lease_terms(args.lease, args.lease_grace)?;
+    let policy = load_policy(&policy_path)?;
+    let keys = load_keys(&keys_dir)?;
+    let revoked = read_revoked(&keys_dir)?;
     let ids: Vec<String> = keys.iter().map(|k| k.key_id().to_string()).collect();
-    let broker = Arc::new(Broker::new(policy, keys).with_collateral(Collateral::new(&args.kds)));
+    let broker = Arc::new(
+        Broker::new(policy, keys)
+            .with_collateral(Collateral::new(&args.kds))
+            .with_lease(lease)
+            .with_revocations(keys_dir.clone()),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -430,7 +636,7 @@ pub fn run(args: BrokerArgs) -> CmdResult {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let reloaded = Arc::clone(&broker);
-        let (policy, keys) = (args.policy.clone(), args.keys.clone());
+        let (policy, keys) = (policy_path.clone(), keys_dir.clone());
         let what = format!("policy {} and keys {}", policy.display(), keys.display());
         reload_on_sighup(what, move || {
             // Both load before either is put in force.
@@ -447,10 +653,15 @@ pub fn run(args: BrokerArgs) -> CmdResult {
             Ok(done)
         })?;
         let addr = listener.local_addr()?;
+        let term = match lease {
+            Some(l) => format!("; leases of {} s, grace {} s", l.ttl_s, l.grace_s),
+            None => String::new(),
+        };
         println!(
-            "veil broker listening on http://{addr} (keys {}; policy {})",
+            "veil broker listening on http://{addr} (keys {}; {} revoked; policy {}{term})",
             ids.join(", "),
-            args.policy.display()
+            revoked.len(),
+            policy_path.display()
         );
         serve(listener, broker, args.limits, shutdown_signal()).await?;
         Ok(())
@@ -602,6 +813,63 @@ mod tests {
         assert!(attempt().is_ok());
         s.broker.set_keys(vec![ModelKey::generate()]);
         assert!(matches!(attempt(), Err(BrokerError::UnknownKey(_))));
+    }
+
+    #[test]
+    fn a_leased_release_carries_its_terms_and_a_revoked_key_is_refused_at_once() {
+        let s = setup();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lease = Lease::new(60, 15).expect("lease");
+        let s = Setup {
+            broker: s
+                .broker
+                .with_lease(Some(lease))
+                .with_revocations(dir.path().to_owned()),
+            ..s
+        };
+        let broker = &s.broker;
+        let attempt = || {
+            let nonce = broker.challenge(LOOPBACK).expect("nonce").nonce;
+            let (req, rd) = request(&s, &nonce, &s.launch);
+            broker.release(&req, SystemTime::now()).map(|r| (r, rd))
+        };
+        let (release, rd) = attempt().expect("released");
+        assert_eq!(release.lease, Some(lease));
+        assert_eq!(**s.wrapping.open(&release, &rd).expect("opens"), s.key);
+
+        let revoke = |undo| {
+            revoke(&RevokeArgs {
+                key_id: hex::encode(s.key_id),
+                keys: dir.path().to_owned(),
+                undo,
+            })
+            .map_err(|_| ())
+            .expect("revoked");
+        };
+        revoke(false);
+        assert!(matches!(attempt(), Err(BrokerError::Revoked(_))));
+        revoke(true);
+        assert!(attempt().is_ok());
+        // A list that cannot be read releases nothing.
+        std::fs::write(dir.path().join(REVOKED_FILE), "not a key id\n").expect("written");
+        assert!(matches!(attempt(), Err(BrokerError::RevocationsUnreadable)));
+    }
+
+    #[test]
+    fn durations_take_a_unit_and_refuse_zero_and_junk() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("1d"), Ok(86_400));
+        for bad in ["", "0s", "5x", "m", "-3s", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(lease_terms(Some(60), Some(61)).is_err());
+        assert_eq!(
+            lease_terms(Some(60), None).expect("ok"),
+            Some(Lease::new(60, 15).expect("lease"))
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
         } else {
             step(5, "The owner releases the key to the verified server");
             let key = ModelKey::read_key_file(&key_path)?;
-            let took = release_key(&mut owner, key, Duration::from_secs(600)).await?;
+            let took = release_key(&mut owner, key, None, Duration::from_secs(600)).await?;
             println!("ready {took:.2?} after the key was released");
         }
 

@@ -80,6 +80,14 @@ pub struct ProvisionArgs {
     /// Seconds to wait for the server to become ready.
     #[arg(long, default_value_t = 600)]
     wait: u64,
+    /// Release the key for this long only (`90s`, `10m`, `2h`, `1d`): provision again
+    /// before then to renew; when it runs out (and its grace), the server stops serving
+    /// and wipes the weights. Without it, the key is released for good.
+    #[arg(long, value_name = "DURATION", value_parser = crate::broker::parse_duration)]
+    lease: Option<u64>,
+    /// How long past the lease the server may go on (default: a quarter of the lease).
+    #[arg(long, value_name = "DURATION", value_parser = crate::broker::parse_duration, requires = "lease")]
+    lease_grace: Option<u64>,
 }
 
 /// What to ask and how to sample, shared by `ask` and `chat`.
@@ -265,17 +273,25 @@ pub fn verify(args: VerifyArgs) -> CmdResult {
 pub fn provision(args: ProvisionArgs) -> CmdResult {
     let key = ModelKey::read_key_file(&args.key)
         .with_context(|| format!("key file {}", args.key.display()))?;
+    let lease = crate::broker::lease_terms(args.lease, args.lease_grace)?;
     runtime()?.block_on(async move {
         let mut verified = verified(&args.remote, Show::Table).await?;
-        let took = release_key(&mut verified, key, Duration::from_secs(args.wait)).await?;
+        let took = release_key(&mut verified, key, lease, Duration::from_secs(args.wait)).await?;
+        if let Some(l) = lease {
+            println!(
+                "key leased for {} s (grace {} s): provision again before then to renew",
+                l.ttl_s, l.grace_s
+            );
+        }
         println!("ready after {took:.1?}");
         Ok(())
     })
 }
 
 /// Sends `key` to a server whose evidence passed appraisal, HPKE-sealed to the wrapping
-/// key that appraisal verified, on the attested connection; then waits (up to `wait`)
-/// for the server to unseal, showing progress on stderr. Returns the time to Ready.
+/// key that appraisal verified, on the attested connection (for the time `lease` says, or
+/// for good); then waits (up to `wait`) for the server to unseal, showing progress on
+/// stderr. Returns the time to Ready.
 ///
 /// # Errors
 /// [`Failure::Error`] if the server refuses the key, fails to unseal, or is not ready in
@@ -283,9 +299,15 @@ pub fn provision(args: ProvisionArgs) -> CmdResult {
 pub async fn release_key(
     verified: &mut Verified,
     key: ModelKey,
+    lease: Option<veil_attestation::Lease>,
     wait: Duration,
 ) -> Result<Duration, Failure> {
-    let msg = KeyRelease::seal(verified.appraisal(), &key.key_id().0, key.expose_secret())?;
+    let msg = KeyRelease::seal_leased(
+        verified.appraisal(),
+        &key.key_id().0,
+        key.expose_secret(),
+        lease,
+    )?;
     drop(key);
     let session = verified.trusted().session();
     let started = Instant::now();

@@ -217,6 +217,17 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let mut body = json!({ "state": s.name(), "tee": tee, "interface": interface });
     match &s {
         Lifecycle::Failed(reason) => body["reason"] = json!(reason),
+        Lifecycle::Locked => {
+            if let Some(reason) = state.locked_for() {
+                body["reason"] = json!(reason.code());
+                body["message"] = json!(reason.message());
+                // False while the engine is being stopped and the weights overwritten.
+                body["weights_wiped"] = json!(
+                    state.metrics.wiped_bytes.load(Ordering::Relaxed) > 0
+                        && state.metrics.wipe_nonzero_bytes.load(Ordering::Relaxed) == 0
+                );
+            }
+        }
         Lifecycle::Unsealing => {
             body["unsealed_bytes"] = json!(state.metrics.unsealed_bytes.load(Ordering::Relaxed));
             body["total_bytes"] = json!(state.header.plaintext_len);
@@ -225,6 +236,15 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
     if let Some(pull) = state.key_broker_status() {
         body["key_broker"] = json!(pull);
+    }
+    if let Some(lease) = state.held_lease() {
+        let now = std::time::Instant::now();
+        body["lease"] = json!({
+            "ttl_s": lease.terms.ttl_s,
+            "grace_s": lease.terms.grace_s,
+            "expires_in_s": lease.expires().saturating_duration_since(now).as_secs(),
+            "renewals": lease.renewals,
+        });
     }
     let status = if matches!(s, Lifecycle::Ready(_)) {
         StatusCode::OK
@@ -362,7 +382,11 @@ async fn provision(
             "the key-release message does not open with this server's wrapping key",
         )
     })?;
-    match accept_key(&state, key_id, secret)? {
+    let terms = crate::lease::Terms {
+        lease: msg.lease,
+        asked_at: std::time::Instant::now(),
+    };
+    match accept_key(&state, key_id, secret, terms)? {
         Accepted::Repeat => Ok((
             StatusCode::OK,
             Json(json!({ "status": state.state().name(), "idempotent": true })),

@@ -357,7 +357,12 @@ fn accept_key_file(
             state.header.key_id
         )));
     }
-    Ok(accept_model_key(state, key)?)
+    // A KBS or data hub releases a resource for good: no lease.
+    Ok(accept_model_key(
+        state,
+        key,
+        crate::lease::Terms::for_good(),
+    )?)
 }
 
 /// A 200 answer, or the refusal with the KBS's error type and detail.

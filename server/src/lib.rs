@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod harden;
 pub mod kbs;
+pub mod lease;
 pub mod metrics;
 pub mod openai;
 pub mod pull;

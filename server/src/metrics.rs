@@ -41,6 +41,18 @@ pub struct Metrics {
     pub(crate) hardening: Mutex<BTreeMap<&'static str, bool>>,
     /// Bytes of this process locked in memory (`VmLck`) once the model is loaded.
     pub(crate) locked_bytes: AtomicU64,
+    /// Leases renewed.
+    pub(crate) lease_renewals: AtomicU64,
+    /// Times the server locked because a renewal was refused.
+    pub(crate) lease_locks_revoked: AtomicU64,
+    /// Times the server locked because the lease ran out.
+    pub(crate) lease_locks_expired: AtomicU64,
+    /// When the lease held runs out, Unix seconds (0: none held).
+    pub(crate) lease_expires_at: AtomicU64,
+    /// Bytes of weights the last lock overwrote with zeros, as the wipe counted them.
+    pub(crate) wiped_bytes: AtomicU64,
+    /// Bytes the last wipe read back that were not zero (0 when it held).
+    pub(crate) wipe_nonzero_bytes: AtomicU64,
 }
 
 /// One metric family: its name, Prometheus type, help text (if it has one) and samples,
@@ -130,7 +142,7 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>()
         };
-        let families: [Family; 16] = [
+        let families: [Family; 21] = [
             (
                 "veil_requests_total",
                 "counter",
@@ -239,6 +251,42 @@ impl Metrics {
                 Some("Bytes of this process locked in memory once the model is loaded."),
                 one(load(&self.locked_bytes).to_string()),
             ),
+            (
+                "veil_lease_expires_at_seconds",
+                "gauge",
+                Some("When the key's lease runs out, Unix seconds (0: no lease held)."),
+                one(load(&self.lease_expires_at).to_string()),
+            ),
+            (
+                "veil_lease_renewals_total",
+                "counter",
+                None,
+                one(load(&self.lease_renewals).to_string()),
+            ),
+            (
+                "veil_lease_locks_total",
+                "counter",
+                Some("Times the server stopped serving and wiped the weights, by why."),
+                by(
+                    "reason",
+                    [
+                        ("lease_revoked", &self.lease_locks_revoked),
+                        ("lease_expired", &self.lease_locks_expired),
+                    ],
+                ),
+            ),
+            (
+                "veil_model_wiped_bytes",
+                "gauge",
+                Some("Bytes of weights the last lock overwrote with zeros."),
+                one(load(&self.wiped_bytes).to_string()),
+            ),
+            (
+                "veil_model_wipe_nonzero_bytes",
+                "gauge",
+                Some("Bytes the last wipe read back that were not zero (0 when it held)."),
+                one(load(&self.wipe_nonzero_bytes).to_string()),
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, samples) in families {
@@ -277,6 +325,10 @@ mod tests {
         m.set_hardening("not_dumpable", false);
         m.set_hardening("core_limit_zero", true);
         m.locked_bytes.store(4096, Ordering::Relaxed);
+        m.lease_expires_at.store(1_800_000_000, Ordering::Relaxed);
+        m.lease_renewals.store(3, Ordering::Relaxed);
+        m.lease_locks_expired.store(1, Ordering::Relaxed);
+        m.wiped_bytes.store(4096, Ordering::Relaxed);
         assert_eq!(
             m.render("ready", 2),
             "# HELP veil_requests_total HTTP requests by route and status.\n\
@@ -327,7 +379,22 @@ mod tests {
              veil_hardening{measure=\"not_dumpable\"} 0\n\
              # HELP veil_locked_bytes Bytes of this process locked in memory once the model is loaded.\n\
              # TYPE veil_locked_bytes gauge\n\
-             veil_locked_bytes 4096\n"
+             veil_locked_bytes 4096\n\
+             # HELP veil_lease_expires_at_seconds When the key's lease runs out, Unix seconds (0: no lease held).\n\
+             # TYPE veil_lease_expires_at_seconds gauge\n\
+             veil_lease_expires_at_seconds 1800000000\n\
+             # TYPE veil_lease_renewals_total counter\n\
+             veil_lease_renewals_total 3\n\
+             # HELP veil_lease_locks_total Times the server stopped serving and wiped the weights, by why.\n\
+             # TYPE veil_lease_locks_total counter\n\
+             veil_lease_locks_total{reason=\"lease_revoked\"} 0\n\
+             veil_lease_locks_total{reason=\"lease_expired\"} 1\n\
+             # HELP veil_model_wiped_bytes Bytes of weights the last lock overwrote with zeros.\n\
+             # TYPE veil_model_wiped_bytes gauge\n\
+             veil_model_wiped_bytes 4096\n\
+             # HELP veil_model_wipe_nonzero_bytes Bytes the last wipe read back that were not zero (0 when it held).\n\
+             # TYPE veil_model_wipe_nonzero_bytes gauge\n\
+             veil_model_wipe_nonzero_bytes 0\n"
         );
     }
 
@@ -344,6 +411,7 @@ mod tests {
             "veil_unseal_seconds 0.000\n# TYPE veil_unsealed_bytes gauge\nveil_unsealed_bytes 0\n"
         ));
         assert!(out.contains("veil_connections_refused_total{cap=\"per_peer\"} 0\n"));
-        assert!(out.ends_with("veil_locked_bytes 0\n"), "{out}");
+        assert!(out.contains("veil_locked_bytes 0\n"), "{out}");
+        assert!(out.ends_with("veil_model_wipe_nonzero_bytes 0\n"), "{out}");
     }
 }

@@ -33,11 +33,21 @@ use crate::state::{AppState, Lifecycle};
 fn engine(state: &AppState) -> Result<Arc<dyn Engine>, ApiError> {
     match state.state() {
         Lifecycle::Ready(engine) => Ok(engine),
-        Lifecycle::Locked => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "model_locked",
-            "the model is locked: no key has been provisioned",
-        )),
+        Lifecycle::Locked => Err(match state.locked_for() {
+            Some(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason.code(),
+                format!(
+                    "the model is locked again, its weights wiped: {}",
+                    reason.message()
+                ),
+            ),
+            None => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "model_locked",
+                "the model is locked: no key has been provisioned",
+            ),
+        }),
         Lifecycle::Unsealing => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unsealing",

@@ -154,9 +154,13 @@ pub enum PullError {
         /// What failed.
         reason: String,
     },
-    /// The broker said no (its answer is quoted).
+    /// The broker said no for now (its answer is quoted): busy, a spent nonce, ...
     #[error("the key broker refused: {0}")]
     Refused(String),
+    /// The broker said no by the owner's decision (its answer is quoted): the evidence
+    /// fails the policy, the key is unknown or revoked. A lease is not renewed.
+    #[error("the key broker refused: {0}")]
+    Denied(String),
     /// The broker answered something this server cannot use.
     #[error("the key broker's answer is unusable: {0}")]
     Unusable(String),
@@ -211,6 +215,8 @@ fn set_status(state: &AppState, status: String) {
 /// # Errors
 /// [`PullError`].
 pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Accepted, PullError> {
+    // A lease runs from here: the broker may have answered at any time after.
+    let asked_at = std::time::Instant::now();
     let body = post(broker, CHALLENGE_PATH, Vec::new()).await?;
     let challenge: Challenge = serde_json::from_slice(&body)
         .map_err(|e| PullError::Unusable(format!("{CHALLENGE_PATH}: {e}")))?;
@@ -246,7 +252,11 @@ pub async fn pull_once(state: &Arc<AppState>, broker: &BrokerUrl) -> Result<Acce
     let secret = state.wrapping.open(&release, &report_data).map_err(|_| {
         PullError::Unusable("the released key does not open with this server's wrapping key".into())
     })?;
-    Ok(accept_key(state, key_id, secret)?)
+    let terms = crate::lease::Terms {
+        lease: release.lease,
+        asked_at,
+    };
+    Ok(accept_key(state, key_id, secret, terms)?)
 }
 
 /// POSTs `body` (JSON) to `path` under the broker's prefix; the answer's body if 200.
@@ -263,11 +273,16 @@ async fn post(broker: &BrokerUrl, path: &str, body: Vec<u8>) -> Result<Bytes, Pu
     if answer.status == StatusCode::OK {
         return Ok(answer.body);
     }
-    Err(PullError::Refused(describe(
-        path,
-        answer.status,
-        &answer.body,
-    )))
+    let parsed = error_parts(&answer.body);
+    let denied = matches!(
+        parsed.as_ref().map(|(code, _)| code.as_str()),
+        Some("attestation_rejected" | "unknown_key" | "key_revoked")
+    );
+    let refusal = describe(path, answer.status, parsed);
+    if denied {
+        return Err(PullError::Denied(refusal));
+    }
+    Err(PullError::Refused(refusal))
 }
 
 /// An answer from a key broker. No `Debug`: a data hub's body is the key file itself.
@@ -331,17 +346,19 @@ pub(crate) async fn exchange(
         .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
 }
 
-/// `POST /v1/key: 403 attestation_rejected: evidence rejected: measurement: …`
-fn describe(path: &str, status: StatusCode, body: &[u8]) -> String {
-    let parsed: Option<(String, String)> = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            let e = v.get("error")?;
-            Some((
-                e.get("code")?.as_str()?.to_owned(),
-                e.get("message")?.as_str()?.to_owned(),
-            ))
-        });
+/// The `error.code` and `error.message` of a broker's JSON refusal.
+fn error_parts(body: &[u8]) -> Option<(String, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    Some((
+        e.get("code")?.as_str()?.to_owned(),
+        e.get("message")?.as_str()?.to_owned(),
+    ))
+}
+
+/// `POST /v1/key: 403 attestation_rejected: evidence rejected: measurement: …`, from the
+/// refusal's [`error_parts`].
+fn describe(path: &str, status: StatusCode, parsed: Option<(String, String)>) -> String {
     match parsed {
         Some((code, message)) => format!("POST {path}: {} {code}: {message}", status.as_u16()),
         None => format!("POST {path}: {status}"),
@@ -375,11 +392,11 @@ mod tests {
     fn a_refusal_quotes_the_brokers_code_and_message() {
         let body = br#"{"error":{"code":"attestation_rejected","message":"evidence rejected: measurement: 00"}}"#;
         assert_eq!(
-            describe(KEY_PATH, StatusCode::FORBIDDEN, body),
+            describe(KEY_PATH, StatusCode::FORBIDDEN, error_parts(body)),
             "POST /v1/key: 403 attestation_rejected: evidence rejected: measurement: 00"
         );
         assert_eq!(
-            describe(KEY_PATH, StatusCode::BAD_GATEWAY, b"<html>"),
+            describe(KEY_PATH, StatusCode::BAD_GATEWAY, error_parts(b"<html>")),
             "POST /v1/key: 502 Bad Gateway"
         );
     }

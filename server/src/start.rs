@@ -226,9 +226,8 @@ pub async fn run_with(
             .map(|b| format!("; pulling it from {b}"))
             .unwrap_or_default()
     );
-    if let Some(broker) = broker {
-        tokio::spawn(crate::pull::pull_until_unlocked(Arc::clone(&state), broker));
-    }
+    // Pulls the key (with a broker) and keeps a lease on it, if one comes.
+    tokio::spawn(crate::lease::supervise(Arc::clone(&state), broker));
     let metrics = state.metrics();
     listening(addr);
     crate::serve::serve(

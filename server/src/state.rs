@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 use veil_attestation::attester::AttestError;
 use veil_attestation::binding::Transcript;
 use veil_attestation::{Attester, Evidence, ReceiptSigner, WrappingKey};
-use veil_model::{Engine, EngineConfig};
+use veil_model::{Engine, EngineConfig, ModelWipe};
 use veil_sealing::SealedHeader;
 
 use crate::auth::ApiKeys;
+use crate::lease::{HeldLease, LockReason, Terms};
 use crate::metrics::Metrics;
 
-/// Where the server is in its life. It moves only forward: `Locked` → `Unsealing` →
-/// `Ready` or `Failed`.
+/// Where the server is in its life: `Locked` → `Unsealing` → `Ready` or `Failed`, and
+/// from `Ready` back to `Locked` only when a lease on the key is revoked or runs out
+/// ([`crate::lease`]; the reason is kept beside, [`AppState::locked_for`]).
 #[derive(Clone)]
 pub enum Lifecycle {
     /// Waiting for the model key.
@@ -276,6 +278,12 @@ pub struct AppState {
     pub(crate) receipts: Option<ReceiptSigner>,
     /// The launch measurement, as the first report issued showed it (receipts state it).
     measurement: std::sync::OnceLock<[u8; 48]>,
+    /// The lease the key was released under, if any.
+    lease: Mutex<Option<HeldLease>>,
+    /// Why the server is `Locked` again, after it served.
+    locked_for: Mutex<Option<LockReason>>,
+    /// The handle that wipes the loaded weights (taken before the memfd was sealed).
+    wipe: Mutex<Option<ModelWipe>>,
 }
 
 /// The sealed model: the file opened at start, and its path for messages.
@@ -392,6 +400,9 @@ impl AppStateBuilder {
             ready_at: AtomicU64::new(0),
             receipts: self.receipts.then(ReceiptSigner::generate),
             measurement: std::sync::OnceLock::new(),
+            lease: Mutex::new(None),
+            locked_for: Mutex::new(None),
+            wipe: Mutex::new(None),
         }
     }
 }
@@ -486,7 +497,91 @@ impl AppState {
         }
         tracing::info!(from = s.name(), to = "unsealing", "lifecycle");
         *s = Lifecycle::Unsealing;
+        *self.locked_for.lock().expect("no panics while holding it") = None;
         true
+    }
+
+    /// Moves from `Ready` back to `Locked` for `reason`, in one step; hands back the engine
+    /// and the handle that wipes its weights, for [`crate::lease::lock`] to stop and wipe.
+    /// `None` (and no change) in any other state.
+    pub(crate) fn relock(
+        &self,
+        reason: LockReason,
+    ) -> Option<(Arc<dyn Engine>, Option<ModelWipe>)> {
+        let mut s = self
+            .lifecycle
+            .write()
+            .expect("no panics while holding the lifecycle");
+        let Lifecycle::Ready(engine) = &*s else {
+            return None;
+        };
+        let engine = Arc::clone(engine);
+        tracing::info!(
+            from = s.name(),
+            to = "locked",
+            reason = reason.code(),
+            "lifecycle"
+        );
+        *s = Lifecycle::Locked;
+        match reason {
+            LockReason::Revoked(_) => &self.metrics.lease_locks_revoked,
+            LockReason::Expired(_) => &self.metrics.lease_locks_expired,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        *self.locked_for.lock().expect("no panics while holding it") = Some(reason);
+        *self.lease.lock().expect("no panics while holding it") = None;
+        self.metrics.lease_expires_at.store(0, Ordering::Relaxed);
+        // Set again by the wipe that follows.
+        self.metrics.wiped_bytes.store(0, Ordering::Relaxed);
+        self.ready_at.store(0, Ordering::Relaxed);
+        drop(s);
+        let wipe = self.wipe.lock().expect("no panics while holding it").take();
+        Some((engine, wipe))
+    }
+
+    /// Why the server is `Locked` again after serving (`None` before it ever served, and
+    /// once a key came back).
+    pub fn locked_for(&self) -> Option<LockReason> {
+        self.locked_for
+            .lock()
+            .expect("no panics while holding it")
+            .clone()
+    }
+
+    /// The lease the key is held under (`None`: released for good, or no key yet).
+    pub fn held_lease(&self) -> Option<HeldLease> {
+        *self.lease.lock().expect("no panics while holding it")
+    }
+
+    /// Records the terms of a key that opened the sealed header: a lease (new, or renewing
+    /// the one held: the owner's latest terms count), or none (for good).
+    pub(crate) fn hold_terms(&self, terms: Terms) {
+        let mut held = self.lease.lock().expect("no panics while holding it");
+        *held = terms.lease.map(|lease| {
+            let renewals = held.map_or(0, |h| h.renewals + 1);
+            if held.is_some() {
+                self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
+            }
+            HeldLease {
+                terms: lease,
+                asked_at: terms.asked_at,
+                renewals,
+            }
+        });
+        let expires_at = held.map_or(0, |h| {
+            let left = h.expires().saturating_duration_since(Instant::now());
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| (d + left).as_secs())
+        });
+        self.metrics
+            .lease_expires_at
+            .store(expires_at, Ordering::Relaxed);
+    }
+
+    /// Keeps the handle that wipes the weights being loaded.
+    pub(crate) fn keep_wipe(&self, wipe: ModelWipe) {
+        *self.wipe.lock().expect("no panics while holding it") = Some(wipe);
     }
 
     /// Moves from `Unsealing` to `Ready` with the engine, or to `Failed` with the reason.

@@ -11,6 +11,7 @@ use veil_model::{Engine, LlamaEngine, ModelFile};
 use veil_sealing::{ChunkSink, KeyId, ModelKey, UnsealOptions};
 use zeroize::Zeroizing;
 
+use crate::lease::Terms;
 use crate::state::AppState;
 
 /// What became of a model key that came out of a key-release message.
@@ -48,21 +49,31 @@ pub fn accept_key(
     state: &Arc<AppState>,
     key_id: KeyId,
     secret: Box<Zeroizing<[u8; 32]>>,
+    terms: Terms,
 ) -> Result<Accepted, UnlockError> {
-    accept_model_key(state, ModelKey::from_parts(key_id, secret))
+    accept_model_key(state, ModelKey::from_parts(key_id, secret), terms)
 }
 
 /// [`accept_key`] for a key read whole (a key file released by a KBS).
 ///
+/// A key that opens the header brings its `terms`: a lease starts or is renewed (a repeat
+/// of the key renews it), or, released for good, no lease is held any more.
+///
 /// # Errors
 /// As [`accept_key`].
-pub fn accept_model_key(state: &Arc<AppState>, key: ModelKey) -> Result<Accepted, UnlockError> {
+pub fn accept_model_key(
+    state: &Arc<AppState>,
+    key: ModelKey,
+    terms: Terms,
+) -> Result<Accepted, UnlockError> {
     let key_id = key.key_id();
     if state.header.check_key(&key).is_err() {
         tracing::warn!(key_id = %key_id, "key refused: it does not open the sealed header");
         return Err(UnlockError::WrongKey { key_id });
     }
-    if !state.begin_unsealing() {
+    let unsealing = state.begin_unsealing();
+    state.hold_terms(terms);
+    if !unsealing {
         return Ok(Accepted::Repeat);
     }
     let worker = Arc::clone(state);
@@ -98,6 +109,14 @@ fn unseal_and_load(state: &AppState, key: ModelKey) {
         veil_sealing::unseal_to(file, &key, &options, &IntoModelFile(&model))
             .map_err(|e| format!("unsealing failed: {e}"))?;
         drop(key);
+        // The one writable mapping that may remain: it can only wipe the weights, when a
+        // lease on the key is revoked or runs out.
+        match model.wipe_handle() {
+            Ok(wipe) => state.keep_wipe(wipe),
+            Err(e) => {
+                tracing::warn!(error = %e, "no wipe handle: a lease's end would drop the weights unwiped")
+            }
+        }
         // Filled: from now on nobody can write, grow or shrink the weights' memfd.
         if let Err(e) = model.seal() {
             tracing::warn!(error = %e, "the in-memory model could not be sealed");

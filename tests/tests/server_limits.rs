@@ -348,9 +348,19 @@ fn the_server_is_not_dumpable_and_the_model_memfd_is_sealed_after_provisioning()
     let file = std::fs::File::open(memfd.path()).expect("open the memfd");
     let seals = rustix::fs::fcntl_get_seals(&file).expect("F_GET_SEALS");
     use rustix::fs::SealFlags;
+    // FUTURE_WRITE: no write and no new writable mapping, for anyone (the one mapping made
+    // before sealing can only wipe the weights when a lease ends).
     assert!(
-        seals.contains(SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK),
+        seals.contains(SealFlags::FUTURE_WRITE | SealFlags::GROW | SealFlags::SHRINK),
         "{seals:?}"
+    );
+    let mut writable = std::fs::OpenOptions::new()
+        .write(true)
+        .open(memfd.path())
+        .expect("open the memfd for writing");
+    assert!(
+        std::io::Write::write_all(&mut writable, b"GGUF").is_err(),
+        "a write through /proc/PID/fd is refused"
     );
     // Every mapping of it is marked MADV_DONTDUMP ("dd" among its VmFlags).
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");

@@ -117,7 +117,7 @@ async fn the_snp_start_up_path_on_configfs_tsm_serves_verify_provision_ask() {
 
         // Provision on the attested connection, then ask on it.
         let key = ModelKey::read_key_file(&fixture.key).expect("the key file");
-        release_key(&mut verified, key, Duration::from_secs(60))
+        release_key(&mut verified, key, None, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("provisioning failed: {e:?}"));
         let mut trusted = verified.into_trusted();
