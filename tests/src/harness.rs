@@ -7,7 +7,8 @@
 //! that prints no banner within [`START_TIMEOUT`] is killed, and every request over TLS
 //! gives up after [`REQUEST_TIMEOUT`]. Nothing leaves the loopback interface.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -504,4 +505,115 @@ impl Default for Fixture {
     fn default() -> Self {
         Fixture::new()
     }
+}
+
+/// A running `veil broker`, killed when dropped.
+pub struct Broker {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Broker {
+    /// `veil broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
+    pub fn start(policy: &Path, keys: &Path, log: &Path) -> Broker {
+        Broker::start_in(Command::new(binary("veil")), &[], policy, keys, log)
+    }
+
+    /// `veil broker --policy POLICY --keys KEYS --listen 127.0.0.1:0 EXTRA…`.
+    pub fn start_with(policy: &Path, keys: &Path, extra: &[&str], log: &Path) -> Broker {
+        Broker::start_in(Command::new(binary("veil")), extra, policy, keys, log)
+    }
+
+    /// The same as [`Broker::start`], under a limit of `limit` open descriptors, soft and hard (so raising the
+    /// soft limit to the hard one gains nothing).
+    pub fn start_with_descriptor_limit(
+        limit: u32,
+        policy: &Path,
+        keys: &Path,
+        log: &Path,
+    ) -> Broker {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(binary("veil"));
+        Broker::start_in(command, &[], policy, keys, log)
+    }
+
+    /// `command broker --policy POLICY --keys KEYS --listen 127.0.0.1:0 EXTRA…`.
+    pub fn start_in(
+        mut command: Command,
+        extra: &[&str],
+        policy: &Path,
+        keys: &Path,
+        log: &Path,
+    ) -> Broker {
+        command
+            .arg("broker")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--keys")
+            .arg(keys)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        let (child, url) = spawn_announced(&mut command, "http://", log);
+        Broker {
+            child,
+            url,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Its process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One plain HTTP/1.1 request; the status and body.
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let addr = self.url.trim_start_matches("http://");
+        let mut tcp = TcpStream::connect(addr).expect("the broker accepts");
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout set");
+        write!(
+            tcp,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("the request is sent");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).expect("an answer");
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let json = answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str(b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory holding `key` as `NAME.key`.
+pub fn keys_dir(f: &Fixture, name: &str, key: &Path) -> PathBuf {
+    let dir = f.path(&format!("{name}-keys"));
+    std::fs::create_dir(&dir).expect("the key directory is created");
+    std::fs::copy(key, dir.join(format!("{name}.key"))).expect("the key file is copied");
+    dir
 }

@@ -4,111 +4,16 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use veil_sealing::ModelKey;
-use veil_tests::harness::{self, binary, fetch, spawn_announced, text, veil, Fixture, Server};
+use veil_tests::harness::{self, binary, fetch, keys_dir, text, veil, Broker, Fixture, Server};
 
 /// How long a server may take to get its key from the broker and load the model.
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A running `veil broker`, killed when dropped.
-struct Broker {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Broker {
-    /// `veil broker --policy POLICY --keys KEYS --listen 127.0.0.1:0`.
-    fn start(policy: &Path, keys: &Path, log: &Path) -> Broker {
-        Broker::start_in(Command::new(binary("veil")), &[], policy, keys, log)
-    }
-
-    /// The same, under a limit of `limit` open descriptors, soft and hard (so raising the
-    /// soft limit to the hard one gains nothing).
-    fn start_with_descriptor_limit(limit: u32, policy: &Path, keys: &Path, log: &Path) -> Broker {
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-            .arg(binary("veil"));
-        Broker::start_in(command, &[], policy, keys, log)
-    }
-
-    /// `command broker --policy POLICY --keys KEYS --listen 127.0.0.1:0 EXTRA…`.
-    fn start_in(
-        mut command: Command,
-        extra: &[&str],
-        policy: &Path,
-        keys: &Path,
-        log: &Path,
-    ) -> Broker {
-        command
-            .arg("broker")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--keys")
-            .arg(keys)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra);
-        let (child, url) = spawn_announced(&mut command, "http://", log);
-        Broker {
-            child,
-            url,
-            log: log.to_owned(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// One plain HTTP/1.1 request; the status and body.
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let addr = self.url.trim_start_matches("http://");
-        let mut tcp = TcpStream::connect(addr).expect("the broker accepts");
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout set");
-        write!(
-            tcp,
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("the request is sent");
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).expect("an answer");
-        let status = answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("a status line");
-        let json = answer
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or(serde_json::Value::Null);
-        (status, json)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A directory holding `key` as `NAME.key`.
-fn keys_dir(f: &Fixture, name: &str, key: &Path) -> PathBuf {
-    let dir = f.path(&format!("{name}-keys"));
-    std::fs::create_dir(&dir).expect("the key directory is created");
-    std::fs::copy(key, dir.join(format!("{name}.key"))).expect("the key file is copied");
-    dir
-}
 
 /// Polls `/ready` until `done` holds for its body, or fails after [`PULL_TIMEOUT`].
 fn wait_ready(
@@ -214,7 +119,7 @@ fn a_broker_without_the_models_key_releases_nothing_until_the_owner_adds_it() {
     // (it asks again every 10 s after a refusal) gets the key, without any restart.
     std::fs::copy(&f.key, keys.join("model.key")).expect("the key file is copied");
     let o = harness::run(
-        Command::new("kill").args(["-HUP", &broker.child.id().to_string()]),
+        Command::new("kill").args(["-HUP", &broker.pid().to_string()]),
         harness::COMMAND_TIMEOUT,
     );
     assert!(o.status.success(), "{}", text(&o));

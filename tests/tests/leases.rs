@@ -4,52 +4,15 @@
 //! revokes the key or the broker is gone past the grace; `veil provision --lease` does the
 //! same for the push flow.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use veil_sealing::ModelKey;
-use veil_tests::harness::{binary, fetch, spawn_announced, text, veil, Fixture, Server};
+use veil_tests::harness::{fetch, keys_dir, text, veil, Broker, Fixture, Server};
 use veil_tests::raw::metric;
 
 /// How long a server may take to get its key and load the model.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A running `veil broker`, killed when dropped.
-struct Broker {
-    child: Child,
-    url: String,
-}
-
-impl Broker {
-    fn start(policy: &Path, keys: &Path, extra: &[&str], log: &Path) -> Broker {
-        let mut command = Command::new(binary("veil"));
-        command
-            .arg("broker")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--keys")
-            .arg(keys)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra);
-        let (child, url) = spawn_announced(&mut command, "http://", log);
-        Broker { child, url }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keys_dir(f: &Fixture, key: &Path) -> PathBuf {
-    let dir = f.path("keys");
-    std::fs::create_dir(&dir).expect("the key directory is created");
-    std::fs::copy(key, dir.join("owner.key")).expect("the key file is copied");
-    dir
-}
 
 fn key_id(f: &Fixture) -> String {
     ModelKey::read_key_file(&f.key)
@@ -114,8 +77,8 @@ fn assert_locked_and_wiped(f: &Fixture, server: &Server, code: &str) {
 fn a_short_lease_renews_under_load_revocation_locks_and_wipes_and_undoing_it_brings_it_back() {
     let f = Fixture::new();
     let policy = f.good_policy();
-    let keys = keys_dir(&f, &f.key);
-    let broker = Broker::start(
+    let keys = keys_dir(&f, "owner", &f.key);
+    let broker = Broker::start_with(
         &policy,
         &keys,
         &["--lease", "4s", "--lease-grace", "2s"],
@@ -189,8 +152,8 @@ fn a_short_lease_renews_under_load_revocation_locks_and_wipes_and_undoing_it_bri
 #[test]
 fn a_server_whose_broker_is_gone_past_the_grace_locks_with_lease_expired() {
     let f = Fixture::new();
-    let keys = keys_dir(&f, &f.key);
-    let broker = Broker::start(
+    let keys = keys_dir(&f, "owner", &f.key);
+    let broker = Broker::start_with(
         &f.good_policy(),
         &keys,
         &["--lease", "3s", "--lease-grace", "1s"],
