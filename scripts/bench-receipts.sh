@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The cost of receipts (issue 18): streamed generation on attested TLS from a server that
-# signs receipts against one started with --no-receipts (fresh servers, alternating, the
-# ratio per round), and signing and offline verification in-process. Release builds;
-# prints medians and the ratio.
+# The cost of receipts and lease renewals (issue 18): streamed generation through an
+# in-process `veil proxy` from a server that signs receipts (the proxy keeping every
+# bundle), one started with --no-receipts, and one that renews a 2 s lease from
+# `veil broker` every second while it generates (fresh servers, rotating order, the
+# ratios per round); then signing and offline verification in-process. Release builds;
+# prints medians and the ratios.
 #
 #   scripts/bench-receipts.sh [MODEL.gguf] [THREADS] [ROUNDS]
 set -euo pipefail

@@ -18,10 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use veil_client::kds::Collateral;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::json;
 use veil_client::http::serve;
 use veil_client::proxy::Proxy;
 use veil_client::remote::{attest, Target};
@@ -31,93 +28,7 @@ use veil_sealing::ModelKey;
 
 #[path = "bench_common/mod.rs"]
 mod bench_common;
-use bench_common::{bin, median, Bench};
-
-const PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
-const GEN_TOKENS: u32 = 128;
-
-/// One generation as the consumer saw it.
-struct Gen {
-    total: Duration,
-    decode: Duration,
-    tokens: u32,
-}
-
-impl Gen {
-    fn total_rate(&self) -> f64 {
-        f64::from(self.tokens) / self.total.as_secs_f64()
-    }
-    fn decode_rate(&self) -> f64 {
-        f64::from(self.tokens.saturating_sub(1)) / self.decode.as_secs_f64()
-    }
-}
-
-fn request_json() -> Value {
-    json!({
-        "messages": [{ "role": "user", "content": PROMPT }],
-        "max_tokens": GEN_TOKENS,
-        "temperature": 0,
-        "ignore_eos": true,
-        "stream": true,
-    })
-}
-
-/// A streamed request through the proxy, over plain HTTP as an OpenAI client sends it.
-async fn through_proxy(addr: std::net::SocketAddr) -> Gen {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("proxy");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("http");
-    tokio::spawn(conn);
-    let started = Instant::now();
-    let req = hyper::Request::post("/v1/chat/completions")
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(request_json().to_string())))
-        .expect("request");
-    let resp = sender.send_request(req).await.expect("response");
-    assert!(
-        resp.status().is_success(),
-        "proxy answered {}",
-        resp.status()
-    );
-    let mut body = resp.into_body();
-    let (mut first, mut last, mut chunks) = (None, started, 0u32);
-    let mut pending = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.expect("stream");
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        pending.extend_from_slice(data);
-        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = pending.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            let Some(payload) = text.trim().strip_prefix("data: ") else {
-                continue;
-            };
-            if payload == "[DONE]" {
-                continue;
-            }
-            let v: Value = serde_json::from_str(payload).expect("chunk");
-            if v["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|t| !t.is_empty())
-            {
-                let now = Instant::now();
-                first.get_or_insert(now);
-                last = now;
-                chunks += 1;
-            }
-        }
-    }
-    let done = Instant::now();
-    Gen {
-        total: done - started,
-        decode: last - first.unwrap_or(started),
-        tokens: chunks.max(1),
-    }
-}
+use bench_common::{bin, median, request_json, through_proxy, Bench, Gen, GEN_TOKENS, PROMPT};
 
 /// Notes when text arrives (for the direct series).
 struct Stamps {
