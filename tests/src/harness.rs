@@ -485,14 +485,22 @@ impl Fixture {
     /// `veil provision URL --policy GOOD --key KEY` against `server`, as the owner, within
     /// [`COMMAND_TIMEOUT`]: its output, whatever the outcome.
     pub fn provision(&self, server: &Server) -> Output {
-        veil(&[
+        self.provision_with(server, &[])
+    }
+
+    /// `veil provision` as [`Fixture::provision`], with `extra` arguments (`--lease 3s`).
+    pub fn provision_with(&self, server: &Server, extra: &[&str]) -> Output {
+        let (policy, key) = (self.good_policy().display().to_string(), self.key_arg());
+        let mut args = vec![
             "provision",
             server.url(),
             "--policy",
-            &self.good_policy().display().to_string(),
+            &policy,
             "--key",
-            &self.key_arg(),
-        ])
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        veil(&args)
     }
 
     /// The key file as a string argument.

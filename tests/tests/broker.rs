@@ -88,16 +88,7 @@ fn a_broker_refuses_another_launch_and_the_owner_can_still_push() {
     );
 
     // The push flow is unaffected.
-    let o = veil(&[
-        "provision",
-        server.url(),
-        "--policy",
-        &f.good_policy().display().to_string(),
-        "--key",
-        &f.key_arg(),
-        "--wait",
-        "60",
-    ]);
+    let o = f.provision_with(&server, &["--wait", "60"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(server.ready()["state"], "ready");
 }

@@ -183,20 +183,10 @@ fn a_pushed_lease_is_renewed_by_provisioning_again_and_expires_without() {
     let f = Fixture::new();
     let server = f.start(&[]);
     let provision = || {
-        veil(&[
-            "provision",
-            server.url(),
-            "--policy",
-            &f.good_policy().display().to_string(),
-            "--key",
-            &f.key_arg(),
-            "--lease",
-            "3s",
-            "--lease-grace",
-            "1s",
-            "--wait",
-            "60",
-        ])
+        f.provision_with(
+            &server,
+            &["--lease", "3s", "--lease-grace", "1s", "--wait", "60"],
+        )
     };
     let o = provision();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

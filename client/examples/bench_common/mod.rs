@@ -111,28 +111,16 @@ impl Bench {
     /// Starts a locked `veil-server` at the bench's address, with `extra` arguments;
     /// returns it and its URL.
     pub(crate) fn start_server(&self, threads: usize, extra: &[&str]) -> (Server, String) {
-        let mut child = Command::new(bin("veil-server"))
+        let mut command = Command::new(bin("veil-server"));
+        command
             .arg("--model")
             .arg(self.path("m.veil"))
             .args(["--tee", "mock", "--mock-platform"])
             .arg(self.path("platform"))
             .args(["--listen", &self.listen, "--threads", &threads.to_string()])
             .args(extra)
-            .env("VEIL_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("veil-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("banner");
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("https://"))
-            .expect("url")
-            .to_owned();
-        (Server(child), url)
+            .env("VEIL_LOG", "error");
+        announced(command, "https://")
     }
 
     /// Starts `veil broker` on 127.0.0.1 for the bench's key (`m.key`) under its policy,
@@ -144,29 +132,37 @@ impl Bench {
             std::fs::copy(self.path("m.key"), keys.join("m.key")).expect("key copied");
             std::fs::write(self.path("policy.toml"), self.policy.to_toml()).expect("policy");
         }
-        let mut child = Command::new(bin("veil"))
+        let mut command = Command::new(bin("veil"));
+        command
             .arg("broker")
             .arg("--policy")
             .arg(self.path("policy.toml"))
             .arg("--keys")
             .arg(&keys)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("veil broker");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("banner");
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .expect("url")
-            .to_owned();
-        (Server(child), url)
+            .args(extra);
+        announced(command, "http://")
     }
+}
+
+/// Spawns `command` and reads its banner: the process (killed when dropped) and the first
+/// URL of `scheme` in the banner.
+fn announced(mut command: Command, scheme: &str) -> (Server, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("banner");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with(scheme))
+        .expect("url")
+        .to_owned();
+    (Server(child), url)
 }
 
 /// An in-process `veil proxy` on 127.0.0.1, served until dropped.
